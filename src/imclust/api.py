@@ -1,0 +1,166 @@
+"""The library's front door: one function per CLI command, so everything the CLI does is one call away."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import components  # noqa: F401  (registers every component)
+from .data import ImageSet, Skipped, load_source, read_labels_file
+from .errors import UserError
+from .metrics import evaluate
+from .pipeline import Pipeline
+from .progress import log
+from .recipes import apply_override, load_recipe
+
+
+@dataclass
+class RunResult:
+    ids: list
+    labels: np.ndarray
+    embedding: np.ndarray
+    metrics: dict
+    pipeline: Pipeline
+    skipped: list
+    true_labels: np.ndarray | None
+    class_names: list | None
+    recipe_name: str
+    config: dict
+    seed: int | None
+    k: int
+    timings: dict
+    source: str
+    source_kind: str
+    dataset: ImageSet | None = field(default=None, repr=False)
+
+
+def _k_of(pipe: Pipeline, labels) -> int:
+    k = pipe.clusterer.get_params(deep=False).get("n_clusters")
+    return int(k) if isinstance(k, (int, np.integer)) else int(len(np.unique(labels)))
+
+
+def resolve_k(k, ds: ImageSet) -> int | str:
+    """--k as given; else the number of classes when evaluation labels exist (only their count is read); else auto."""
+    if k is None:
+        if ds.labels is not None:
+            n_classes = len(np.unique(ds.labels))
+            log(f"k={n_classes}: the number of classes in the evaluation labels (pass --k to choose another)")
+            return n_classes
+        return "auto"
+    if isinstance(k, str):
+        if k == "auto":
+            return k
+        try:
+            k = int(k)
+        except ValueError:
+            raise UserError(f"--k {k!r}: give a whole number or 'auto'") from None
+    if k < 1 or k > len(ds):
+        raise UserError(f"--k {k}: must be between 1 and the number of images ({len(ds)})")
+    return int(k)
+
+
+def build_pipeline(recipe: str | None = None, overrides=(), seed: int | None = 0) -> tuple[Pipeline, dict]:
+    cfg = load_recipe(recipe)
+    for o in overrides:
+        apply_override(cfg, o)
+    spec = {"encoder": cfg["encoder"], "reducers": cfg.get("reducers", []), "clusterer": cfg["clusterer"]}
+    return Pipeline.from_spec(spec, name=cfg["name"], seed=seed), cfg
+
+
+def fit_pipeline(pipe: Pipeline, ds: ImageSet, k) -> Pipeline:
+    """Fit with ``k`` clusters; ``k='auto'`` chooses k by silhouette on the embedding."""
+    if "n_clusters" in pipe.clusterer.get_params(deep=False):
+        pipe.clusterer.set_params(n_clusters=k if k == "auto" else int(k))
+    return pipe.fit(ds)
+
+
+def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 0, labels=None, overrides=(),
+        size=None, channels=None, image_key=None, label_key=None, layout: str = "auto",
+        nmi_average: str = "arithmetic") -> RunResult:
+    """Load ``source``, fit the recipe's pipeline, evaluate, and (with ``out``) write every output."""
+    t0 = time.perf_counter()
+    ds = load_source(source, size=size, channels=channels, labels=labels, image_key=image_key,
+                     label_key=label_key, layout=layout)
+    load_s = time.perf_counter() - t0
+    log(f"loaded {ds}")
+    pipe, cfg = build_pipeline(recipe, overrides, seed)
+    k = resolve_k(k, ds)
+    fit_pipeline(pipe, ds, k)
+    ids, labels_pred, emb, y = list(ds.ids), pipe.labels_, pipe.embedding_, ds.labels
+    skipped = list(ds.skipped)
+    if ds.failed:
+        keep = np.ones(len(ds), dtype=bool)
+        for i, reason in sorted(ds.failed.items()):
+            keep[i] = False
+            skipped.append(Skipped(ds.ids[i], reason))
+        ids = [i for i, kp in zip(ids, keep) if kp]
+        labels_pred, emb = labels_pred[keep], emb[keep]
+        y = None if y is None else y[keep]
+        log(f"{len(ds.failed)} file(s) failed to decode and are left out of the results (see skipped.csv)")
+    metrics = evaluate(labels_pred, y, emb, nmi_average=nmi_average, random_state=seed or 0)
+    timings = {"load": load_s, **pipe.timings_}
+    metrics["seconds"] = time.perf_counter() - t0
+    result = RunResult(ids=ids, labels=labels_pred, embedding=emb, metrics=metrics, pipeline=pipe, skipped=skipped,
+                       true_labels=y, class_names=ds.class_names, recipe_name=cfg["name"], config=cfg, seed=seed,
+                       k=_k_of(pipe, labels_pred), timings=timings, source=str(source), source_kind=ds.kind,
+                       dataset=ds)
+    if out is not None:
+        from .outputs import write_run
+
+        write_run(out, result)
+    return result
+
+
+def predict(model_dir, source, out=None, size=None, channels=None, image_key=None, label_key=None,
+            layout: str = "auto", labels=None) -> RunResult:
+    """Assign the images of ``source`` to the clusters of a saved model, without refitting."""
+    t0 = time.perf_counter()
+    pipe = Pipeline.load(model_dir)
+    ds = load_source(source, size=size, channels=channels, labels=labels, image_key=image_key,
+                     label_key=label_key, layout=layout)
+    emb = pipe.transform(ds)
+    lab = np.asarray(pipe.clusterer.predict(emb), dtype=np.int64)
+    ids, y, skipped = list(ds.ids), ds.labels, list(ds.skipped)
+    if ds.failed:
+        keep = np.array([i not in ds.failed for i in range(len(ds))])
+        skipped += [Skipped(ds.ids[i], r) for i, r in sorted(ds.failed.items())]
+        ids = [i for i, kp in zip(ids, keep) if kp]
+        lab, emb, y = lab[keep], emb[keep], (None if y is None else y[keep])
+    metrics = evaluate(lab, y, emb)
+    metrics["seconds"] = time.perf_counter() - t0
+    cfg = {"name": pipe.name, **pipe.spec()}
+    result = RunResult(ids=ids, labels=lab, embedding=emb, metrics=metrics, pipeline=pipe, skipped=skipped,
+                       true_labels=y, class_names=ds.class_names, recipe_name=pipe.name, config=cfg, seed=pipe.seed,
+                       k=_k_of(pipe, lab), timings={"predict": metrics["seconds"]},
+                       source=str(source), source_kind=ds.kind, dataset=ds)
+    if out is not None:
+        from .outputs import write_run
+
+        write_run(out, result)
+    return result
+
+
+def read_predictions(path) -> tuple[list[str], np.ndarray]:
+    import csv
+
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such predictions file")
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.reader(fh))
+    if not rows or [c.strip().lower() for c in rows[0][:2]] != ["id", "label"]:
+        raise UserError(f"{path}: expected a CSV with header 'id,label' (as written by imclust run)")
+    try:
+        return [r[0] for r in rows[1:]], np.array([int(r[1]) for r in rows[1:]], dtype=np.int64)
+    except (IndexError, ValueError):
+        raise UserError(f"{path}: every row needs an id and a whole-number label") from None
+
+
+def evaluate_files(predictions, labels, nmi_average: str = "arithmetic") -> dict:
+    """Score a predictions CSV against a labels file (npy, IDX, CSV ``file,label`` or one label per line)."""
+    ids, pred = read_predictions(predictions)
+    y, _ = read_labels_file(labels, ids, str(predictions))
+    return evaluate(pred, y, nmi_average=nmi_average)

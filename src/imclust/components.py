@@ -1,0 +1,4 @@
+"""Import every module that registers components, so recipes and saved models can name them."""
+
+from . import cluster, reduce  # noqa: F401
+from . import encoders  # noqa: F401

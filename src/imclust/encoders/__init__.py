@@ -1,0 +1,6 @@
+"""Encoders, imported here so that each registers its name."""
+
+from .base import Encoder
+from .pixels import PixelEncoder
+
+__all__ = ["Encoder", "PixelEncoder"]

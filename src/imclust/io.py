@@ -1,0 +1,83 @@
+"""Atomic output helpers: every file we write appears whole or not at all."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+
+
+def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def write_bytes(path, data: bytes) -> Path:
+    return _atomic_write_bytes(path, data)
+
+
+def write_text(path, text: str) -> Path:
+    return _atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path, obj: Any) -> Path:
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_csv(path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for r in rows:
+        w.writerow(r)
+    return write_text(path, buf.getvalue())
+
+
+def write_npy(path, arr: np.ndarray) -> Path:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(arr), allow_pickle=False)
+    return _atomic_write_bytes(path, buf.getvalue())
+
+
+def save_tensors(path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> Path:
+    """Save a flat dict of arrays as safetensors (atomically)."""
+    from safetensors.numpy import save
+
+    clean = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    return _atomic_write_bytes(path, save(clean, metadata=metadata))
+
+
+def load_tensors(path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return dict(load_file(str(path)))
