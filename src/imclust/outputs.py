@@ -72,5 +72,8 @@ def write_run(out, result) -> None:
         "class_names": result.class_names,
         "n_skipped": len(result.skipped),
     })
+    from .report.figures import write_run_figures
+
+    write_run_figures(result, out)
     for name in result.config.get("outputs", []):
         OUTPUT_WRITERS[name](result, out)

@@ -1,0 +1,1 @@
+"""Neural-network parts: architectures, losses, and the one training loop they all share."""

@@ -1,0 +1,194 @@
+"""Figures as PNG files, written atomically. Matplotlib runs headless (Agg).
+
+Shared by every recipe and by the HTML report: 2-D and 3-D scatter plots, per-cluster montages (nearest
+to the centre first), originals-against-reconstructions grids and loss curves.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..io import write_bytes
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path) -> Path:
+    plt = _plt()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return write_bytes(path, buf.getvalue())
+
+
+def _colors(values) -> tuple[np.ndarray, list]:
+    values = np.asarray(values)
+    uniq = list(np.unique(values))
+    idx = np.searchsorted(uniq, values)
+    return idx, uniq
+
+
+def scatter_2d(emb, values, path, title: str = "", names: Sequence[str] | None = None, max_points: int = 20000,
+               seed: int = 0) -> Path:
+    """2-D scatter of ``emb[:, :2]`` coloured by ``values`` (cluster ids or labels)."""
+    plt = _plt()
+    emb = np.asarray(emb, dtype=np.float32)
+    if emb.shape[1] < 2:
+        emb = np.hstack([emb, np.zeros((len(emb), 1), np.float32)])
+    sel = np.arange(len(emb))
+    if len(sel) > max_points:
+        sel = np.sort(np.random.RandomState(seed).choice(len(emb), max_points, replace=False))
+    idx, uniq = _colors(np.asarray(values)[sel])
+    cmap = plt.get_cmap("tab10" if len(uniq) <= 10 else "tab20" if len(uniq) <= 20 else "nipy_spectral")
+    fig, ax = plt.subplots(figsize=(6.4, 5.6))
+    sc = ax.scatter(emb[sel, 0], emb[sel, 1], c=idx, cmap=cmap, s=4 if len(sel) > 2000 else 10, alpha=0.8,
+                    vmin=-0.5, vmax=len(uniq) - 0.5, linewidths=0)
+    if len(uniq) <= 20:
+        labels = [str(names[int(u)]) if names is not None and 0 <= int(u) < len(names) else str(u) for u in uniq]
+        handles = [plt.Line2D([], [], marker="o", ls="", color=cmap(i / max(1, (len(uniq) - 1)) if cmap.N > 20 else i), label=l)
+                   for i, l in enumerate(labels)]
+        ax.legend(handles=handles, fontsize=7, markerscale=1.2, loc="best", frameon=False, ncol=1 + len(uniq) // 11)
+    else:
+        fig.colorbar(sc, ax=ax)
+    ax.set_title(title)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    return _save(fig, path)
+
+
+def scatter_3d(emb, values, path, title: str = "", max_points: int = 5000, annotate: bool = False) -> Path:
+    """3-D scatter of ``emb[:, :3]``; with ``annotate`` each point is drawn as its value (tutorial 5 style)."""
+    plt = _plt()
+    emb = np.asarray(emb, dtype=np.float32)[:max_points]
+    values = np.asarray(values)[:max_points]
+    idx, uniq = _colors(values)
+    cmap = plt.get_cmap("tab10" if len(uniq) <= 10 else "tab20")
+    fig = plt.figure(figsize=(6.4, 5.6))
+    ax = fig.add_subplot(111, projection="3d")
+    if annotate:
+        for (x, y, z), v, i in zip(emb[:, :3], values, idx):
+            ax.text(x, y, z, str(v), color=cmap(i % cmap.N), fontsize=8)
+        lo, hi = emb[:, :3].min(0), emb[:, :3].max(0)
+        ax.set_xlim(lo[0], hi[0]); ax.set_ylim(lo[1], hi[1]); ax.set_zlim(lo[2], hi[2])
+    else:
+        ax.scatter(emb[:, 0], emb[:, 1], emb[:, 2], c=idx % cmap.N, cmap=cmap, s=6)
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def image_grid(images: np.ndarray, ncols: int, pad: int = 2, bg: float = 1.0) -> np.ndarray:
+    """Tile ``(B, C, H, W)`` images in [0, 1] into one ``(H', W', 3)`` uint8 array."""
+    images = np.asarray(images, dtype=np.float32)
+    b, c, h, w = images.shape
+    if c == 1:
+        images = np.repeat(images, 3, axis=1)
+    ncols = max(1, min(ncols, b))
+    nrows = (b + ncols - 1) // ncols
+    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, 3), bg, np.float32)
+    for i in range(b):
+        r, cc = divmod(i, ncols)
+        y, x = pad + r * (h + pad), pad + cc * (w + pad)
+        grid[y : y + h, x : x + w] = np.moveaxis(images[i, :3], 0, -1)
+    return (np.clip(grid, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def save_png(arr: np.ndarray, path, scale: int = 1) -> Path:
+    from PIL import Image
+
+    im = Image.fromarray(arr)
+    if scale > 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", optimize=True)
+    return write_bytes(path, buf.getvalue())
+
+
+def order_by_centre(embedding: np.ndarray, labels: np.ndarray, cluster: int) -> np.ndarray:
+    """Indices of ``cluster``'s members, nearest to the cluster's mean embedding first."""
+    members = np.flatnonzero(labels == cluster)
+    if len(members) == 0:
+        return members
+    e = np.asarray(embedding, dtype=np.float32)[members]
+    d = ((e - e.mean(0)) ** 2).sum(1)
+    return members[np.argsort(d, kind="stable")]
+
+
+def cluster_montages(ds, labels, embedding, out_dir, per_cluster: int = 36, tile: int = 64,
+                     ncols: int = 6) -> dict[int, Path]:
+    """One montage PNG per cluster (``montage_<c>.png``): sample images, nearest to the centre first."""
+    out_dir = Path(out_dir)
+    labels = np.asarray(labels)
+    view = ds.resized((tile, tile), 3) if ds.shape[1] != tile or ds.shape[2] != tile or ds.channels != 3 else ds
+    paths = {}
+    for c in np.unique(labels):
+        idx = order_by_centre(embedding, labels, c)[:per_cluster]
+        grid = image_grid(view.load(idx), ncols)
+        paths[int(c)] = save_png(grid, out_dir / f"montage_{int(c)}.png")
+    return paths
+
+
+def recon_grid(originals: np.ndarray, reconstructions: np.ndarray, path, scale: int = 3) -> Path:
+    """Originals on the top row, reconstructions on the bottom row."""
+    n = len(originals)
+    both = np.concatenate([np.asarray(originals), np.asarray(reconstructions)], axis=0)
+    return save_png(image_grid(np.clip(both, 0, 1), ncols=n), path, scale=scale)
+
+
+def loss_curve(history: list[dict], path, keys: Sequence[str] = ("loss",), title: str = "training loss") -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    epochs = [h.get("epoch", i + 1) for i, h in enumerate(history)]
+    for k in keys:
+        vals = [h.get(k) for h in history]
+        if any(v is not None for v in vals):
+            ax.plot(epochs, vals, marker="o", ms=3, label=k)
+    ax.set_xlabel("epoch")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    if len(keys) > 1:
+        ax.legend()
+    return _save(fig, path)
+
+
+def map_2d(embedding: np.ndarray, seed: int = 0) -> np.ndarray:
+    """A 2-D map of the embedding for plots: itself when 2-D, else its first two principal components."""
+    emb = np.asarray(embedding, dtype=np.float32).reshape(len(embedding), -1)
+    if emb.shape[1] == 2:
+        return emb
+    if emb.shape[1] == 1:
+        return np.hstack([emb, np.zeros_like(emb)])
+    from ..reduce import PCA
+
+    return PCA(2, random_state=seed).fit_transform(emb)
+
+
+def write_run_figures(result, out) -> dict[str, Path]:
+    """The figures every run gets: 2-D maps by cluster (and by label) and one montage per cluster."""
+    out = Path(out)
+    m2 = map_2d(result.embedding, seed=result.seed or 0)
+    from ..io import write_npy
+
+    write_npy(out / "map2d.npy", m2)
+    figs = {"scatter_clusters": scatter_2d(m2, result.labels, out / "scatter_clusters.png", "clusters")}
+    if result.true_labels is not None:
+        figs["scatter_labels"] = scatter_2d(m2, result.true_labels, out / "scatter_labels.png", "true labels",
+                                            names=result.class_names)
+    if result.dataset is not None:
+        keep = [result.dataset.ids.index(i) for i in result.ids] if len(result.ids) != len(result.dataset) else None
+        ds = result.dataset if keep is None else result.dataset.subset(keep)
+        cluster_montages(ds, result.labels, result.embedding, out / "montages")
+    enc = result.pipeline.encoder
+    if hasattr(enc, "write_figures"):
+        figs.update(enc.write_figures(result, out) or {})
+    return figs
