@@ -8,6 +8,7 @@ It starts the system's Chromium (Debian's ``chromium`` package; never downloads 
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
 import os
 import shutil
@@ -47,11 +48,17 @@ class Chromium:
         self.profile = tempfile.mkdtemp(prefix="imclust-chromium-")
         cmd_r, cmd_w = os.pipe()   # we write commands, Chromium reads them on fd 3
         out_r, out_w = os.pipe()   # Chromium writes replies and events on fd 4
+        # moved onto 3 and 4 in the child; numbers >= 10 cannot collide with 3 and 4 on the way
+        cmd_r, out_w = (self._high(fd) for fd in (cmd_r, out_w))
         self.log_path = Path(self.profile) / "chromium.log"
         self._log = open(self.log_path, "wb")
-        argv = ["sh", "-c", f'exec "$0" "$@" 3<&{cmd_r} 4>&{out_w}', exe, *FLAGS,
-                f"--user-data-dir={self.profile}", f"--window-size={width},{height}", "about:blank"]
-        self.proc = subprocess.Popen(argv, pass_fds=(cmd_r, out_w), stdin=subprocess.DEVNULL,
+        argv = [exe, *FLAGS, f"--user-data-dir={self.profile}", f"--window-size={width},{height}", "about:blank"]
+
+        def onto_3_and_4():  # in the child, before exec: dup2 makes 3 and 4 inheritable, the originals are not
+            os.dup2(cmd_r, 3)
+            os.dup2(out_w, 4)
+
+        self.proc = subprocess.Popen(argv, close_fds=False, preexec_fn=onto_3_and_4, stdin=subprocess.DEVNULL,
                                      stdout=self._log, stderr=subprocess.STDOUT)
         os.close(cmd_r)
         os.close(out_w)
@@ -64,12 +71,24 @@ class Chromium:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         self.session = None
-        target = self.send("Target.createTarget", {"url": "about:blank"}, session=False)["targetId"]
-        self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True}, session=False)["sessionId"]
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            self.send(f"{domain}.enable")
-        self.send("Emulation.setDeviceMetricsOverride",
-                  {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        try:
+            target = self.send("Target.createTarget", {"url": "about:blank"}, session=False)["targetId"]
+            self.session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True},
+                                     session=False)["sessionId"]
+            for domain in ("Page", "Runtime", "Log", "Network"):
+                self.send(f"{domain}.enable")
+            self.send("Emulation.setDeviceMetricsOverride",
+                      {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False})
+        except (CDPError, OSError) as err:
+            log = self.log_path.read_text(errors="replace")[-1500:] if self.log_path.exists() else ""
+            self.close()
+            raise CDPError(f"Chromium ({exe}) did not start: {err}\n{log}") from None
+
+    @staticmethod
+    def _high(fd: int) -> int:
+        new = fcntl.fcntl(fd, fcntl.F_DUPFD, 10)
+        os.close(fd)
+        return new
 
     # -- protocol ---------------------------------------------------------------------------------------
     def _read(self) -> None:
