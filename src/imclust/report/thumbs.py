@@ -110,14 +110,16 @@ def write_thumbnails(ds, out, indices=None, max_thumbs: int = MAX_THUMBS, budget
     data, fmt, quality = b"", "png", None
     steps = [s for s in _TILE_STEPS if s < max(th, tw)]
     cur = tiles
+    fmt_choice = None
     for side in [max(th, tw), *steps]:
         if side != max(cur.shape[1], cur.shape[2]):
             cur = _shrink(tiles, *_tile_shape(th, tw, side))
         cols = max(1, math.ceil(math.sqrt(len(points) * cur.shape[1] / cur.shape[2])))
         sheet = _render(cur, cols)
-        png = _encode(sheet, "png")
-        jpg = _encode(sheet, "jpeg", 85)
-        data, fmt, quality = (png, "png", None) if len(png) <= len(jpg) else (jpg, "jpeg", 85)
+        if fmt_choice is None:  # PNG for line art and digits, JPEG for photos: decided on a sample (PNG is slow)
+            probe = _render(cur[:400], 20)
+            fmt_choice = "png" if len(_encode(probe, "png")) <= len(_encode(probe, "jpeg", 85)) else "jpeg"
+        data, fmt, quality = (_encode(sheet, "png"), "png", None) if fmt_choice == "png" else (_encode(sheet, "jpeg", 85), "jpeg", 85)
         if len(data) <= budget_bytes or side <= MIN_TILE:
             break
     q = 70
