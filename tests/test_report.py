@@ -401,3 +401,94 @@ def test_browser_stays_responsive_at_10000_points(browser, big_run):
     assert browser.eval("document.getElementById('map-tip').getAttribute('data-thumb')") == "1"
     browser.screenshot(ARTIFACTS / "report_10000_hover.png")
     print(f"10,000 points: redraw median {np.median(draws):.1f} ms, hover hit-test {hit_ms[0] * 1000:.1f} µs")
+
+
+def _data_of(text: str) -> dict:
+    return json.loads(re.search(r'<script type="application/json" id="imclust-data">(.*?)</script>', text, re.S).group(1))
+
+
+@pytest.fixture
+def trained_run(labelled_run, tmp_path):
+    """The labelled run plus what a trainable encoder writes: history, loss curve, reconstructions, a 3-D map."""
+    from imclust.io import write_json
+    from imclust.report.figures import loss_curve, recon_grid, scatter_3d
+
+    run_dir = tmp_path / "trained"
+    shutil.copytree(labelled_run, run_dir)
+    hist = [{"epoch": i + 1, "loss": 1.0 / (i + 1), "lr": 1e-3} for i in range(6)]
+    write_json(run_dir / "history.json", hist)
+    loss_curve(hist, run_dir / "loss_curve.png")
+    rng = np.random.RandomState(0)
+    orig = rng.rand(5, 3, 16, 16).astype(np.float32)
+    recon_grid(orig, np.clip(orig + 0.1 * rng.randn(*orig.shape), 0, 1), run_dir / "reconstructions.png")
+    scatter_3d(rng.randn(30, 3), rng.randint(0, 3, 30), run_dir / "scatter_3d.png")
+    build_report(run_dir)
+    return run_dir
+
+
+def test_training_figures_and_extra_figures_are_shown(trained_run, tmp_path):
+    text = (trained_run / "report.html").read_text(encoding="utf-8")
+    check_html(text)
+    assert {"training", "figures"} <= _section_ids(text)
+    training = re.search(r'<section id="training">(.*?)</section>', text, re.S).group(1)
+    assert training.count("<img") == 2 and "Top row: original images" in training
+    assert "1 → 0.16667" in training and "lr (last epoch)" in training
+    figures = re.search(r'<section id="figures">(.*?)</section>', text, re.S).group(1)
+    assert figures.count("<img") == 1 and "3-D" in figures
+    # without loss_curve.png the curve is drawn from history.json
+    (trained_run / "loss_curve.png").unlink()
+    text = build_report(trained_run).read_text(encoding="utf-8")
+    check_html(text)
+    training = re.search(r'<section id="training">(.*?)</section>', text, re.S).group(1)
+    assert "<svg" in training and training.count("<img") == 1
+    points = re.search(r'<polyline[^>]* points="([^"]+)"', training).group(1).split()
+    ys = [float(p.split(",")[1]) for p in points]
+    assert len(points) == 6 and ys == sorted(ys)  # falling loss: y grows downwards on screen
+
+
+def test_browser_training_section(browser, trained_run):
+    page = trained_run / "report.html"
+    _open(browser, page)
+    _assert_loaded_cleanly(browser, page)
+    present = browser.eval("Array.from(document.querySelectorAll('section')).map(s => s.id)")
+    assert present == ["run", "metrics", "map", "clusters", "training", "confusion", "figures", "skipped"]
+    browser.eval("document.getElementById('training').scrollIntoView()")
+    browser.screenshot(ARTIFACTS / "report_training.png")
+
+
+def test_map_sample_keeps_each_thumbnail_with_its_point(labelled_run, tmp_path, monkeypatch):
+    import imclust.report.html as html_mod
+    from imclust.data import load_source
+
+    run_dir = tmp_path / "sampled"
+    shutil.copytree(labelled_run, run_dir)
+    info = json.loads((run_dir / "run.json").read_text())
+    ds = load_source(info["source"])
+    import csv
+
+    with open(run_dir / "predictions.csv", newline="") as fh:
+        ids_all = [r[0] for r in list(csv.reader(fh))[1:]]
+    where = {i: j for j, i in enumerate(ds.ids)}
+    meta = json.loads(thumbs_mod.write_thumbnails(ds, run_dir, [where[i] for i in ids_all], max_thumbs=25).read_text())
+    monkeypatch.setattr(html_mod, "MAX_MAP_POINTS", 20)
+    text = build_report(run_dir).read_text(encoding="utf-8")
+    check_html(text)
+    data = _data_of(text)
+    assert len(data["ids"]) == len(data["x"]) == 20
+    assert "A random sample of 20 of the 37 images is drawn" in text
+    t = data["thumbs"]
+    assert 0 < len(t["points"]) == len(t["slots"]) <= 20
+    for i, s in zip(t["points"], t["slots"]):
+        assert ids_all[meta["points"][s]] == data["ids"][i]
+
+
+def test_predict_output_gets_a_report(labelled_run, tmp_path):
+    from imclust.api import predict
+
+    src = _folder(tmp_path / "new", labelled=True)
+    out = tmp_path / "pred"
+    predict(labelled_run / "model", str(src), out=str(out))
+    text = (out / "report.html").read_text(encoding="utf-8")
+    check_html(text)
+    assert {"run", "metrics", "map", "clusters", "skipped"} <= _section_ids(text)
+    assert len(_data_of(text)["ids"]) == 37 and (out / "thumbs.json").exists()

@@ -369,7 +369,7 @@ def _training_section(r: _Run) -> str:
     figs = []
     rec = r.dir / "reconstructions.png"
     if rec.exists():
-        figs.append(f"<figure><img alt=\"originals and reconstructions\" src=\"{data_uri(fit_image(rec.read_bytes(), FIGURE_BUDGET // 2))}\">"
+        figs.append(f"<figure class=\"recon\"><img alt=\"originals and reconstructions\" src=\"{data_uri(fit_image(rec.read_bytes(), FIGURE_BUDGET // 2))}\">"
                     "<figcaption>Top row: original images. Bottom row: the autoencoder's reconstructions of them. "
                     "Close copies mean the code kept what the images contain.</figcaption></figure>")
     lc = r.dir / "loss_curve.png"
