@@ -105,6 +105,9 @@ def write_report(result, out) -> Path | None:
     try:
         if result.dataset is not None and len(result.ids):
             write_thumbnails(result.dataset, out, _dataset_indices(result), seed=result.seed or 0)
+        else:  # no images to draw: never let an earlier run's thumbnails stand in for this one's
+            for name in ("thumbs.json", "thumbs.png", "thumbs.jpg"):
+                (out / name).unlink(missing_ok=True)
         return build_report(out)
     except Exception as err:  # the run's results are complete; the page is an extra that must not hide them
         if os.environ.get("IMCLUST_DEBUG"):
