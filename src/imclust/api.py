@@ -143,6 +143,13 @@ def predict(model_dir, source, out=None, size=None, channels=None, image_key=Non
     return result
 
 
+def report(run_dir, out=None) -> Path:
+    """Rebuild ``report.html`` from a run folder's saved outputs (nothing is refitted or re-encoded)."""
+    from .report.html import build_report
+
+    return build_report(run_dir, out)
+
+
 def read_predictions(path) -> tuple[list[str], np.ndarray]:
     import csv
 

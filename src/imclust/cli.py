@@ -136,6 +136,19 @@ def _evaluate_cmd(p):
     return handler
 
 
+@command("report", "rebuild a run's self-contained HTML report (report.html) from its saved outputs")
+def _report_cmd(p):
+    p.add_argument("run_dir", help="an output folder written by 'imclust run' or 'imclust predict'")
+    p.add_argument("--out", default=None, help="where to write the page (default: RUN_DIR/report.html)")
+
+    def handler(args):
+        from .api import report
+
+        print(f"report in {report(args.run_dir, args.out)}")
+
+    return handler
+
+
 def make_parser() -> argparse.ArgumentParser:
     from . import __version__
 
