@@ -111,6 +111,7 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
                      label_key=label_key, layout=layout)
     load_s = time.perf_counter() - t0
     log(f"loaded {ds}")
+    _check_export(export, ds)
     pipe, cfg = build_pipeline(recipe, overrides, seed, encoder_options)
     seed = pipe.seed
     if k is None and isinstance(cfg.get("clusterer", {}).get("n_clusters"), int):
@@ -145,6 +146,19 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
     return result
 
 
+def _check_export(mode, ds: ImageSet) -> None:
+    """Refuse an impossible --export before any work is done."""
+    if mode is None:
+        return
+    from .export import EXPORT_MODES
+
+    if mode not in EXPORT_MODES:
+        raise UserError(f"--export {mode!r}: choose one of {', '.join(EXPORT_MODES)}")
+    if ds.paths is None:
+        raise UserError(f"--export puts image files into clusters/<label>/, but {ds.source or 'this source'} is an "
+                        "array with no files; export works for folder sources")
+
+
 def _export(out, result: RunResult, mode: str) -> None:
     from .export import export_clusters
 
@@ -173,6 +187,7 @@ def predict(model_dir, source, out=None, size=None, channels=None, image_key=Non
         pipe.encoder.set_params(weights=str(weights), pretrained=False)
     ds = load_source(source, size=size, channels=channels, labels=labels, image_key=image_key,
                      label_key=label_key, layout=layout)
+    _check_export(export, ds)
     emb = pipe.transform(ds)
     lab = np.asarray(pipe.clusterer.predict(emb), dtype=np.int64)
     ids, y, skipped = list(ds.ids), ds.labels, list(ds.skipped)
