@@ -183,7 +183,7 @@ class PretrainedEncoder(Encoder):
                     source = f"file {self.weights}"
             else:
                 name = bb.canonical_name(spec)
-                model = bb.build_backbone(name)
+                model = bb.build_backbone(name, materialize=False)
                 layer = bb.check_layer(model, self.layer or bb.default_layer(name))
                 full_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
                 bb.truncate(model, layer)
@@ -195,6 +195,10 @@ class PretrainedEncoder(Encoder):
                     path = self.weights
                 elif self.pretrained:
                     path = download_weights(name)
+                if path is None and getattr(self, "_stored_weights", None) is None:
+                    bb.initialize(model)
+                else:  # every kept tensor is about to be overwritten (strictly checked): allocate only
+                    model.to_empty(device="cpu")
                 if path is not None:
                     sd = read_state_file(path)
                     apply_state(model, sd, full_shapes, str(path), name)

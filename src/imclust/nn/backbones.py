@@ -123,7 +123,6 @@ class VGG16(Backbone):
         self.features = _vgg_trunk(batch_norm)
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = _fc_head(512 * 7 * 7, dropout_first=False)
-        _init_weights(self)
 
     def steps(self):
         yield from _sequential_steps("features", self.features)
@@ -148,7 +147,6 @@ class AlexNet(Backbone):
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
         self.classifier = _fc_head(256 * 6 * 6, dropout_first=True)
-        _init_weights(self)
 
     def steps(self):
         yield from _sequential_steps("features", self.features)
@@ -238,7 +236,6 @@ class ResNet(Backbone):
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(cin, 1000)
-        _init_weights(self)
 
     def steps(self):
         yield "conv1", self.conv1
@@ -283,6 +280,7 @@ def _init_weights(model: nn.Module) -> None:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
+            m.reset_running_stats()
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0.0, 0.01)
             nn.init.zeros_(m.bias)
@@ -307,9 +305,27 @@ def canonical_name(name: str) -> str:
     return key
 
 
-def build_backbone(name: str) -> Backbone:
-    """A freshly (randomly) initialised backbone; seed torch first for reproducible weights."""
-    return BUILDERS[canonical_name(name)]()
+def build_backbone(name: str, materialize: bool = True) -> Backbone:
+    """A freshly (randomly) initialised backbone; seed torch first for reproducible weights.
+
+    The modules are created on the ``meta`` device (no memory, no default initialisation) and, with
+    ``materialize``, allocated on the CPU and initialised once by :func:`initialize`. With
+    ``materialize=False`` the caller may :func:`truncate` first, so layers after the cut are never
+    allocated; the kept layers get the same values either way, because initialisation walks the modules
+    in order and the cut only removes later ones.
+    """
+    with torch.device("meta"):
+        model = BUILDERS[canonical_name(name)]()
+    if materialize:
+        initialize(model)
+    return model
+
+
+def initialize(model: nn.Module) -> nn.Module:
+    """Allocate a meta-device model on the CPU and initialise it (seed torch first)."""
+    model.to_empty(device="cpu")
+    _init_weights(model)
+    return model
 
 
 def default_layer(name: str) -> str:
