@@ -493,8 +493,12 @@ def test_export_never_overwrites_and_stays_inside(tmp_path):
 def test_cli_export_and_bad_flags(tmp_path, capsys):
     root = write_image_folder(tmp_path / "imgs", k=2, n_per=3, size=20)
     args = ["run", str(root), "--recipe", "cnn-kmeans", "--k", "2", "--out", str(tmp_path / "o"), "--export", "copy",
-            "--set", 'encoder.backbone="resnet18"', "--set", "encoder.size=32", "--feature-cache", str(tmp_path / "fc")]
+            "--set", 'encoder.backbone="resnet18"', "--size", "32", "--feature-cache", str(tmp_path / "fc")]
     assert main(args) == 0
+    import json
+
+    spec = json.loads((tmp_path / "o" / "model" / "pipeline.json").read_text())["parts"]["encoder"]["spec"]
+    assert spec["size"] == 32  # --size is the CNN's input size
     exported = sorted(p.relative_to(tmp_path / "o" / "clusters").as_posix()
                       for p in (tmp_path / "o" / "clusters").rglob("*.png"))
     assert len(exported) == 6 and list((tmp_path / "fc").rglob("shard-*.safetensors"))

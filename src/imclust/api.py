@@ -114,6 +114,14 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
     _check_export(export, ds)
     pipe, cfg = build_pipeline(recipe, overrides, seed, encoder_options)
     seed = pipe.seed
+    if size is not None and "preprocess" in pipe.encoder.get_params(deep=False):
+        # a CNN encoder reads the original files: --size is its input size (unless the recipe sets one)
+        sq = size if isinstance(size, int) else (size[0] if len(set(size)) == 1 else None)
+        if sq is None:
+            raise UserError(f"--size {size}: a CNN encoder takes square inputs; give one number")
+        if pipe.encoder.size is None:
+            pipe.encoder.set_params(size=int(sq))
+            log(f"CNN input size {sq} px (from --size)")
     if k is None and isinstance(cfg.get("clusterer", {}).get("n_clusters"), int):
         k = cfg["clusterer"]["n_clusters"]
         log(f"k={k}: set by recipe {cfg['name']!r} (pass --k to choose another)")
