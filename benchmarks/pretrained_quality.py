@@ -31,8 +31,8 @@ RESULTS = Path(__file__).with_name("RESULTS.md")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def one(source, recipe, k, seed, overrides=(), enc=None):
-    r = api.run(str(source), recipe=recipe, k=k, seed=seed, overrides=list(overrides), encoder_options=enc)
+def one(source, recipe, k, seed, overrides=(), enc=None, size=None):
+    r = api.run(str(source), recipe=recipe, k=k, seed=seed, overrides=list(overrides), encoder_options=enc, size=size)
     return r.metrics["acc"], r.metrics["nmi"], r.metrics["ari"], r.metrics["seconds"]
 
 
@@ -50,6 +50,7 @@ def main():
     ap.add_argument("--models", nargs="+", default=["resnet18:avgpool:64"],
                     help="BACKBONE:LAYER:SIZE (standard preprocessing at that input size)")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--pixel-size", type=int, default=32, help="image size of the raw-pixel peer (bounded runtime)")
     ap.add_argument("--append", action="store_true")
     args = ap.parse_args()
     os.environ.setdefault("IMCLUST_QUIET", "1")
@@ -57,9 +58,9 @@ def main():
     rows = []
     for name in args.datasets:
         src, k = sources[name]
-        peer = [one(src, "baseline", k, s) for s in args.seeds]
+        peer = [one(src, "baseline", k, s, size=args.pixel_size) for s in args.seeds]
         print(name, "raw-pixel k-means", [f"{p[0]:.3f}" for p in peer], flush=True)
-        rows.append((name, "raw pixels -> PCA 95% -> k-means (`baseline`)", peer, None))
+        rows.append((name, f"raw pixels {args.pixel_size}x{args.pixel_size} -> PCA 95% -> k-means (`baseline`)", peer, None))
         for spec in args.models:
             arch, layer, size = spec.split(":")
             over = [f'encoder.backbone="{arch}"', f'encoder.layer="{layer}"', f"encoder.size={int(size)}",
@@ -77,7 +78,7 @@ def main():
     if args.append:
         cmd = "flock /tmp/imclust-bench.lock python benchmarks/pretrained_quality.py " + " ".join(sys.argv[1:])
         with open(RESULTS, "a", encoding="utf-8") as fh:
-            fh.write(f"\n### Quality run {datetime.date.today().isoformat()}\n\n`{cmd}` — 2-core CPU, 24 GiB, no GPU; "
+            fh.write(f"\n### Quality run {datetime.date.today().isoformat()}\n\n`{cmd}` — 2-core CPU, 24 GiB, no GPU (shared machine; load average at the end {os.getloadavg()[0]:.1f}); "
                      f"seeds {args.seeds} (mean ± std); k = number of classes; feature cache off.\n\n{table}\n")
 
 

@@ -104,7 +104,7 @@ def main():
         cmd = "flock /tmp/imclust-bench.lock python benchmarks/pretrained_throughput.py " + " ".join(sys.argv[1:])
         with open(RESULTS, "a", encoding="utf-8") as fh:
             fh.write(f"\n### Throughput run {datetime.date.today().isoformat()}\n\n`{cmd}` — "
-                     f"2-core CPU, 24 GiB, no GPU; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+                     f"2-core CPU, 24 GiB, no GPU (shared machine; load average at the end {os.getloadavg()[0]:.1f}); torch {torch.__version__}, {torch.get_num_threads()} threads; "
                      f"224x224 input, batch {args.batch}, {args.workers} DataLoader worker(s); images per second "
                      f"(forward: {args.seconds:.0f} s timed per cell; end-to-end: {args.data}, random subset).\n\n"
                      f"{table}\n")

@@ -555,5 +555,6 @@ def test_folder_of_20000_images_peak_rss_under_3gb(tmp_path):
     assert code == "0"
     lines = (tmp_path / "out" / "predictions.csv").read_text().splitlines()
     assert len(lines) == 20001
+    print(f"20,000 images: peak RSS {int(self_kib) / 1024:.0f} MiB (main), {int(workers_kib) / 1024:.0f} MiB (largest worker)")
     assert int(self_kib) < 3 * 1024 * 1024, f"peak RSS {int(self_kib) / 1024:.0f} MiB"
     assert int(workers_kib) < 3 * 1024 * 1024, f"peak worker RSS {int(workers_kib) / 1024:.0f} MiB"

@@ -31,6 +31,7 @@ from ..data import ImageSet
 from ..data.decode import UnreadableImage
 from ..data.transforms import Preprocess
 from ..errors import NotInstalledError, UserError
+from ..nn.backbones import pooled
 from ..progress import log, progress
 from .base import Encoder
 from .feature_cache import FeatureCache, content_keys, default_root
@@ -306,8 +307,6 @@ class PretrainedEncoder(Encoder):
                         y = fwd(runner, x)
                 else:
                     y = fwd(runner, x)
-                from ..nn.backbones import pooled
-
                 y = pooled(y).float().cpu().numpy()
                 if out is None:
                     out = np.zeros((len(indices), y.shape[1]), dtype=np.float32)
