@@ -558,3 +558,20 @@ def test_folder_of_20000_images_peak_rss_under_3gb(tmp_path):
     print(f"20,000 images: peak RSS {int(self_kib) / 1024:.0f} MiB (main), {int(workers_kib) / 1024:.0f} MiB (largest worker)")
     assert int(self_kib) < 3 * 1024 * 1024, f"peak RSS {int(self_kib) / 1024:.0f} MiB"
     assert int(workers_kib) < 3 * 1024 * 1024, f"peak worker RSS {int(workers_kib) / 1024:.0f} MiB"
+
+
+@pytest.mark.integration
+def test_real_jpeg_folder_run_and_predict(shared_data, tmp_path):
+    """A few real flowers5 JPEGs (copied to a temporary folder): run, then predict the same files."""
+    src = shared_data / "flowers5"
+    root = tmp_path / "flowers"
+    for cls in ("daisy", "sunflower"):
+        (root / cls).mkdir(parents=True)
+        for f in sorted((src / cls).glob("*.jpg"))[:12]:
+            shutil.copy(f, root / cls / f.name)
+    over = ['encoder.backbone="resnet18"', "encoder.size=64", "encoder.workers=1", "clusterer.n_init=3"]
+    res = api.run(root, recipe="cnn-kmeans", out=tmp_path / "run", overrides=over, export="symlink")
+    assert res.k == 2 and len(res.ids) == 24 and res.pipeline.features_.shape == (24, 512)
+    assert len(list((tmp_path / "run" / "clusters").rglob("*.jpg"))) == 24
+    pred = api.predict(tmp_path / "run" / "model", root)
+    assert np.array_equal(pred.labels, res.labels)
