@@ -2,5 +2,6 @@
 
 from .base import Encoder
 from .pixels import PixelEncoder
+from .deepcluster import DeepClusterEncoder
 
-__all__ = ["Encoder", "PixelEncoder"]
+__all__ = ["Encoder", "PixelEncoder", "DeepClusterEncoder"]
