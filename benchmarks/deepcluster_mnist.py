@@ -3,14 +3,14 @@
 Usage (from the repository root; wrap timed runs in flock so only one benchmark runs at a time):
 
     flock /tmp/imclust-bench.lock env OMP_NUM_THREADS=1 PYTHONPATH=src \\
-        python benchmarks/deepcluster_mnist.py --epochs 8 --seed 0 [--append]
+        python benchmarks/deepcluster_mnist.py --epochs 8 --seed 0
 
 It runs the ``deepcluster`` recipe with the MNIST settings below (no flip: a mirrored digit is another
 shape; crops of 30-100 % of the area; bf16 + channels_last), the ``baseline`` recipe (raw pixels -> PCA 95 %
 -> k-means) as the peer, and prints ACC / NMI / ARI, the time per stage (feature passes, k-means, training)
 summed over epochs, and the per-epoch log. It also scores the paper-style final clustering (PCA-256 whitened
--> L2 -> k-means on the pre-ReLU features) on the same network, for comparison. With ``--append`` it adds a
-row to benchmarks/RESULTS.md.
+-> L2 -> k-means on the pre-ReLU features) on the same network, for comparison, and ends with a markdown
+row for the table in benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--k-train", type=int, default=100)
     ap.add_argument("--out", default="runs/bench-deepcluster-mnist")
-    ap.add_argument("--append", action="store_true", help="append the result to benchmarks/RESULTS.md")
     args = ap.parse_args()
     if not DATA.exists():
         sys.exit(f"MNIST-test not found at {DATA}")
@@ -78,14 +77,11 @@ def main():
         "per_epoch": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in h.items()} for h in hist],
     }
     print(json.dumps(row, indent=2))
-    if args.append:
-        line = (f"| {datetime.date.today()} | {args.seed} | {args.epochs} | {args.k_train} | {m['acc']:.4f} | {m['nmi']:.4f} | "
-                f"{m['ari']:.4f} | {dc_s:.0f} s (features {stages['features']:.0f}, k-means {stages['kmeans']:.0f}, "
-                f"training {stages['train']:.0f}) | {paper_final['acc']:.4f} | {pm['acc']:.4f} / {pm['nmi']:.4f} | "
-                f"{m['acc'] / pm['acc']:.2f} |\n")
-        with open(ROOT / "benchmarks" / "deepcluster_mnist_rows.md", "a") as fh:
-            fh.write(line)
-        print("row:", line)
+    line = (f"| {datetime.date.today()} | {args.seed} | {args.epochs} | {args.k_train} | {m['acc']:.4f} | {m['nmi']:.4f} | "
+            f"{m['ari']:.4f} | {dc_s:.0f} s (features {stages['features']:.0f}, k-means {stages['kmeans']:.0f}, "
+            f"training {stages['train']:.0f}) | {paper_final['acc']:.4f} | {pm['acc']:.4f} / {pm['nmi']:.4f} | "
+            f"{m['acc'] / pm['acc']:.2f} |")
+    print("row:", line)
 
 
 if __name__ == "__main__":
