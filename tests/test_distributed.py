@@ -41,6 +41,14 @@ def test_single_process_helpers_are_identities():
     assert ddp.broadcast_array(a) is a and ddp.mean_scalar(2.5) == 2.5
 
 
+def test_is_main_follows_torchrun_rank_before_a_process_group_exists(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert not ddp.is_main() and ddp.world_size() == 1  # helpers stay single-process until init
+    monkeypatch.setenv("RANK", "0")
+    assert ddp.is_main()
+
+
 def test_world_size_without_torchrun_is_a_clear_error(monkeypatch):
     from imclust.errors import UserError
 

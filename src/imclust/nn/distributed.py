@@ -55,7 +55,11 @@ def world_size() -> int:
 
 
 def is_main() -> bool:
-    return rank() == 0
+    """Rank 0 of the process group; before (or without) one, the process torchrun started as RANK 0, so that
+    a torchrun launch of a recipe with nothing to train still writes its outputs once."""
+    if is_distributed():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0" if env_world_size() > 1 else True
 
 
 def local_rank() -> int:
