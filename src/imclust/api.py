@@ -146,11 +146,14 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
                        k=_k_of(pipe, labels_pred), timings=timings, source=str(source), source_kind=ds.kind,
                        dataset=ds)
     if out is not None:
+        from .nn.distributed import barrier, is_main
         from .outputs import write_run
 
-        write_run(out, result)
-        if export is not None:
-            _export(out, result, export)
+        if is_main():  # under torchrun every rank holds the same result; rank 0 writes it
+            write_run(out, result)
+            if export is not None:
+                _export(out, result, export)
+        barrier()
     return result
 
 

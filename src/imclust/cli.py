@@ -90,6 +90,10 @@ def _run_cmd(p: argparse.ArgumentParser):
                   overrides=args.overrides, size=_size(args), channels=args.channels, image_key=args.image_key,
                   label_key=args.label_key, layout=args.layout, nmi_average=args.nmi, encoder_options=enc,
                   export=args.export)
+        from .nn.distributed import is_main
+
+        if not is_main():  # under torchrun, rank 0 reports
+            return
         print(f"{res.recipe_name}: {len(res.ids)} images, k={res.k}, {res.metrics['seconds']:.1f}s")
         if res.skipped:
             print(f"skipped {len(res.skipped)} unreadable file(s): listed in {Path(out) / 'skipped.csv'}")

@@ -71,6 +71,8 @@ def write_run(out, result) -> None:
         "command": " ".join(sys.argv),
         "class_names": result.class_names,
         "n_skipped": len(result.skipped),
+        # problems a component found while fitting (e.g. a DeepCluster collapse), kept for the report
+        "warnings": list(getattr(result.pipeline.encoder, "warnings_", None) or []),
     })
     from .report.figures import write_run_figures
 

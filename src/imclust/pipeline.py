@@ -135,6 +135,8 @@ class Pipeline:
 
     @classmethod
     def load(cls, directory) -> "Pipeline":
+        from . import components  # noqa: F401  (registers every component a model may name)
+
         directory = Path(directory)
         cfg_path = directory / "pipeline.json"
         if not cfg_path.exists():

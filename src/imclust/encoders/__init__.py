@@ -3,5 +3,6 @@
 from .base import Encoder
 from .pixels import PixelEncoder
 from .pretrained import PretrainedEncoder
+from .deepcluster import DeepClusterEncoder
 
-__all__ = ["Encoder", "PixelEncoder", "PretrainedEncoder"]
+__all__ = ["Encoder", "PixelEncoder", "PretrainedEncoder", "DeepClusterEncoder"]

@@ -11,6 +11,14 @@ checkpoint of epoch E reaches the same result as one never interrupted.
 
 The caller supplies a ``train_step(batch, trainer) -> loss`` and a ``make_batches(epoch, generator)``
 iterable; hooks before and after each epoch let DeepCluster recompute pseudo-labels, and so on.
+
+Distributed (``torchrun``): when the environment names a world of more than one process, the Trainer joins
+the process group (gloo on CPU, nccl on CUDA, each rank on the GPU of its LOCAL_RANK), wraps every module
+with trainable parameters in DistributedDataParallel, gives each rank one slice of every batch (so the
+global batch keeps its configured size), averages the loss across ranks, and writes checkpoints, history
+and logs on rank 0 only. ``trainer.modules`` then holds the DDP wrappers (call them in ``train_step``
+as usual); ``trainer.raw(name)`` is the plain module. Single-process behaviour is unchanged. See
+:mod:`imclust.nn.distributed` for the gather/broadcast helpers that hooks use.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from torch import nn
 from ..errors import UserError
 from ..io import load_tensors, save_tensors, write_json
 from ..progress import log, progress
+from . import distributed as ddp
 
 
 class TrainingDiverged(UserError):
@@ -135,15 +144,17 @@ class Trainer:
                  optimizer_factory: Callable[[dict, TrainConfig], torch.optim.Optimizer] | None = None,
                  fingerprint: dict | None = None, desc: str = "train"):
         self.config = config
-        self.device = pick_device(config.device)
+        self.device = ddp.device_for_rank(pick_device(config.device))
         if config.precision not in ("fp32", "bf16"):
             raise UserError(f"unknown precision {config.precision!r}; use fp32 or bf16")
-        self.modules = modules
+        self.distributed = ddp.init_from_env(self.device)
+        self.rank, self.world_size = ddp.rank(), ddp.world_size()
         seed_all(config.seed)
         for m in modules.values():
             m.to(self.device)
             if config.channels_last:
                 m.to(memory_format=torch.channels_last)
+        self.modules = {k: ddp.wrap_module(m) for k, m in modules.items()}
         self.optimizer_factory = optimizer_factory
         self.optimizer = self._make_optimizer()
         self.fingerprint = {"train": config.fingerprint(), **(fingerprint or {})}
@@ -151,8 +162,17 @@ class Trainer:
         self.epoch = 0  # epochs completed
         self.desc = desc
         self.step_in_epoch = 0
+        self.postfix: dict = {}  # extra fields for the progress bar (hooks may set them, e.g. NMI(t, t-1))
 
     # -- helpers for train_step ----------------------------------------------------------------------
+    def raw(self, name: str) -> nn.Module:
+        """The plain module ``name`` (without its DistributedDataParallel wrapper, if any)."""
+        return ddp.unwrap(self.modules[name])
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         c = self.config
         if self.optimizer_factory is not None:
@@ -205,7 +225,7 @@ class Trainer:
             return None
         arrays: dict[str, np.ndarray] = {}
         for name, m in self.modules.items():
-            arrays.update(_to_numpy_state(m.state_dict(), f"module.{name}."))
+            arrays.update(_to_numpy_state(ddp.unwrap(m).state_dict(), f"module.{name}."))
         opt = self.optimizer.state_dict()
         scalars: dict[str, Any] = {}
         for pid, st in opt["state"].items():
@@ -238,7 +258,7 @@ class Trainer:
                             "resume with the original settings or start a fresh run in another folder")
         arrays = load_tensors(d / f"{tag}.safetensors")
         for name, m in self.modules.items():
-            load_module_arrays(m, arrays, f"module.{name}.")
+            load_module_arrays(ddp.unwrap(m), arrays, f"module.{name}.")
             m.to(self.device)
         opt_sd = self.optimizer.state_dict()
         new_state: dict = {}
@@ -268,9 +288,10 @@ class Trainer:
             extra_state: Callable[[], dict[str, np.ndarray]] | None = None) -> list[dict]:
         """Train until ``config.epochs`` epochs are complete; returns the history (one dict per epoch)."""
         c = self.config
+        self.resumed_extra: dict[str, np.ndarray] = {}
         if c.resume:
             if self.has_checkpoint():
-                self.load_checkpoint()
+                self.resumed_extra = self.load_checkpoint()
                 log(f"resumed from {self.ckpt_dir} at epoch {self.epoch}")
             else:
                 log(f"no checkpoint in {self.ckpt_dir}; starting from scratch")
@@ -289,6 +310,8 @@ class Trainer:
                 m.train()
             total, count = 0.0, 0
             batches = make_batches(e, self.generator(e))
+            if self.distributed:
+                batches = ddp.shard_batches(batches, self.rank, self.world_size)
             n_batches = len(batches) if hasattr(batches, "__len__") else None
             bar = progress(batches, total=n_batches, desc=f"{self.desc} {e + 1}/{c.epochs}", unit="batch")
             for self.step_in_epoch, batch in enumerate(bar):
@@ -296,6 +319,8 @@ class Trainer:
                 with self.autocast():
                     loss = train_step(batch, self)
                 lv = float(loss.detach().float().item())
+                if self.distributed:  # every rank sees the same (mean) loss, so all stop together on NaN
+                    lv = ddp.mean_scalar(lv)
                 if not math.isfinite(lv):
                     where = f"epoch {e + 1}, batch {self.step_in_epoch + 1}"
                     kept = f"; the last good checkpoint (epoch {self.epoch}) is in {self.ckpt_dir}" if self.has_checkpoint() else ""
@@ -306,7 +331,7 @@ class Trainer:
                 self.optimizer.step()
                 total += lv
                 count += 1
-                bar.set_postfix(loss=f"{total / count:.4g}")
+                bar.set_postfix(loss=f"{total / count:.4g}", **self.postfix)
             bar.close()
             record["loss"] = total / max(count, 1)
             if on_epoch_end is not None:
@@ -318,12 +343,14 @@ class Trainer:
                 f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items() if k != "epoch"))
             if self.ckpt_dir is not None:
                 extra = extra_state() if extra_state else None
-                if self.epoch % max(1, c.checkpoint_every) == 0 or self.epoch == c.epochs:
-                    self.save_checkpoint(f"epoch_{self.epoch:04d}", extra)
-                self.save_checkpoint("last", extra)
+                if self.is_main:
+                    if self.epoch % max(1, c.checkpoint_every) == 0 or self.epoch == c.epochs:
+                        self.save_checkpoint(f"epoch_{self.epoch:04d}", extra)
+                    self.save_checkpoint("last", extra)
+                ddp.barrier()
         for m in self.modules.values():
             m.eval()
-        if self.ckpt_dir is not None:
+        if self.ckpt_dir is not None and self.is_main:
             write_json(self.ckpt_dir / "history.json", self.history)
         return self.history
 
