@@ -50,6 +50,7 @@ def main():
     ap.add_argument("--models", nargs="+", default=["resnet18:avgpool:64"],
                     help="BACKBONE:LAYER:SIZE (standard preprocessing at that input size)")
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast + channels_last for the CNN")
     ap.add_argument("--pixel-size", type=int, default=32, help="image size of the raw-pixel peer (bounded runtime)")
     ap.add_argument("--append", action="store_true")
     args = ap.parse_args()
@@ -65,9 +66,12 @@ def main():
             arch, layer, size = spec.split(":")
             over = [f'encoder.backbone="{arch}"', f'encoder.layer="{layer}"', f"encoder.size={int(size)}",
                     f"encoder.workers={args.workers}"]
+            if args.bf16:
+                over += ['encoder.precision="bf16"', "encoder.channels_last=true"]
             ours = [one(src, "cnn-kmeans", k, s, over, {"cache": False}) for s in args.seeds]
             print(name, spec, [f"{o[0]:.3f}" for o in ours], flush=True)
-            rows.append((name, f"{arch} random init, `{layer}`, input {size}px -> k-means", ours, peer))
+            prec = ", bf16+channels_last" if args.bf16 else ""
+            rows.append((name, f"{arch} random init, `{layer}`, input {size}px{prec} -> k-means", ours, peer))
     lines = ["| dataset | method | ACC | NMI | ARI | ACC ratio to pixels | seconds per run |", "|---|---|---|---|---|---|---|"]
     for name, label, res, peer in rows:
         acc, nmi, ari, sec = (list(x) for x in zip(*res))
