@@ -64,7 +64,7 @@ def _print_metrics(metrics: dict) -> None:
 def _run_cmd(p: argparse.ArgumentParser):
     p.add_argument("source", help="a folder of images, an .npy/.npz array, an IDX file, or a builtin: digits")
     p.add_argument("--recipe", help="recipe name (see 'imclust recipes'); default: the recipe marked default")
-    p.add_argument("--k", help="number of clusters, or 'auto' (default: number of classes when labels exist, else auto)")
+    p.add_argument("--k", help="number of clusters, or 'auto' (default: the recipe's k if it sets one, else the number of classes when labels exist, else auto)")
     p.add_argument("--out", default=None, help="output folder (default: runs/<source name>)")
     p.add_argument("--seed", type=int, default=None, help="seed for every random source (default: the recipe's, else 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PART.OPTION=VALUE",
