@@ -69,13 +69,19 @@ class PCA(Component):
             k = min(int(nc), full)
             if k < 1:
                 raise UserError(f"PCA n_components must be at least 1, got {nc}")
-        Vt, var = _top_eigvecs(Xc, k)
+        total = float((Xc.astype(np.float64) ** 2).sum() / max(n - 1, 1))
+        if isinstance(nc, float) and 0 < nc < 1 and full > 1024:
+            # A variance fraction rarely needs the whole spectrum: try the leading eighth first.
+            Vt, var = _top_eigvecs(Xc, max(256, full // 8))
+            if var.sum() / max(n - 1, 1) < nc * total:
+                Vt, var = _top_eigvecs(Xc, k)
+        else:
+            Vt, var = _top_eigvecs(Xc, k)
         # sign convention: largest |loading| positive, so results do not flip between solvers
         signs = np.sign(Vt[np.arange(len(Vt)), np.abs(Vt).argmax(axis=1)])
         signs[signs == 0] = 1
         Vt = Vt * signs[:, None]
         var = var / max(n - 1, 1)
-        total = float((Xc.astype(np.float64) ** 2).sum() / max(n - 1, 1))
         if isinstance(nc, float) and 0 < nc < 1:
             k = int(np.searchsorted(np.cumsum(var) / total, nc) + 1)
         self.components_ = Vt[:k].astype(np.float32)
