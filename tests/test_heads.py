@@ -203,3 +203,17 @@ def test_bad_head_options():
         make_head("arcface", 2, 10, margin=3.0)
     with pytest.raises(UserError, match="class ids"):
         make_head("softmax", 2, 3)(torch.zeros(2, 2), torch.tensor([0, 5]))
+
+
+@pytest.mark.parametrize("name", ["arcface", "cosface", "arcface+center"])
+def test_margin_heads_stay_finite_under_bf16_autocast(name):
+    """In bfloat16, 1 - 1e-6 rounds to 1; the heads compute cosines in float32 so θ = 0 stays finite."""
+    torch.manual_seed(0)
+    head = make_head(name, 2, 3)
+    w = head.classifier.weight if hasattr(head, "classifier") else head.weight
+    x = w.detach()[[0, 1, 2]].clone().mul(4).requires_grad_(True)  # each feature exactly on its class weight
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        loss, logits = head(x.to(torch.bfloat16), torch.tensor([0, 1, 2]))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+    assert all(torch.isfinite(p.grad).all() for p in head.parameters() if p.grad is not None)

@@ -175,10 +175,16 @@ class MarginHead(Head):
         nn.init.xavier_uniform_(self.weight)
 
     def cosine(self, features: torch.Tensor) -> torch.Tensor:
-        """cos θ between each feature and each class weight, clamped to [-1 + eps, 1 - eps]."""
-        x = F.normalize(features, dim=1)
-        w = F.normalize(self.weight.to(features.dtype), dim=1)
-        return F.linear(x, w).clamp(-1.0 + self.eps, 1.0 - self.eps)
+        """cos θ between each feature and each class weight, clamped to [-1 + eps, 1 - eps].
+
+        Always computed in float32 or float64, outside any autocast: in bfloat16 ``1 - 1e-6`` rounds to 1,
+        so the clamp would not keep ``sin θ`` away from 0 and the gradient would be infinite.
+        """
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            x = features if features.dtype == torch.float64 else features.float()
+            x = F.normalize(x, dim=1)
+            w = F.normalize(self.weight.to(x.dtype), dim=1)
+            return F.linear(x, w).clamp(-1.0 + self.eps, 1.0 - self.eps)
 
     def logits(self, features):
         return self.scale * self.cosine(features)
@@ -188,10 +194,11 @@ class MarginHead(Head):
 
     def forward(self, features, targets):
         targets = _check_targets(features, targets, self.n_classes)
-        cos = self.cosine(features)
-        onehot = F.one_hot(targets, self.n_classes).to(torch.bool)
-        out = self.scale * torch.where(onehot, self.target_logit(cos), cos)
-        return F.cross_entropy(_ce_dtype(out), targets), out
+        with torch.autocast(device_type=features.device.type, enabled=False):
+            cos = self.cosine(features)
+            onehot = F.one_hot(targets, self.n_classes).to(torch.bool)
+            out = self.scale * torch.where(onehot, self.target_logit(cos), cos)
+            return F.cross_entropy(out, targets), out
 
 
 class ArcFaceHead(MarginHead):
