@@ -93,10 +93,10 @@ def _array_imageset(images: np.ndarray, labels, source: str, kind: str, layout: 
             scale, offset = 1.0, 0.0
         elif lo >= -1 - eps and hi <= 1 + eps:
             scale, offset = 0.5, 0.5
-        elif lo >= 0 and hi <= 255 + eps:
-            scale, offset = 1.0 / 255.0, 0.0
+        elif lo >= 0 and hi <= 255 and np.array_equal(xf, np.round(xf)):
+            scale, offset = 1.0 / 255.0, 0.0  # whole-number floats in [0, 255]: uint8 values stored as float
         else:
-            raise UserError(f"{source}: float values span [{lo:.3g}, {hi:.3g}]; expected [0,1], [-1,1] or [0,255]")
+            raise UserError(f"{source}: float values span [{lo:.3g}, {hi:.3g}]; expected floats in [0,1] or [-1,1] (or whole numbers 0..255); rescale the array")
         store = np.ascontiguousarray(xf)
     n = store.shape[0]
 

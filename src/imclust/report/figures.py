@@ -185,8 +185,10 @@ def write_run_figures(result, out) -> dict[str, Path]:
         figs["scatter_labels"] = scatter_2d(m2, result.true_labels, out / "scatter_labels.png", "true labels",
                                             names=result.class_names)
     if result.dataset is not None:
-        keep = [result.dataset.ids.index(i) for i in result.ids] if len(result.ids) != len(result.dataset) else None
-        ds = result.dataset if keep is None else result.dataset.subset(keep)
+        ds = result.dataset
+        if len(result.ids) != len(ds):  # some files failed to decode and were left out
+            pos = {i: n for n, i in enumerate(ds.ids)}
+            ds = ds.subset([pos[i] for i in result.ids])
         cluster_montages(ds, result.labels, result.embedding, out / "montages")
     enc = result.pipeline.encoder
     if hasattr(enc, "write_figures"):

@@ -1,0 +1,68 @@
+"""Shared helpers for benchmark scripts: datasets, machine description, RESULTS.md sections."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+DATA = Path(os.environ.get("IMCLUST_SHARED_DATA", REPO.parent / "shared" / "data"))
+RESULTS = HERE / "RESULTS.md"
+
+DATASETS = {
+    "digits": "digits",
+    "mnist-test": DATA / "mnist-test" / "t10k-images-idx3-ubyte.gz",
+    "usps": DATA / "usps" / "usps.npz",
+    "fashion-1k": DATA / "fashion-mnist-1k" / "fashion_mnist_test_1k.npz",
+}
+
+
+def available(names):
+    out = {}
+    for n in names:
+        p = DATASETS[n]
+        if isinstance(p, str) or Path(p).exists():
+            out[n] = str(p)
+        else:
+            print(f"skipping {n}: {p} not found", file=sys.stderr)
+    return out
+
+
+def machine() -> str:
+    import torch
+
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, python {platform.python_version()}")
+
+
+def today() -> str:
+    return datetime.date.today().isoformat()
+
+
+def command() -> str:
+    return "python " + " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
+
+
+def update_section(name: str, body: str) -> None:
+    """Replace (or append) the block between <!-- name:start --> and <!-- name:end --> in RESULTS.md."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{body.rstrip()}\n{end}"
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEvery figure here comes from a script in this folder; rerun it with the command given.\n"
+    if start in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda m: block, text, flags=re.S)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    from imclust.io import write_text
+
+    write_text(RESULTS, text)
+
+
+def table(rows: list[list], header: list[str]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)

@@ -1,0 +1,131 @@
+"""Baseline components and pipeline: k-means backends, PCA, save/load without pickle, determinism."""
+
+import json
+import pickle
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from imclust import components  # noqa: F401
+from imclust.api import build_pipeline, run
+from imclust.cluster import KMeans, MiniBatchKMeans, choose_k, faiss_available
+from imclust.data import load_source
+from imclust.errors import UserError
+from imclust.metrics import cluster_acc
+from imclust.pipeline import Pipeline
+from imclust.reduce import PCA
+
+
+def _gauss(n_per=400, k=4, d=5, seed=0):
+    rng = np.random.RandomState(seed)
+    centres = rng.randn(k, d) * 6
+    X = np.concatenate([c + rng.randn(n_per, d) for c in centres]).astype(np.float32)
+    return X, np.repeat(np.arange(k), n_per)
+
+
+@pytest.mark.parametrize("backend", ["sklearn", "faiss"])
+def test_kmeans_backends_recover_blobs(backend):
+    if backend == "faiss" and not faiss_available():
+        pytest.skip("faiss not installed")
+    X, y = _gauss()
+    km = KMeans(4, n_init=3, random_state=0, backend=backend).fit(X)
+    assert cluster_acc(y, km.labels_) == 1.0
+    assert np.array_equal(km.predict(X), km.labels_)
+
+
+def test_faiss_trains_on_all_points():
+    if not faiss_available():
+        pytest.skip("faiss not installed")
+    # 2 clusters, 3000 points: faiss's default would subsample to 256*k = 512 points.
+    X, _ = _gauss(n_per=1500, k=2, d=3, seed=1)
+    km = KMeans(2, n_init=1, max_iter=50, random_state=0, backend="faiss").fit(X)
+    # At convergence on all points, each centre is the mean of the points assigned to it.
+    for c in range(2):
+        np.testing.assert_allclose(km.cluster_centers_[c], X[km.labels_ == c].mean(0), atol=1e-3)
+
+
+def test_minibatch_kmeans():
+    X, y = _gauss()
+    mb = MiniBatchKMeans(4, batch_size=256, random_state=0).fit(X)
+    assert cluster_acc(y, mb.labels_) > 0.99
+
+
+def test_kmeans_bad_k():
+    X, _ = _gauss(n_per=5, k=2)
+    with pytest.raises(UserError, match="larger than the number of images"):
+        KMeans(11).fit(X)
+    with pytest.raises(UserError, match="at least 1"):
+        KMeans(0).fit(X)
+
+
+def test_pca_whiten_and_variance_fraction():
+    X, _ = _gauss(d=20)
+    Z = PCA(5, whiten=True).fit_transform(X)
+    np.testing.assert_allclose(Z.std(0, ddof=1), 1.0, rtol=1e-3)
+    p = PCA(0.9).fit(X)
+    assert p.explained_variance_ratio_.sum() >= 0.9
+    assert p.explained_variance_ratio_[:-1].sum() < 0.9
+    # matches scikit-learn's PCA up to sign
+    from sklearn.decomposition import PCA as SK
+
+    ref = SK(3).fit_transform(X)
+    ours = PCA(3).fit_transform(X)
+    np.testing.assert_allclose(np.abs(ours), np.abs(ref), atol=1e-3)
+
+
+def test_components_are_sklearn_estimators():
+    for est in (PCA(3, whiten=True), KMeans(3), MiniBatchKMeans(3)):
+        c = clone(est)
+        assert c.get_params() == est.get_params()
+
+
+def test_choose_k_finds_blobs():
+    X, _ = _gauss(n_per=100, k=3, d=4)
+    k, scores = choose_k(X, 2, 6)
+    assert k == 3 and set(scores) == {2, 3, 4, 5, 6}
+
+
+def test_pipeline_save_load_predicts_same_without_pickle(tmp_path, monkeypatch):
+    ds = load_source("digits")
+    pipe, _ = build_pipeline("baseline", seed=0)
+    pipe.clusterer.set_params(n_clusters=10)
+    pipe.fit(ds)
+    pipe.save(tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["pipeline.json", "state.safetensors"]
+    json.loads((tmp_path / "m" / "pipeline.json").read_text())
+
+    def no_pickle(*a, **k):
+        raise AssertionError("pickle used")
+
+    monkeypatch.setattr(pickle, "load", no_pickle)
+    monkeypatch.setattr(pickle, "loads", no_pickle)
+    loaded = Pipeline.load(tmp_path / "m")
+    assert np.array_equal(loaded.predict(ds), pipe.labels_)
+    # new images of another size are resized to the fitted input shape
+    assert len(loaded.predict(ds.subset(range(10)).resized(16))) == 10
+
+
+def test_same_seed_same_labels_different_seed_runs():
+    a = run("digits", k=10, seed=3).labels
+    b = run("digits", k=10, seed=3).labels
+    assert np.array_equal(a, b)
+
+
+def test_baseline_matches_sklearn_raw_pixel_kmeans():
+    from sklearn.cluster import KMeans as SK
+
+    ds = load_source("digits")
+    X = ds.to_array().reshape(len(ds), -1)
+    ref = cluster_acc(ds.labels, SK(10, n_init=10, random_state=0).fit_predict(X))
+    ours = run("digits", k=10, seed=0).metrics["acc"]
+    assert ours >= ref - 0.03
+
+
+def test_recipe_override():
+    pipe, cfg = build_pipeline("baseline", ["reducers.0.n_components=7", "clusterer.n_init=2"])
+    assert pipe.reducers[0].n_components == 7 and pipe.clusterer.n_init == 2
+    with pytest.raises(UserError, match="unknown option"):
+        build_pipeline("baseline", ["clusterer.bogus=1"])
+    with pytest.raises(UserError, match="unknown recipe"):
+        build_pipeline("nope")
