@@ -149,6 +149,8 @@ def _embed_cmd(p):
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-schedule", default="cosine", choices=("cosine", "constant"),
+                   help="cosine decay to 0 over the epochs (default) or constant (the tutorial's)")
     p.add_argument("--test-size", type=float, default=0.2, help="held-out fraction, stratified and seeded (default 0.2)")
     p.add_argument("--margin", type=float, help="ArcFace angle margin m in radians (default 0.5) or CosFace margin (0.35)")
     p.add_argument("--scale", type=float, help="ArcFace/CosFace scale s (default 10)")
@@ -183,7 +185,7 @@ def _embed_cmd(p):
             torch.set_num_threads(args.threads)
         out = args.out or str(Path("runs") / ("embed-" + (Path(args.source.rstrip("/")).name.split(".")[0] or "run")))
         res = embed(args.source, labels=args.labels, head=args.head, dim=args.dim, net=args.net, epochs=args.epochs,
-                    batch_size=args.batch_size, lr=args.lr, test_size=args.test_size, seed=args.seed, out=out,
+                    batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, test_size=args.test_size, seed=args.seed, out=out,
                     plot=not args.no_plot, gif=not args.no_gif, margin=args.margin, scale=args.scale,
                     easy_margin=args.easy_margin, center_lr=args.center_lr, center_weight=args.center_weight,
                     center_form=args.center_form, augment_shift=args.augment_shift, device=args.device,

@@ -22,6 +22,7 @@ L2-normalised (``normalize="auto"``), because class membership lives in their di
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -174,7 +175,22 @@ class _HeadEncoder(Encoder):
                 out = out[:-1]
             return out
 
-        self.history_ = trainer.fit(step, batches, on_epoch_start=on_epoch_start, on_epoch_end=on_epoch_end)
+        schedule = self.lr_schedule
+        if schedule not in ("constant", "cosine"):
+            raise UserError(f"unknown lr_schedule {schedule!r}; use constant or cosine")
+
+        def start(t, epoch):
+            rec = {}
+            if schedule == "cosine":
+                f = 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, int(self.epochs))))
+                for g in t.optimizer.param_groups:
+                    g.setdefault("base_lr", g["lr"])
+                    g["lr"] = g["base_lr"] * f
+                rec["lr_factor"] = f
+            rec.update((on_epoch_start(t, epoch) or {}) if on_epoch_start else {})
+            return rec
+
+        self.history_ = trainer.fit(step, batches, on_epoch_start=start, on_epoch_end=on_epoch_end)
         self.trainer_device_ = str(trainer.device)
         net.eval()
         head.eval()
@@ -222,6 +238,7 @@ _COMMON_DOC = """
     net : ``mlp`` (784-512-256-128-d), ``cnn`` (tutorial's residual CNN) or ``auto`` (cnn for images of 16 px and more)
     margin, scale, easy_margin : ArcFace/CosFace options (None: ArcFace m=0.5, CosFace m=0.35, s=10)
     center_lr, center_weight, center_form : Center Loss options (centres' own learning rate, λ, mean/batch_count)
+    lr_schedule : ``cosine`` (learning rates decay to 0 over the epochs; default) or ``constant`` (the tutorial's)
     augment_shift : random translation of up to this many pixels during training (0: none)
     normalize : L2-normalise the output features (``auto``: for angular heads)
 """
@@ -232,7 +249,7 @@ class EmbeddingEncoder(_HeadEncoder):
     __doc__ = "Supervised discriminative embedding: trains on true labels (``fit(images, y)``)." + _COMMON_DOC
 
     def __init__(self, head: str = "softmax", dim: int = 2, net: str = "auto", epochs: int = 20, batch_size: int = 128,
-                 lr: float = 1e-3, weight_decay: float = 0.0, optimizer: str = "adam", margin=None, scale=None,
+                 lr: float = 1e-3, weight_decay: float = 0.0, optimizer: str = "adam", lr_schedule: str = "cosine", margin=None, scale=None,
                  easy_margin: bool = False, center_lr: float = 0.05, center_weight=None, center_form=None,
                  augment_shift: int = 0, normalize="auto", size=None, channels=None, seed: int | None = 0,
                  device: str = "auto", precision: str = "fp32", channels_last: bool = False,
@@ -245,6 +262,7 @@ class EmbeddingEncoder(_HeadEncoder):
         self.lr = lr
         self.weight_decay = weight_decay
         self.optimizer = optimizer
+        self.lr_schedule = lr_schedule
         self.margin = margin
         self.scale = scale
         self.easy_margin = easy_margin
@@ -305,7 +323,7 @@ class SelfLabelEncoder(_HeadEncoder):
 
     def __init__(self, head: str = "softmax", dim: int = 32, n_clusters: int = 10, net: str = "auto", epochs: int = 15,
                  batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 0.0, optimizer: str = "adam",
-                 margin=None, scale=None, easy_margin: bool = False, center_lr: float = 0.05, center_weight=None,
+                 lr_schedule: str = "cosine", margin=None, scale=None, easy_margin: bool = False, center_lr: float = 0.05, center_weight=None,
                  center_form=None, augment_shift: int = 2, normalize="auto", uniform_sampling: bool = True,
                  size=None, channels=None, seed: int | None = 0, device: str = "auto", precision: str = "fp32",
                  channels_last: bool = False, checkpoint_dir=None, resume: bool = False):
@@ -318,6 +336,7 @@ class SelfLabelEncoder(_HeadEncoder):
         self.lr = lr
         self.weight_decay = weight_decay
         self.optimizer = optimizer
+        self.lr_schedule = lr_schedule
         self.margin = margin
         self.scale = scale
         self.easy_margin = easy_margin
