@@ -175,3 +175,17 @@ def test_digits_kmeans_recipe_uses_hungarian_acc():
     assert cluster_acc(y, perm[pred]) == pytest.approx(acc)
     naive = [(perm[pred] == y).mean(), (pred == y).mean()]
     assert max(naive) < acc
+
+
+def test_margin_warmup_and_cosine_schedule(blobs_npz):
+    from imclust.data import load_source
+    from imclust.encoders.embedding import EmbeddingEncoder
+
+    path, y = blobs_npz
+    ds = load_source(path)
+    enc = EmbeddingEncoder(head="arcface", dim=2, net="mlp", epochs=4, margin=0.4, margin_warmup=2, seed=0)
+    enc.fit(ds, y)
+    h = enc.history_
+    assert [r["margin"] for r in h] == pytest.approx([0.0, 0.2, 0.4, 0.4])
+    assert enc.head_.margin == pytest.approx(0.4)
+    assert h[0]["lr_factor"] == 1.0 and h[-1]["lr_factor"] < h[1]["lr_factor"] < 1.0

@@ -217,3 +217,15 @@ def test_margin_heads_stay_finite_under_bf16_autocast(name):
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
     assert all(torch.isfinite(p.grad).all() for p in head.parameters() if p.grad is not None)
+
+
+def test_set_margin_zero_is_plain_normalised_softmax():
+    torch.manual_seed(0)
+    head = ArcFaceHead(3, 4, margin=0.5, scale=10).double()
+    x, y = _data(n=8, d=3, k=4)
+    with_margin = head(x, y)[1]
+    head.set_margin(0.0)
+    _, logits = head(x, y)
+    assert torch.allclose(logits, head.logits(x), atol=1e-6)
+    head.set_margin(0.5)
+    assert torch.allclose(head(x, y)[1], with_margin)

@@ -119,7 +119,7 @@ def write_gif(frames: list[np.ndarray], path, ms_per_frame: int = 400) -> Path:
 
 def embed(source, labels=None, head: str = "softmax", dim: int = 2, net: str = "auto", epochs: int = 20,
           batch_size: int = 128, lr: float = 1e-3, lr_schedule: str = "cosine", test_size: float = 0.2, seed: int = 0, out=None,
-          plot: bool = True, gif: bool = True, margin=None, scale=None, easy_margin: bool = False,
+          plot: bool = True, gif: bool = True, margin=None, scale=None, easy_margin: bool = False, margin_warmup: int = 0,
           center_lr: float = 0.05, center_weight=None, center_form=None, augment_shift: int = 0,
           device: str = "auto", precision: str = "fp32", channels_last: bool = False, size=None, channels=None,
           image_key=None, label_key=None, layout: str = "auto", max_plot_points: int = 4000) -> EmbedResult:
@@ -162,7 +162,7 @@ def embed(source, labels=None, head: str = "softmax", dim: int = 2, net: str = "
 
     enc = EmbeddingEncoder(head=head, dim=dim, net=net, epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
                            margin=margin,
-                           scale=scale, easy_margin=easy_margin, center_lr=center_lr, center_weight=center_weight,
+                           scale=scale, easy_margin=easy_margin, margin_warmup=margin_warmup, center_lr=center_lr, center_weight=center_weight,
                            center_form=center_form, augment_shift=augment_shift, size=size, channels=channels,
                            seed=seed, device=device, precision=precision, channels_last=channels_last)
     snapshots: list[np.ndarray] = []
@@ -219,8 +219,10 @@ def embed(source, labels=None, head: str = "softmax", dim: int = 2, net: str = "
                            recipe_name=cfg["name"], config=cfg, seed=seed, k=k, timings={"train": train_s},
                            source=str(source), source_kind=ds.kind, dataset=ds)
         write_run(out_p, result)
+        is_te = np.zeros(len(ds), bool)
+        is_te[te] = True
         write_csv(out_p / "split.csv", ["id", "split"],
-                  ((ds.ids[i], "heldout" if i in set(te.tolist()) else "train") for i in range(len(ds))))
+                  ((ds.ids[i], "heldout" if is_te[i] else "train") for i in range(len(ds))))
         if plot:
             part = "held-out" if len(te) else "training"
             for e, Z in enumerate(progress(snapshots, desc="frames", unit="frame")):

@@ -8,6 +8,8 @@ Two encoders share everything but where the class ids come from:
 ``selflabel`` (:class:`SelfLabelEncoder`)
     Self-labelling: before every epoch, k-means on the current embedding of all images gives pseudo-labels
     (``n_clusters`` of them); the network and head then train on them for one epoch. Labels are never read.
+    The first epoch's pseudo-labels come from k-means on PCA-50 of the pixels (``first_labels="pca"``) or,
+    as in DeepCluster, on the randomly initialised network's features (``first_labels="features"``).
     Successive assignments are matched to the previous ones (Hungarian), so the head's classes and Center
     Loss centres keep their meaning; batches sample the pseudo-classes uniformly (DeepCluster's guard
     against one cluster swallowing the others); empty clusters are re-seeded by splitting the largest.
@@ -179,8 +181,17 @@ class _HeadEncoder(Encoder):
         if schedule not in ("constant", "cosine"):
             raise UserError(f"unknown lr_schedule {schedule!r}; use constant or cosine")
 
+        full_margin: dict = {}
+
         def start(t, epoch):
             rec = {}
+            margin_head = getattr(head, "classifier", head)
+            if int(self.margin_warmup) > 0 and hasattr(margin_head, "set_margin"):
+                if "m" not in full_margin:
+                    full_margin["m"] = margin_head.margin
+                f = min(1.0, epoch / int(self.margin_warmup))
+                margin_head.set_margin(full_margin["m"] * f)
+                rec["margin"] = margin_head.margin
             if schedule == "cosine":
                 f = 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, int(self.epochs))))
                 for g in t.optimizer.param_groups:
@@ -191,6 +202,8 @@ class _HeadEncoder(Encoder):
             return rec
 
         self.history_ = trainer.fit(step, batches, on_epoch_start=start, on_epoch_end=on_epoch_end)
+        if full_margin:
+            getattr(head, "classifier", head).set_margin(full_margin["m"])
         self.trainer_device_ = str(trainer.device)
         net.eval()
         head.eval()
@@ -237,6 +250,7 @@ _COMMON_DOC = """
     dim : size of the feature layer (2 or 3 to plot it directly, larger for clustering)
     net : ``mlp`` (784-512-256-128-d), ``cnn`` (tutorial's residual CNN) or ``auto`` (cnn for images of 16 px and more)
     margin, scale, easy_margin : ArcFace/CosFace options (None: ArcFace m=0.5, CosFace m=0.35, s=10)
+    margin_warmup : epochs over which the margin rises linearly from 0 to its value (0: full margin from the start)
     center_lr, center_weight, center_form : Center Loss options (centres' own learning rate, λ, mean/batch_count)
     lr_schedule : ``cosine`` (learning rates decay to 0 over the epochs; default) or ``constant`` (the tutorial's)
     augment_shift : random translation of up to this many pixels during training (0: none)
@@ -250,8 +264,8 @@ class EmbeddingEncoder(_HeadEncoder):
 
     def __init__(self, head: str = "softmax", dim: int = 2, net: str = "auto", epochs: int = 20, batch_size: int = 128,
                  lr: float = 1e-3, weight_decay: float = 0.0, optimizer: str = "adam", lr_schedule: str = "cosine", margin=None, scale=None,
-                 easy_margin: bool = False, center_lr: float = 0.05, center_weight=None, center_form=None,
-                 augment_shift: int = 0, normalize="auto", size=None, channels=None, seed: int | None = 0,
+                 easy_margin: bool = False, margin_warmup: int = 0, center_lr: float = 0.05, center_weight=None,
+                 center_form=None, augment_shift: int = 0, normalize="auto", size=None, channels=None, seed: int | None = 0,
                  device: str = "auto", precision: str = "fp32", channels_last: bool = False,
                  checkpoint_dir=None, resume: bool = False):
         self.head = head
@@ -266,6 +280,7 @@ class EmbeddingEncoder(_HeadEncoder):
         self.margin = margin
         self.scale = scale
         self.easy_margin = easy_margin
+        self.margin_warmup = margin_warmup
         self.center_lr = center_lr
         self.center_weight = center_weight
         self.center_form = center_form
@@ -319,12 +334,15 @@ class EmbeddingEncoder(_HeadEncoder):
 class SelfLabelEncoder(_HeadEncoder):
     __doc__ = ("Self-labelling embedding: k-means pseudo-labels on the current embedding, refreshed every epoch; "
                "labels are never read.\n    n_clusters : number of pseudo-classes (DeepCluster uses more than the "
-               "number of classes)\n    kmeans_on : ``features`` (the d-dim layer, L2-normalised for angular heads)" + _COMMON_DOC)
+               "number of classes)\n    first_labels : where the first epoch's pseudo-labels come from: ``pca`` (k-means on PCA-50 of the "
+               "pixels; default) or ``features`` (k-means on the randomly initialised network's features, as DeepCluster)\n"
+               "    uniform_sampling : sample batches uniformly over pseudo-classes" + _COMMON_DOC)
 
     def __init__(self, head: str = "softmax", dim: int = 32, n_clusters: int = 10, net: str = "auto", epochs: int = 15,
                  batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 0.0, optimizer: str = "adam",
-                 lr_schedule: str = "cosine", margin=None, scale=None, easy_margin: bool = False, center_lr: float = 0.05, center_weight=None,
-                 center_form=None, augment_shift: int = 2, normalize="auto", uniform_sampling: bool = True,
+                 lr_schedule: str = "cosine", margin=None, scale=None, easy_margin: bool = False, margin_warmup: int = 0,
+                 center_lr: float = 0.05, center_weight=None, center_form=None, augment_shift: int = 2, normalize="auto",
+                 uniform_sampling: bool = True, first_labels: str = "pca",
                  size=None, channels=None, seed: int | None = 0, device: str = "auto", precision: str = "fp32",
                  channels_last: bool = False, checkpoint_dir=None, resume: bool = False):
         self.head = head
@@ -340,12 +358,14 @@ class SelfLabelEncoder(_HeadEncoder):
         self.margin = margin
         self.scale = scale
         self.easy_margin = easy_margin
+        self.margin_warmup = margin_warmup
         self.center_lr = center_lr
         self.center_weight = center_weight
         self.center_form = center_form
         self.augment_shift = augment_shift
         self.normalize = normalize
         self.uniform_sampling = uniform_sampling
+        self.first_labels = first_labels
         self.size = size
         self.channels = channels
         self.seed = seed
@@ -368,8 +388,17 @@ class SelfLabelEncoder(_HeadEncoder):
         state = {"labels": None, "weights": None}
         seed = int(self.seed or 0)
 
+        if self.first_labels not in ("features", "pca"):
+            raise UserError(f"first_labels must be 'features' or 'pca', got {self.first_labels!r}")
+
         def refresh(trainer, epoch):
-            Z = self._features(X)
+            if epoch == 0 and self.first_labels == "pca":
+                from ..reduce import PCA
+
+                flat = X.reshape(len(X), -1)
+                Z = PCA(min(50, flat.shape[1], len(X) - 1), random_state=seed).fit_transform(flat)
+            else:
+                Z = self._features(X)
             km = KMeans(k, n_init=3, random_state=seed + epoch).fit(Z)
             lab = km.labels_.astype(np.int64)
             lab, n_split = _fill_empty(lab, Z, k, seed + epoch)

@@ -220,9 +220,14 @@ class ArcFaceHead(MarginHead):
             raise UserError(f"unknown ArcFace formulation {formulation!r}; use 'identity' or 'acos'")
         super().__init__(in_dim, n_classes, margin, scale, eps)
         self.easy_margin, self.formulation = bool(easy_margin), formulation
-        self._cos_m, self._sin_m = math.cos(margin), math.sin(margin)
-        self._threshold = math.cos(math.pi - margin)  # θ + m > π beyond this cosine
-        self._fallback = math.sin(math.pi - margin) * margin  # = m·sin m
+        self.set_margin(margin)
+
+    def set_margin(self, margin: float) -> None:
+        """Change m (e.g. a warm-up from 0), keeping the derived constants in step."""
+        self.margin = float(margin)
+        self._cos_m, self._sin_m = math.cos(self.margin), math.sin(self.margin)
+        self._threshold = math.cos(math.pi - self.margin)  # θ + m > π beyond this cosine
+        self._fallback = math.sin(math.pi - self.margin) * self.margin  # = m·sin m
 
     def target_logit(self, cos):
         if self.formulation == "acos":
@@ -242,6 +247,9 @@ class CosFaceHead(MarginHead):
         if not 0 <= margin < 2:
             raise UserError(f"the CosFace margin m must lie in [0, 2); got {margin}")
         super().__init__(in_dim, n_classes, margin, scale, eps)
+
+    def set_margin(self, margin: float) -> None:
+        self.margin = float(margin)
 
     def target_logit(self, cos):
         return cos - self.margin
