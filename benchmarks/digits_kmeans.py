@@ -12,11 +12,15 @@ and the ``digits-kmeans`` recipe is run on all 1,797 images.
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import numpy as np
 
 os.environ.setdefault("IMCLUST_QUIET", "1")
+sys.path.insert(0, os.path.dirname(__file__))
+
+from _common import command, machine, today, update_section  # noqa: E402
 
 
 def main() -> None:
@@ -49,12 +53,29 @@ def main() -> None:
     ours_s = time.perf_counter() - t
     m = res.metrics
     rows.append(("imclust run digits --recipe digits-kmeans --seed 42 (all 1,797)", m["acc"], m["nmi"], m["ari"]))
-    print("| what | ACC | NMI | ARI |\n|---|---|---|---|")
+    lines = [
+        "## Tutorial 4's k-means on sklearn digits, scored properly (issue 6)",
+        "",
+        f"Command: `{command()}`  ",
+        f"Machine: 2-core CPU, 24 GiB, no GPU ({machine()})  ",
+        f"Date: {today()}  ",
+        "The tutorial's own code (KMeans(10, random_state=42) on an 80 % split, then a logistic regression trained "
+        "to predict the cluster ids) reports how well a classifier reproduces the partition, not how well the "
+        "partition matches the digits. The same k-means scored against the digits with Hungarian matching, and "
+        "the `digits-kmeans` recipe (10 k-means++ restarts) on all 1,797 images:",
+        "",
+        "| what | ACC | NMI | ARI |",
+        "|---|---|---|---|",
+    ]
     for name, a, n, r in rows:
         f = lambda v: "–" if v is None else f"{v:.4f}"
-        print(f"| {name} | {f(a)} | {f(n)} | {f(r)} |")
-    print(f"\ntutorial code {peer_s:.1f}s, imclust recipe {ours_s:.1f}s")
-
+        lines.append(f"| {name} | {f(a)} | {f(n)} | {f(r)} |")
+    lines += ["", f"Time: the tutorial's code {peer_s:.1f}s, `imclust run --recipe digits-kmeans` {ours_s:.1f}s (whole run: "
+              "load, k-means with 10 restarts, metrics)."]
+    body = "\n".join(lines)
+    print(body)
+    if "--no-write" not in sys.argv:
+        update_section("digits-kmeans", body)
 
 if __name__ == "__main__":
     main()
