@@ -94,7 +94,7 @@ def render_frame(Z: np.ndarray, y: np.ndarray, title: str, names=None, size=(5.6
         pts = [Z[sel, 0], Z[sel, 1]] + ([Z[sel, 2]] if three else [])
         ax.scatter(*pts, s=3, color=cmap(i % cmap.N), label=name, alpha=0.8, linewidths=0)
     if len(classes) <= 20:
-        ax.legend(loc="upper right", fontsize=7, markerscale=3, frameon=False)
+        ax.legend(loc="upper left" if three else "upper right", fontsize=7, markerscale=3, frameon=False)
     ax.set_title(title)
     fig.tight_layout()
     fig.canvas.draw()
