@@ -62,10 +62,28 @@ def resolve_k(k, ds: ImageSet) -> int | str:
     return int(k)
 
 
-def build_pipeline(recipe: str | None = None, overrides=(), seed: int | None = 0) -> tuple[Pipeline, dict]:
+def build_pipeline(recipe: str | None = None, overrides=(), seed: int | None = 0,
+                   encoder_options: dict | None = None) -> tuple[Pipeline, dict]:
+    """The recipe's pipeline. ``seed=None`` takes the recipe's own ``seed`` (else 0); ``encoder_options``
+    (from --weights, --pretrained, --feature-cache) go into the encoder and must be options it has."""
     cfg = load_recipe(recipe)
     for o in overrides:
         apply_override(cfg, o)
+    opts = {k: v for k, v in (encoder_options or {}).items() if v is not None}
+    if opts:
+        from .base import REGISTRY
+
+        etype = cfg["encoder"].get("type")
+        valid = REGISTRY[etype]._get_param_names() if etype in REGISTRY else []
+        flags = {"weights": "--weights", "pretrained": "--pretrained", "cache": "--feature-cache",
+                 "cache_dir": "--feature-cache"}
+        bad = [flags.get(k, k) for k in opts if k not in valid]
+        if bad:
+            raise UserError(f"{', '.join(dict.fromkeys(bad))}: recipe {cfg['name']!r} uses the {etype!r} encoder, "
+                            "which takes no such option; use a recipe with a pretrained CNN (e.g. --recipe vgg-kmeans)")
+        cfg["encoder"].update(opts)
+    if seed is None:
+        seed = int(cfg.get("seed", 0))
     spec = {"encoder": cfg["encoder"], "reducers": cfg.get("reducers", []), "clusterer": cfg["clusterer"]}
     return Pipeline.from_spec(spec, name=cfg["name"], seed=seed), cfg
 
@@ -77,16 +95,36 @@ def fit_pipeline(pipe: Pipeline, ds: ImageSet, k) -> Pipeline:
     return pipe.fit(ds)
 
 
-def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 0, labels=None, overrides=(),
+def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = None, labels=None, overrides=(),
         size=None, channels=None, image_key=None, label_key=None, layout: str = "auto",
-        nmi_average: str = "arithmetic") -> RunResult:
-    """Load ``source``, fit the recipe's pipeline, evaluate, and (with ``out``) write every output."""
+        nmi_average: str = "arithmetic", encoder_options: dict | None = None,
+        export: str | None = None) -> RunResult:
+    """Load ``source``, fit the recipe's pipeline, evaluate, and (with ``out``) write every output.
+
+    ``seed=None`` uses the recipe's seed (0 when it names none). ``export`` (copy, symlink or move) puts a
+    folder's files into ``out/clusters/<label>/`` after everything else is written.
+    """
     t0 = time.perf_counter()
+    if export is not None and out is None:
+        raise UserError("--export needs an output folder (--out)")
     ds = load_source(source, size=size, channels=channels, labels=labels, image_key=image_key,
                      label_key=label_key, layout=layout)
     load_s = time.perf_counter() - t0
     log(f"loaded {ds}")
-    pipe, cfg = build_pipeline(recipe, overrides, seed)
+    _check_export(export, ds)
+    pipe, cfg = build_pipeline(recipe, overrides, seed, encoder_options)
+    seed = pipe.seed
+    if size is not None and "preprocess" in pipe.encoder.get_params(deep=False):
+        # a CNN encoder reads the original files: --size is its input size (unless the recipe sets one)
+        sq = size if isinstance(size, int) else (size[0] if len(set(size)) == 1 else None)
+        if sq is None:
+            raise UserError(f"--size {size}: a CNN encoder takes square inputs; give one number")
+        if pipe.encoder.size is None:
+            pipe.encoder.set_params(size=int(sq))
+            log(f"CNN input size {sq} px (from --size)")
+    if k is None and isinstance(cfg.get("clusterer", {}).get("n_clusters"), int):
+        k = cfg["clusterer"]["n_clusters"]
+        log(f"k={k}: set by recipe {cfg['name']!r} (pass --k to choose another)")
     k = resolve_k(k, ds)
     fit_pipeline(pipe, ds, k)
     ids, labels_pred, emb, y = list(ds.ids), pipe.labels_, pipe.embedding_, ds.labels
@@ -111,16 +149,53 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
         from .outputs import write_run
 
         write_run(out, result)
+        if export is not None:
+            _export(out, result, export)
     return result
 
 
+def _check_export(mode, ds: ImageSet) -> None:
+    """Refuse an impossible --export before any work is done."""
+    if mode is None:
+        return
+    from .export import EXPORT_MODES
+
+    if mode not in EXPORT_MODES:
+        raise UserError(f"--export {mode!r}: choose one of {', '.join(EXPORT_MODES)}")
+    if ds.paths is None:
+        raise UserError(f"--export puts image files into clusters/<label>/, but {ds.source or 'this source'} is an "
+                        "array with no files; export works for folder sources")
+
+
+def _export(out, result: RunResult, mode: str) -> None:
+    from .export import export_clusters
+
+    ds = result.dataset
+    paths = None
+    if ds is not None and ds.paths is not None:
+        where = {i: p for i, p in zip(ds.ids, ds.paths)}
+        paths = [where[i] for i in result.ids]
+    export_clusters(out, result.ids, result.labels, paths, mode)
+
+
 def predict(model_dir, source, out=None, size=None, channels=None, image_key=None, label_key=None,
-            layout: str = "auto", labels=None) -> RunResult:
-    """Assign the images of ``source`` to the clusters of a saved model, without refitting."""
+            layout: str = "auto", labels=None, weights=None, export: str | None = None) -> RunResult:
+    """Assign the images of ``source`` to the clusters of a saved model, without refitting.
+
+    ``weights`` points a pretrained-CNN model at its weights file when that file has moved (the weights
+    must be the very ones the model was fitted with). ``export`` as in :func:`run`.
+    """
     t0 = time.perf_counter()
+    if export is not None and out is None:
+        raise UserError("--export needs an output folder (--out)")
     pipe = Pipeline.load(model_dir)
+    if weights is not None:
+        if "weights" not in pipe.encoder.get_params(deep=False):
+            raise UserError(f"--weights: this model's encoder ({pipe.encoder.component_name}) takes no weights file")
+        pipe.encoder.set_params(weights=str(weights), pretrained=False)
     ds = load_source(source, size=size, channels=channels, labels=labels, image_key=image_key,
                      label_key=label_key, layout=layout)
+    _check_export(export, ds)
     emb = pipe.transform(ds)
     lab = np.asarray(pipe.clusterer.predict(emb), dtype=np.int64)
     ids, y, skipped = list(ds.ids), ds.labels, list(ds.skipped)
@@ -132,6 +207,11 @@ def predict(model_dir, source, out=None, size=None, channels=None, image_key=Non
     metrics = evaluate(lab, y, emb)
     metrics["seconds"] = time.perf_counter() - t0
     cfg = {"name": pipe.name, **pipe.spec()}
+    from .recipes import available
+
+    outputs = available().get(pipe.name, {}).get("outputs")
+    if outputs:  # the recipe's extra writers (e.g. submission.csv), so predict writes what run wrote
+        cfg["outputs"] = list(outputs)
     result = RunResult(ids=ids, labels=lab, embedding=emb, metrics=metrics, pipeline=pipe, skipped=skipped,
                        true_labels=y, class_names=ds.class_names, recipe_name=pipe.name, config=cfg, seed=pipe.seed,
                        k=_k_of(pipe, lab), timings={"predict": metrics["seconds"]},
@@ -140,7 +220,16 @@ def predict(model_dir, source, out=None, size=None, channels=None, image_key=Non
         from .outputs import write_run
 
         write_run(out, result)
+        if export is not None:
+            _export(out, result, export)
     return result
+
+
+def report(run_dir, out=None) -> Path:
+    """Rebuild ``report.html`` from a run folder's saved outputs (nothing is refitted or re-encoded)."""
+    from .report.html import build_report
+
+    return build_report(run_dir, out)
 
 
 def read_predictions(path) -> tuple[list[str], np.ndarray]:

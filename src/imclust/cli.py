@@ -34,6 +34,19 @@ def _source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", default="auto", choices=("auto", "nhwc", "nchw"), help="channel layout of 4-D arrays")
 
 
+def _cnn_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weights", metavar="PATH", help="CNN recipes: backbone weights, .safetensors or .pth (torchvision layout)")
+    p.add_argument("--export", choices=("copy", "symlink", "move"),
+                   help="put a folder's image files into OUT/clusters/<label>/ (keeps names, never overwrites)")
+
+
+def _abs(path):
+    """A path given on the command line, made absolute so a saved model still finds it from elsewhere."""
+    from pathlib import Path
+
+    return None if path is None else str(Path(path).expanduser().absolute())
+
+
 def _size(args):
     if not args.size:
         return None
@@ -53,11 +66,16 @@ def _run_cmd(p: argparse.ArgumentParser):
     p.add_argument("--recipe", help="recipe name (see 'imclust recipes'); default: the recipe marked default")
     p.add_argument("--k", help="number of clusters, or 'auto' (default: number of classes when labels exist, else auto)")
     p.add_argument("--out", default=None, help="output folder (default: runs/<source name>)")
-    p.add_argument("--seed", type=int, default=0, help="seed for every random source (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="seed for every random source (default: the recipe's, else 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PART.OPTION=VALUE",
                    help="override a recipe field, e.g. --set reducers.0.n_components=30 (repeatable)")
     p.add_argument("--nmi", default="arithmetic", choices=("arithmetic", "geometric", "min", "max"), help="NMI normalisation")
     _source_args(p)
+    _cnn_args(p)
+    p.add_argument("--pretrained", action="store_true", default=None,
+                   help="CNN recipes: download torchvision's ImageNet weights (cached under ~/.cache/imclust)")
+    p.add_argument("--feature-cache", metavar="DIR|off",
+                   help="CNN recipes: folder of the feature cache (default ~/.cache/imclust/features), or 'off'")
 
     def handler(args):
         from pathlib import Path
@@ -65,9 +83,13 @@ def _run_cmd(p: argparse.ArgumentParser):
         from .api import run
 
         out = args.out or str(Path("runs") / (Path(args.source.rstrip("/")).name.split(".")[0] or "run"))
+        enc = {"weights": _abs(args.weights), "pretrained": args.pretrained}
+        if args.feature_cache is not None:
+            enc.update({"cache": False} if args.feature_cache.lower() == "off" else {"cache_dir": args.feature_cache})
         res = run(args.source, recipe=args.recipe, k=args.k, out=out, seed=args.seed, labels=args.labels,
                   overrides=args.overrides, size=_size(args), channels=args.channels, image_key=args.image_key,
-                  label_key=args.label_key, layout=args.layout, nmi_average=args.nmi)
+                  label_key=args.label_key, layout=args.layout, nmi_average=args.nmi, encoder_options=enc,
+                  export=args.export)
         print(f"{res.recipe_name}: {len(res.ids)} images, k={res.k}, {res.metrics['seconds']:.1f}s")
         if res.skipped:
             print(f"skipped {len(res.skipped)} unreadable file(s): listed in {Path(out) / 'skipped.csv'}")
@@ -96,6 +118,7 @@ def _predict_cmd(p):
     p.add_argument("source", help="the new images: folder, .npy/.npz, IDX file or builtin")
     p.add_argument("--out", default=None, help="output folder (default: runs/predict-<source name>)")
     _source_args(p)
+    _cnn_args(p)
 
     def handler(args):
         from pathlib import Path
@@ -107,7 +130,8 @@ def _predict_cmd(p):
             model = model / "model"
         out = args.out or str(Path("runs") / ("predict-" + (Path(args.source.rstrip("/")).name.split(".")[0] or "run")))
         res = predict(model, args.source, out=out, size=_size(args), channels=args.channels, labels=args.labels,
-                      image_key=args.image_key, label_key=args.label_key, layout=args.layout)
+                      image_key=args.image_key, label_key=args.label_key, layout=args.layout, weights=_abs(args.weights),
+                      export=args.export)
         print(f"predicted {len(res.ids)} images into {res.k} clusters")
         _print_metrics(res.metrics)
         print(f"outputs in {out}")
@@ -202,6 +226,19 @@ def _embed_cmd(p):
             print(f"held-out: classifier accuracy={m['heldout_classifier_acc']:.4f}  "
                   f"placement by the saved model ACC={m['heldout_placement_acc']:.4f}")
         print(f"outputs in {out} (model in {Path(out) / 'model'}; place new images with: imclust predict {out} IMAGES)")
+
+    return handler
+
+
+@command("report", "rebuild a run's self-contained HTML report (report.html) from its saved outputs")
+def _report_cmd(p):
+    p.add_argument("run_dir", help="an output folder written by 'imclust run' or 'imclust predict'")
+    p.add_argument("--out", default=None, help="where to write the page (default: RUN_DIR/report.html)")
+
+    def handler(args):
+        from .api import report
+
+        print(f"report in {report(args.run_dir, args.out)}")
 
     return handler
 

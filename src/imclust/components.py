@@ -2,3 +2,4 @@
 
 from . import cluster, reduce  # noqa: F401
 from . import encoders  # noqa: F401
+from . import export  # noqa: F401  (registers the submission writer)

@@ -77,3 +77,42 @@ def write_run(out, result) -> None:
     write_run_figures(result, out)
     for name in result.config.get("outputs", []):
         OUTPUT_WRITERS[name](result, out)
+    write_report(result, out)
+
+
+def _dataset_indices(result):
+    """Dataset index of each of the run's points (points whose file failed to decode are left out)."""
+    ds = result.dataset
+    if len(result.ids) == len(ds):
+        return None
+    where = {i: j for j, i in enumerate(ds.ids)}
+    return [where[i] for i in result.ids]
+
+
+def write_report(result, out) -> Path | None:
+    """Thumbnails (``thumbs.*``) for the report's hover, then ``report.html``.
+
+    Every other output is already written when this runs, so a failure here does not lose the run: it is
+    reported on stderr in one line (with the command that rebuilds the page) and ``None`` is returned.
+    ``IMCLUST_DEBUG=1`` raises it instead.
+    """
+    import os
+
+    from .report.html import build_report
+    from .report.thumbs import write_thumbnails
+
+    out = Path(out)
+    try:
+        if result.dataset is not None and len(result.ids):
+            write_thumbnails(result.dataset, out, _dataset_indices(result), seed=result.seed or 0)
+        else:  # no images to draw: never let an earlier run's thumbnails stand in for this one's
+            for name in ("thumbs.json", "thumbs.png", "thumbs.jpg"):
+                (out / name).unlink(missing_ok=True)
+        return build_report(out)
+    except Exception as err:  # the run's results are complete; the page is an extra that must not hide them
+        if os.environ.get("IMCLUST_DEBUG"):
+            raise
+        print(f"imclust: warning: could not build {out / 'report.html'}: {type(err).__name__}: {err}. "
+              f"The other outputs are complete; rebuild the page with 'imclust report {out}' "
+              "(IMCLUST_DEBUG=1 shows the traceback).", file=sys.stderr, flush=True)
+        return None

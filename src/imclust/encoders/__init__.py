@@ -3,5 +3,6 @@
 from .base import Encoder
 from .embedding import EmbeddingEncoder, SelfLabelEncoder
 from .pixels import PixelEncoder
+from .pretrained import PretrainedEncoder
 
-__all__ = ["Encoder", "EmbeddingEncoder", "PixelEncoder", "SelfLabelEncoder"]
+__all__ = ["Encoder", "EmbeddingEncoder", "PixelEncoder", "PretrainedEncoder", "SelfLabelEncoder"]

@@ -1,0 +1,114 @@
+"""Images per second of the pretrained-CNN encoder on this machine: ResNet-18 and VGG16, fp32 against
+bf16 autocast + channels_last.
+
+Two measurements per configuration:
+- ``forward``: the network alone on preprocessed 224x224 batches (random weights and inputs; the speed
+  does not depend on the values);
+- ``end-to-end``: ``PretrainedEncoder.transform`` on real JPEGs (decode, Resize 256, CenterCrop 224,
+  normalise, forward), feature cache off.
+
+Run (serialised with the other benchmarks):
+    flock /tmp/imclust-bench.lock python benchmarks/pretrained_throughput.py --append
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from imclust.data import load_source  # noqa: E402
+from imclust.encoders.pretrained import PretrainedEncoder  # noqa: E402
+from imclust.nn import backbones as bb  # noqa: E402
+
+RESULTS = Path(__file__).with_name("RESULTS.md")
+
+
+@torch.no_grad()
+def forward_rate(arch: str, fast: bool, batch: int, seconds: float) -> float:
+    torch.manual_seed(0)
+    layer = bb.default_layer(arch)
+    m = bb.build_backbone(arch, materialize=False)
+    bb.truncate(m, layer)
+    bb.initialize(m).eval()
+    x = torch.randn(batch, 3, 224, 224)
+    if fast:
+        m = m.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+    def step():
+        if fast:
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return m(x, layer)
+        return m(x, layer)
+
+    step()  # warm-up
+    n, t0 = 0, time.perf_counter()
+    while True:
+        step()
+        n += batch
+        if time.perf_counter() - t0 >= seconds:
+            break
+    return n / (time.perf_counter() - t0)
+
+
+def end_to_end_rate(arch: str, fast: bool, ds, batch: int, workers: int) -> float:
+    enc = PretrainedEncoder(backbone=arch, batch_size=batch, workers=workers, cache=False,
+                            precision="bf16" if fast else "fp32", channels_last=fast)
+    enc.fit(ds)
+    enc._build()
+    t0 = time.perf_counter()
+    enc.transform(ds)
+    return len(ds) / (time.perf_counter() - t0)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "flowers5"))
+    ap.add_argument("--n", type=int, default=0, help="images for the end-to-end run per model (0: 96 ResNet-18, 24 VGG16)")
+    ap.add_argument("--seconds", type=float, default=15.0, help="timed seconds per forward measurement")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    args = ap.parse_args()
+    os.environ.setdefault("IMCLUST_QUIET", "1")
+    full = load_source(args.data)
+    rows = []
+    for arch in ("resnet18", "vgg16"):
+        n = args.n or (96 if arch == "resnet18" else 24)
+        ds = full.subset(np.random.RandomState(0).choice(len(full), n, replace=False))
+        res = {}
+        for fast in (False, True):
+            f = forward_rate(arch, fast, args.batch, args.seconds)
+            e = end_to_end_rate(arch, fast, ds, args.batch, args.workers)
+            res[fast] = (f, e)
+            print(f"{arch} {'bf16+channels_last' if fast else 'fp32'}: forward {f:.1f} img/s, end-to-end {e:.1f} img/s ({n} images)",
+                  flush=True)
+        rows.append((arch, n, res))
+    lines = ["| model (layer) | fp32 forward | bf16+CL forward | ratio | fp32 end-to-end | bf16+CL end-to-end | ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for arch, n, res in rows:
+        (f0, e0), (f1, e1) = res[False], res[True]
+        lines.append(f"| {arch} ({bb.default_layer(arch)}) | {f0:.1f} | {f1:.1f} | {f1 / f0:.2f}x | {e0:.1f} | {e1:.1f} | {e1 / e0:.2f}x |")
+    table = "\n".join(lines)
+    print(table)
+    if args.append:
+        cmd = "flock /tmp/imclust-bench.lock python benchmarks/pretrained_throughput.py " + " ".join(sys.argv[1:])
+        with open(RESULTS, "a", encoding="utf-8") as fh:
+            fh.write(f"\n### Throughput run {datetime.date.today().isoformat()}\n\n`{cmd}` — "
+                     f"2-core CPU, 24 GiB, no GPU (shared machine; load average at the end {os.getloadavg()[0]:.1f}); torch {torch.__version__}, {torch.get_num_threads()} threads; "
+                     f"224x224 input, batch {args.batch}, {args.workers} DataLoader worker(s); images per second "
+                     f"(forward: {args.seconds:.0f} s timed per cell; end-to-end: {args.data}, random subset).\n\n"
+                     f"{table}\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,343 @@
+"""Features from a pretrained CNN (the photo-folder tutorial: ImageNet VGG16 cut at its first Linear layer).
+
+The encoder does not train: ``fit`` builds the backbone (random initialisation under the seed, a weights
+file, torchvision's published ImageNet weights, or an optional ``torchvision:NAME`` / ``timm:NAME`` model),
+and ``transform`` runs every image through it up to ``layer``. Images come from ``ImageSet.pil(i)``: a
+folder's files at their original size, or an array's images rendered as PIL images, then the chosen
+preprocessing (:mod:`imclust.data.transforms`). Batches come from a torch ``DataLoader`` with worker
+processes; bf16 autocast and channels_last on request; a progress bar shows images per second.
+
+Features are cached (:mod:`.feature_cache`) under the file's content hash and the model, layer, weights
+and preprocessing, so a rerun or a folder with a few new images computes only the new ones.
+
+A saved model keeps a *reference* to the weights (the seed of a random initialisation, the weights file
+and its sha256, or the published file) plus a fingerprint of the exact weights used. ``predict`` rebuilds
+the network from that reference and refuses to go on when the fingerprint differs, so new images are
+always placed with the very network the clusters were fitted on. ``store_weights=True`` puts the weights
+themselves into the model folder instead, for a model that does not need the file again.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+
+import numpy as np
+import torch
+
+from ..base import register
+from ..data import ImageSet
+from ..data.decode import UnreadableImage
+from ..data.transforms import Preprocess
+from ..errors import NotInstalledError, UserError
+from ..nn.backbones import pooled
+from ..progress import log, progress
+from .base import Encoder
+from .feature_cache import FeatureCache, content_keys, default_root
+
+
+class _PilDataset(torch.utils.data.Dataset):
+    """Item j: image ``indices[j]`` of ``ds`` preprocessed to a uint8 tensor, and the decode error if any."""
+
+    def __init__(self, ds: ImageSet, indices: np.ndarray, prep: Preprocess):
+        self.ds, self.indices, self.prep = ds, np.asarray(indices, dtype=np.int64), prep
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, j):
+        i = int(self.indices[j])
+        s = self.prep.output_size
+        try:
+            return self.prep.pil_to_uint8(self.ds.pil(i)), i, ""
+        except UnreadableImage as e:
+            return torch.zeros((3, s, s), dtype=torch.uint8), i, str(e) or "cannot decode"
+        except OSError as e:
+            return torch.zeros((3, s, s), dtype=torch.uint8), i, f"cannot read: {e}"
+
+
+def _optional_backend(spec: str, pretrained: bool, layer: str | None):
+    """``torchvision:NAME`` or ``timm:NAME`` → (module, forward function)."""
+    kind, _, name = spec.partition(":")
+    if not name:
+        raise UserError(f"backbone {spec!r}: give a model name after '{kind}:', e.g. {kind}:resnet18")
+    if kind == "torchvision":
+        try:
+            import torchvision
+            from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+        except Exception:  # ImportError, or the CUDA wheel failing to import on a CPU-only torch
+            raise NotInstalledError("torchvision", f"backbone {spec}", None) from None
+        try:
+            model = torchvision.models.get_model(name, weights="DEFAULT" if pretrained else None)
+        except Exception as e:
+            raise UserError(f"torchvision has no usable model {name!r} ({e})") from None
+        node = layer or get_graph_node_names(model)[1][-2]
+        try:
+            fx = create_feature_extractor(model, {node: "out"})
+        except Exception as e:
+            raise UserError(f"torchvision {name}: no layer {node!r} ({e})") from None
+        return model, fx, (lambda m, x: m(x)["out"]), node
+    if kind == "timm":
+        try:
+            import timm
+        except Exception:
+            raise NotInstalledError("timm", f"backbone {spec}", None) from None
+        if layer is not None:
+            raise UserError(f"backbone {spec}: timm models give their pooled features; do not set a layer")
+        try:
+            model = timm.create_model(name, pretrained=pretrained, num_classes=0)
+        except Exception as e:
+            raise UserError(f"timm cannot create {name!r} ({e})") from None
+        return model, model, (lambda m, x: m(x)), "pooled"
+    raise UserError(f"unknown backbone {spec!r}; use a built-in name, torchvision:NAME or timm:NAME")
+
+
+@register("pretrained")
+class PretrainedEncoder(Encoder):
+    """Features of a (pre)trained CNN at a named layer.
+
+    Parameters
+    ----------
+    backbone : ``vgg16``, ``vgg16_bn``, ``resnet18``, ``resnet50``, ``alexnet``, or ``torchvision:NAME`` /
+        ``timm:NAME`` (those packages must be installed).
+    layer : feature layer; default: ``classifier.0`` for VGG (the tutorial's 4096-d cut), ``classifier.1``
+        for AlexNet, ``avgpool`` (global pooling) for ResNets. Spatial outputs are globally average-pooled.
+    weights : a ``.safetensors`` or ``.pth`` file with the backbone's state_dict (torchvision key layout).
+    pretrained : download torchvision's ImageNet weights (cached; a clear error when offline).
+    preprocess, size, normalize : see :mod:`imclust.data.transforms` (``standard`` or ``tutorial``).
+    batch_size, workers : DataLoader batching and worker processes (``None``: up to 4, one core left free).
+    device, precision, channels_last : ``auto``/``cpu``/``cuda``; ``fp32`` or ``bf16`` autocast.
+    cache : use the feature cache; ``cache_dir`` overrides its folder (default ``~/.cache/imclust/features``
+        or ``$IMCLUST_CACHE_DIR/features``).
+    store_weights : save the network's weights into the model folder (self-contained model).
+    seed : seed of the random initialisation when neither weights nor pretrained are given.
+    """
+
+    def __init__(self, backbone: str = "vgg16", layer: str | None = None, weights: str | None = None,
+                 pretrained: bool = False, preprocess: str = "standard", size: int | None = None,
+                 normalize: bool = True, batch_size: int = 32, workers: int | None = None, device: str = "auto",
+                 precision: str = "fp32", channels_last: bool = False, cache: bool = True,
+                 cache_dir: str | None = None, store_weights: bool = False, seed: int | None = 0):
+        self.backbone = backbone
+        self.layer = layer
+        self.weights = weights
+        self.pretrained = pretrained
+        self.preprocess = preprocess
+        self.size = size
+        self.normalize = normalize
+        self.batch_size = batch_size
+        self.workers = workers
+        self.device = device
+        self.precision = precision
+        self.channels_last = channels_last
+        self.cache = cache
+        self.cache_dir = cache_dir
+        self.store_weights = store_weights
+        self.seed = seed
+
+    # -- configuration ------------------------------------------------------------------------------
+    def _prep(self) -> Preprocess:
+        return Preprocess(self.preprocess, self.size, bool(self.normalize))
+
+    def _check_params(self):
+        if self.precision not in ("fp32", "bf16"):
+            raise UserError(f"pretrained encoder: unknown precision {self.precision!r}; use fp32 or bf16")
+        if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
+            raise UserError(f"pretrained encoder: batch_size must be a whole number of at least 1, got {self.batch_size!r}")
+        if self.workers is not None and (not isinstance(self.workers, (int, np.integer)) or self.workers < 0):
+            raise UserError(f"pretrained encoder: workers must be 0 or more, got {self.workers!r}")
+        if self.weights and self.pretrained:
+            raise UserError("give either --weights PATH or --pretrained, not both")
+
+    def _n_workers(self) -> int:
+        if self.workers is not None:
+            return int(self.workers)
+        return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+    def _device(self) -> torch.device:
+        from ..nn.train import pick_device
+
+        return pick_device(self.device)
+
+    # -- the network --------------------------------------------------------------------------------
+    def _build(self):
+        """Build the network once: returns (module, forward fn, layer name, weights source, fingerprint)."""
+        cached = getattr(self, "_net", None)
+        if cached is not None:
+            return cached
+        from ..nn import backbones as bb
+        from ..nn.weights import apply_state, download_weights, read_state_file, sha256_file, state_fingerprint
+
+        self._check_params()
+        spec = str(self.backbone)
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(0 if self.seed is None else int(self.seed))
+        try:
+            if ":" in spec:
+                model, runner, fwd, layer = _optional_backend(spec, bool(self.pretrained), self.layer)
+                source = f"{spec} ({'pretrained' if self.pretrained else 'random init, seed ' + str(self.seed)})"
+                if self.weights:
+                    sd = read_state_file(self.weights)
+                    apply_state(model, sd, {k: tuple(v.shape) for k, v in model.state_dict().items()},
+                                str(self.weights), spec)
+                    source = f"file {self.weights}"
+            else:
+                name = bb.canonical_name(spec)
+                model = bb.build_backbone(name, materialize=False)
+                layer = bb.check_layer(model, self.layer or bb.default_layer(name))
+                full_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+                bb.truncate(model, layer)
+                source = f"random init (seed {self.seed})"
+                path = None
+                if getattr(self, "_stored_weights", None) is not None:
+                    pass  # the weights come from the model folder (below); no file is needed
+                elif self.weights:
+                    path = self.weights
+                elif self.pretrained:
+                    path = download_weights(name)
+                if path is None and getattr(self, "_stored_weights", None) is None:
+                    bb.initialize(model)
+                else:  # every kept tensor is about to be overwritten (strictly checked): allocate only
+                    model.to_empty(device="cpu")
+                if path is not None:
+                    sd = read_state_file(path)
+                    apply_state(model, sd, full_shapes, str(path), name)
+                    del sd
+                    source = f"file {path} (sha256 {sha256_file(path)[:16]})"
+                    if self.pretrained:
+                        source = f"ImageNet ({bb.WEIGHT_URLS[name]})"
+                runner = model
+                fwd = (lambda m, x, _layer=layer: m(x, _layer))
+        finally:
+            torch.random.set_rng_state(gen_state)
+        stored = getattr(self, "_stored_weights", None)
+        if stored is not None:
+            from ..nn.train import load_module_arrays
+
+            load_module_arrays(model, stored, "")
+            source = "weights stored in the model folder"
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        fp = state_fingerprint(model)
+        self._net = (model, runner, fwd, layer, source, fp)
+        return self._net
+
+    # -- Encoder API --------------------------------------------------------------------------------
+    def fit(self, ds: ImageSet, y=None):
+        model, _, _, layer, source, fp = self._build()
+        self.layer_ = layer
+        self.weights_source_ = source
+        self.weights_fingerprint_ = fp
+        self.preprocess_ = self._prep().describe()
+        log(f"pretrained encoder: {self.backbone} at layer {layer}, weights: {source}")
+        return self
+
+    def _check_fitted_weights(self, fp: str, source: str):
+        want = getattr(self, "weights_fingerprint_", None)
+        if want is not None and want != fp:
+            raise UserError(
+                f"the network rebuilt for this model ({source}) is not the one the clusters were fitted with "
+                f"(weights fingerprint {fp[:12]}… vs {want[:12]}…); pass the original file with --weights PATH, "
+                "or refit (set encoder.store_weights=true to keep the weights inside the model folder)")
+
+    @torch.no_grad()
+    def transform(self, ds: ImageSet) -> np.ndarray:
+        model, runner, fwd, layer, source, fp = self._build()
+        self._check_fitted_weights(fp, source)
+        prep = self._prep()
+        n = len(ds)
+        cache = None
+        keys = None
+        if self.cache and n:
+            cache = FeatureCache(self.cache_dir or default_root(), {
+                "backbone": str(self.backbone), "layer": layer, "weights": fp, "preprocess": prep.describe(),
+                "precision": self.precision})
+            keys = content_keys(ds)
+            feats, found = cache.lookup(keys)
+            if found.any():
+                log(f"feature cache: {int(found.sum())} of {n} images already computed ({cache.dir})")
+        else:
+            feats, found = None, np.zeros(n, dtype=bool)
+        todo = np.flatnonzero(~found)
+        if len(todo):
+            new, failed = self._compute(ds, todo, runner, fwd, prep)
+            if feats is None:
+                feats = np.zeros((n, new.shape[1]), dtype=np.float32)
+            feats[todo] = new
+            for i, reason in failed.items():
+                ds.failed[int(i)] = reason
+            if cache is not None:
+                ok = np.array([int(i) not in failed for i in todo], dtype=bool)
+                cache.store(keys[todo[ok]], new[ok])
+        if feats is None:
+            feats = np.zeros((0, 0), dtype=np.float32)
+        self.feature_dim_ = int(feats.shape[1]) if feats.ndim == 2 else 0
+        return feats
+
+    def _compute(self, ds, indices, runner, fwd, prep):
+        device = self._device()
+        workers = self._n_workers()
+        ctx = None
+        if workers > 0:
+            if "fork" in mp.get_all_start_methods():
+                ctx = mp.get_context("fork")
+            else:  # spawn-only platforms cannot send the ImageSet's loaders to workers
+                log("DataLoader workers need the 'fork' start method; decoding in the main process")
+                workers = 0
+        loader = torch.utils.data.DataLoader(
+            _PilDataset(ds, indices, prep), batch_size=int(self.batch_size), shuffle=False, num_workers=workers,
+            multiprocessing_context=ctx, persistent_workers=False, pin_memory=device.type == "cuda")
+        runner.to(device)
+        if self.channels_last:
+            runner.to(memory_format=torch.channels_last)
+        out = None
+        failed: dict[int, str] = {}
+        pos = 0
+        t0 = time.perf_counter()
+        bar = progress(total=len(indices), desc=f"features {self.backbone}", unit="img")
+        try:
+            for xb, idx, errs in loader:
+                x = prep.finish(xb.to(device, non_blocking=True))
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                if self.precision == "bf16":
+                    with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+                        y = fwd(runner, x)
+                else:
+                    y = fwd(runner, x)
+                y = pooled(y).float().cpu().numpy()
+                if out is None:
+                    out = np.zeros((len(indices), y.shape[1]), dtype=np.float32)
+                out[pos:pos + len(y)] = y
+                pos += len(y)
+                for i, e in zip(idx.tolist(), errs):
+                    if e:
+                        failed[int(i)] = e
+                bar.update(len(y))
+        finally:
+            bar.close()
+        secs = time.perf_counter() - t0
+        if len(indices):
+            log(f"features: {len(indices)} images in {secs:.1f}s ({len(indices) / max(secs, 1e-9):.1f} img/s)")
+        self._throughput = float(len(indices) / max(secs, 1e-9))
+        return out, failed
+
+    # -- state --------------------------------------------------------------------------------------
+    def get_state(self):
+        arrays, extra = super().get_state()
+        if self.store_weights:
+            from ..nn.train import module_arrays
+
+            model = self._build()[0]
+            arrays.update(module_arrays(model, "net."))
+        return arrays, extra
+
+    def set_state(self, arrays, extra):
+        net = {k[len("net."):]: v for k, v in arrays.items() if k.startswith("net.")}
+        rest = {k: v for k, v in arrays.items() if not k.startswith("net.")}
+        super().set_state(rest, extra)
+        if net:
+            self._stored_weights = net
+        self._net = None
