@@ -164,6 +164,76 @@ def _evaluate_cmd(p):
     return handler
 
 
+@command("embed", "train a supervised 2-D/3-D (or larger) embedding of labelled images: softmax, Center Loss, ArcFace, CosFace")
+def _embed_cmd(p):
+    from .embed import LABELS_HELP
+    from .nn.heads import HEAD_NAMES
+
+    p.add_argument("source", help="labelled images: folder with class subfolders, .npz with labels, IDX files, or digits")
+    p.add_argument("--head", default="softmax", choices=HEAD_NAMES, help="loss head (default softmax)")
+    p.add_argument("--dim", type=int, default=2, help="embedding dimension (2 or 3 to plot directly; default 2)")
+    p.add_argument("--net", default="auto", choices=("auto", "mlp", "cnn"),
+                   help="tutorial 4's MLP or residual CNN (auto: cnn for images of 16 px and more)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr-schedule", default="cosine", choices=("cosine", "constant"),
+                   help="cosine decay to 0 over the epochs (default) or constant (the tutorial's)")
+    p.add_argument("--test-size", type=float, default=0.2, help="held-out fraction, stratified and seeded (default 0.2)")
+    p.add_argument("--margin", type=float, help="ArcFace angle margin m in radians (default 0.5) or CosFace margin (0.35)")
+    p.add_argument("--scale", type=float, help="ArcFace/CosFace scale s (default 10, the tutorial's; 30 did better for 2-D MNIST)")
+    p.add_argument("--easy-margin", action="store_true", help="ArcFace: apply the margin only where cos θ > 0")
+    p.add_argument("--margin-warmup", type=int, default=0, help="epochs over which the margin rises from 0 (default 0)")
+    p.add_argument("--center-lr", type=float, default=0.05, help="learning rate of the Center Loss centres (default 0.05)")
+    p.add_argument("--center-weight", type=float, help="weight λ of the Center Loss (center: 0.01; softmax+center: 0.001 with CE 0.999)")
+    p.add_argument("--center-form", choices=("mean", "batch_count"), help="Center Loss form (center: mean; softmax+center: batch_count)")
+    p.add_argument("--augment-shift", type=int, default=0, help="random translation of up to N pixels while training")
+    p.add_argument("--no-plot", action="store_true", help="skip the per-epoch scatter plots and the GIF")
+    p.add_argument("--no-gif", action="store_true", help="skip the animated GIF")
+    p.add_argument("--out", default=None, help="output folder (default: runs/embed-<source name>)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    _source_args(p)
+    for a in p._actions:
+        if a.dest == "labels":
+            a.help = LABELS_HELP
+
+    def handler(args):
+        from pathlib import Path
+
+        from .embed import embed
+
+        if args.threads is not None:
+            if args.threads < 1:
+                raise UserError(f"--threads {args.threads}: give at least 1")
+            import torch
+
+            torch.set_num_threads(args.threads)
+        out = args.out or str(Path("runs") / ("embed-" + (Path(args.source.rstrip("/")).name.split(".")[0] or "run")))
+        res = embed(args.source, labels=args.labels, head=args.head, dim=args.dim, net=args.net, epochs=args.epochs,
+                    batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, test_size=args.test_size, seed=args.seed, out=out,
+                    plot=not args.no_plot, gif=not args.no_gif, margin=args.margin, scale=args.scale,
+                    easy_margin=args.easy_margin, margin_warmup=args.margin_warmup, center_lr=args.center_lr, center_weight=args.center_weight,
+                    center_form=args.center_form, augment_shift=args.augment_shift, device=args.device,
+                    precision=args.precision, channels_last=args.channels_last, size=_size(args),
+                    channels=args.channels, image_key=args.image_key, label_key=args.label_key, layout=args.layout)
+        m = res.metrics
+        where = "held-out" if m["n_heldout"] else "training"
+        print(f"embed-{args.head}: {m['n_train']} training / {m['n_heldout']} held-out images, dim={args.dim}, "
+              f"{m['seconds']:.1f}s")
+        print(f"k-means on the {where} embedding:")
+        _print_metrics(m)
+        if m["n_heldout"]:
+            print(f"held-out: classifier accuracy={m['heldout_classifier_acc']:.4f}  "
+                  f"placement by the saved model ACC={m['heldout_placement_acc']:.4f}")
+        print(f"outputs in {out} (model in {Path(out) / 'model'}; place new images with: imclust predict {out} IMAGES)")
+
+    return handler
+
+
 @command("report", "rebuild a run's self-contained HTML report (report.html) from its saved outputs")
 def _report_cmd(p):
     p.add_argument("run_dir", help="an output folder written by 'imclust run' or 'imclust predict'")
