@@ -2,3 +2,4 @@
 
 from . import cluster, reduce  # noqa: F401
 from . import encoders  # noqa: F401
+from . import tutorial_outputs  # noqa: F401  (output writers named by recipes)

@@ -2,5 +2,6 @@
 
 from .base import Encoder
 from .pixels import PixelEncoder
+from .autoencoder import AutoencoderEncoder
 
-__all__ = ["Encoder", "PixelEncoder"]
+__all__ = ["Encoder", "PixelEncoder", "AutoencoderEncoder"]
