@@ -17,6 +17,15 @@ from imclust.pipeline import Pipeline
 from conftest import blobs_images
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny networks train many times faster on one thread than on two contended ones."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _imageset(x, y=None):
     x = np.asarray(x, np.float32)
     return ImageSet([str(i) for i in range(len(x))], lambda idx: x[np.asarray(idx)], x.shape[1:],
@@ -161,7 +170,7 @@ def test_checkpoints_resume_and_changed_config(tmp_path):
     x, _ = blobs_images(n_per=8, k=2, size=8)
     ds = _imageset(x)
     ck = str(tmp_path / "ck")
-    kw = dict(arch="dec", batch_size=8, device="cpu", checkpoint_dir=ck, checkpoint_every=1, seed=2)
+    kw = dict(arch="conv_digits", batch_size=8, device="cpu", checkpoint_dir=ck, checkpoint_every=1, seed=2)
     full = AutoencoderEncoder(epochs=3, **{**kw, "checkpoint_dir": str(tmp_path / "full")}).fit(ds)
     AutoencoderEncoder(epochs=2, **kw).fit(ds)
     resumed = AutoencoderEncoder(epochs=3, resume=True, **kw).fit(ds)

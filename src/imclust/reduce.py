@@ -119,7 +119,7 @@ def _rbf_kernel(A: np.ndarray, B: np.ndarray, gamma: float, block: int = 4096) -
     return out
 
 
-def _top_eigh(K: np.ndarray, k: int, solver: str, random_state, n_oversamples: int = 20, n_iter: int = 4):
+def _top_eigh(K: np.ndarray, k: int, solver: str, random_state, n_oversamples: int = 20, n_iter: int = 7):
     """The k largest eigenpairs of a symmetric PSD matrix: exact (LAPACK subset) or randomized subspace iteration."""
     n = len(K)
     if solver == "dense":
@@ -357,7 +357,8 @@ class TSNE(_KNNPlacement, Component):
         if be == "opentsne":
             from openTSNE import TSNE as OTSNE
 
-            method = "fft" if self.n_components <= 2 else "bh"
+            # FFT interpolation pays off on large sets; on small ones its grid costs more than Barnes-Hut
+            method = "fft" if self.n_components <= 2 and n >= 5000 else "bh"
             emb = OTSNE(n_components=int(self.n_components), perplexity=perplexity,
                         early_exaggeration_iter=min(250, int(self.n_iter)), n_iter=max(0, int(self.n_iter) - 250),
                         negative_gradient_method=method, n_jobs=self.n_jobs, random_state=self.random_state,
