@@ -15,7 +15,7 @@ the input shape ``(C, H, W)``:
   mirror with a linear output.
 - ``conv_digits``: a small strided conv autoencoder for 28×28, 16×16 (and 8×8) grey digits, in the style
   of DEC-DA's CAE: Conv(C→32, 5, s2)→Conv(32→64, 5, s2)→Conv(64→128, 3, s2)→Linear→code; the decoder
-  mirrors it with transposed convolutions that restore the exact input size, and a Sigmoid output.
+  mirrors it with transposed convolutions that restore the exact input size, and a linear output.
 """
 
 from __future__ import annotations
@@ -132,7 +132,7 @@ def _conv_out(n: int, k: int, s: int, p: int) -> int:
 
 
 class ConvDigitsAE(nn.Module):
-    """A strided conv autoencoder for small grey digits (28×28, 16×16, 8×8), exact-size decoder."""
+    """A strided conv autoencoder for small grey digits (28×28, 16×16, 8×8), exact-size decoder, linear output."""
 
     input_range = (0.0, 1.0)
     _LAYERS = ((32, 5, 2, 2), (64, 5, 2, 2), (128, 3, 2, 1))  # (out channels, kernel, stride, padding)
@@ -169,7 +169,10 @@ class ConvDigitsAE(nn.Module):
         for j, layer in enumerate(self.deconvs):
             target = self.sizes[len(self.sizes) - 2 - j]
             y = layer(y, output_size=list(target))
-            y = torch.relu(y) if j < len(self.deconvs) - 1 else torch.sigmoid(y)
+            if j < len(self.deconvs) - 1:
+                y = torch.relu(y)
+        # a linear output (as DEC-DA's CAE): a Sigmoid here saturates on mostly-black digits and the
+        # network collapses to the mean image
         return y
 
     def forward(self, x):
