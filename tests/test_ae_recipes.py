@@ -83,5 +83,5 @@ def test_cli_bad_recipe_option_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_n2d_and_default_recipes_on_digits(tmp_path):
     for recipe in ("n2d", default_recipe()):
-        res = api.run("digits", recipe=recipe, overrides=["encoder.epochs=4"], seed=0)
-        assert res.metrics["acc"] > 0.6, recipe
+        res = api.run("digits", recipe=recipe, seed=0)  # the recipes' own settings
+        assert res.metrics["acc"] > 0.7, (recipe, res.metrics["acc"])  # chance is 0.1

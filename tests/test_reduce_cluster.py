@@ -141,3 +141,17 @@ def test_bad_options_are_user_errors():
         HDBSCAN(min_cluster_size=1).fit(X)
     with pytest.raises(UserError, match="backend"):
         TSNE(backend="bogus").fit(X)
+
+
+@pytest.mark.parametrize("name", ["kernel_pca", "tsne", "umap", "gmm", "agglomerative", "hdbscan", "spectral",
+                                  "autoencoder"])
+def test_components_are_sklearn_estimators(name):
+    from sklearn.base import clone
+
+    from imclust.base import REGISTRY
+
+    est = REGISTRY[name]()
+    params = est.get_params()
+    twin = clone(est)
+    assert twin.get_params() == params and twin is not est
+    assert build(est.to_spec()).get_params() == params
