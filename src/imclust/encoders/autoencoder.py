@@ -47,7 +47,9 @@ class AutoencoderEncoder(Encoder):
     ``weight_decay``, ``optimizer``, ``seed``, ``device`` (auto, cpu, cuda, mps), ``precision`` (fp32,
     bf16), ``channels_last``, ``noise`` (std of Gaussian input noise: a denoising AE), ``shift`` (random
     translation by up to this many pixels, as augmentation), ``checkpoint_dir``/``checkpoint_every``/
-    ``resume``. ``recon_indices`` chooses the images of the reconstruction figure.
+    ``resume``. ``min_steps``: train for more epochs than ``epochs`` when needed to take at least this many
+    optimizer steps (small sets otherwise get too few updates; the epoch count used is ``epochs_``).
+    ``recon_indices`` chooses the images of the reconstruction figure.
     """
 
     trainable = True
@@ -56,7 +58,8 @@ class AutoencoderEncoder(Encoder):
                  epochs: int = 20, batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 0.0,
                  optimizer: str = "adam", seed: int = 0, device: str = "auto", precision: str = "fp32",
                  channels_last: bool = False, noise: float = 0.0, shift: int = 0, checkpoint_dir: str | None = None,
-                 checkpoint_every: int = 10, resume: bool = False, recon_indices=None, infer_batch_size: int = 512):
+                 checkpoint_every: int = 10, resume: bool = False, recon_indices=None, infer_batch_size: int = 512,
+                 min_steps: int = 0):
         self.arch = arch
         self.size = size
         self.channels = channels
@@ -77,6 +80,7 @@ class AutoencoderEncoder(Encoder):
         self.resume = resume
         self.recon_indices = recon_indices
         self.infer_batch_size = infer_batch_size
+        self.min_steps = min_steps
 
     # -- input -------------------------------------------------------------------------------------------
     def _check_params(self):
@@ -125,7 +129,11 @@ class AutoencoderEncoder(Encoder):
         log(f"autoencoder {self.arch}: input {'×'.join(map(str, self.input_shape_))}, "
             f"{self.n_parameters_:,} parameters")
         X = torch.from_numpy(self._array(ds))
-        cfg = TrainConfig(epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr),
+        steps_per_epoch = -(-len(X) // int(self.batch_size))
+        self.epochs_ = max(int(self.epochs), -(-int(self.min_steps or 0) // steps_per_epoch))
+        if self.epochs_ > int(self.epochs):
+            log(f"training {self.epochs_} epochs instead of {self.epochs} to take at least {self.min_steps} steps")
+        cfg = TrainConfig(epochs=self.epochs_, batch_size=int(self.batch_size), lr=float(self.lr),
                           weight_decay=float(self.weight_decay), optimizer=self.optimizer, seed=int(self.seed),
                           device=self.device, precision=self.precision, channels_last=bool(self.channels_last),
                           checkpoint_dir=self.checkpoint_dir, checkpoint_every=int(self.checkpoint_every),
