@@ -186,3 +186,11 @@ def test_nan_loss_stops_with_clear_message():
     x[0, 0, 0, 0] = np.nan  # a NaN pixel makes the loss NaN
     with pytest.raises(TrainingDiverged, match="loss became nan"):
         AutoencoderEncoder(arch="dec", epochs=1, batch_size=8, device="cpu").fit(_imageset(x))
+
+
+def test_min_steps_extends_training_on_small_sets():
+    x, _ = blobs_images(n_per=5, k=2, size=8)  # 10 images, batch 4 → 3 steps per epoch
+    enc = AutoencoderEncoder(arch="mlp3", epochs=1, batch_size=4, min_steps=10, device="cpu").fit(_imageset(x))
+    assert enc.epochs_ == 4 and len(enc.history_) == 4
+    enc = AutoencoderEncoder(arch="mlp3", epochs=2, batch_size=4, device="cpu").fit(_imageset(x))
+    assert enc.epochs_ == 2 and len(enc.history_) == 2
