@@ -122,7 +122,10 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
         if pipe.encoder.size is None:
             pipe.encoder.set_params(size=int(sq))
             log(f"CNN input size {sq} px (from --size)")
-    if k is None and isinstance(cfg.get("clusterer", {}).get("n_clusters"), int):
+    if k is None and cfg.get("k") is not None:  # a recipe may fix k (hw9: the tutorial's two clusters)
+        k = cfg["k"]
+        log(f"k={k}: set by recipe {cfg['name']!r} (pass --k to choose another)")
+    elif k is None and isinstance(cfg.get("clusterer", {}).get("n_clusters"), int):
         k = cfg["clusterer"]["n_clusters"]
         log(f"k={k}: set by recipe {cfg['name']!r} (pass --k to choose another)")
     k = resolve_k(k, ds)

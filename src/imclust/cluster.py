@@ -178,3 +178,181 @@ def choose_k(X, k_min: int = 2, k_max: int = 15, random_state: int = 0, sample: 
     best = max(scores, key=scores.get)
     log(f"chose k={best} by silhouette (scores: " + ", ".join(f"{k}:{s:.3f}" for k, s in scores.items()) + ")")
     return best, scores
+
+
+def _as_2d(X) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float32)
+    X = X.reshape(len(X), -1)
+    if not np.all(np.isfinite(X)):
+        raise UserError("the embedding holds NaN or inf values; clustering cannot run on them")
+    return X
+
+
+class _NoPredict:
+    """For clusterers that have no rule for new points: say so clearly instead of guessing."""
+
+    def predict(self, X):
+        raise UserError(
+            f"the {self.component_name} clusterer cannot assign new points (it has no model of the clusters "
+            "beyond the fitted set); refit on all images, or use a recipe with kmeans or gmm for 'imclust predict'")
+
+    def fit_predict(self, X, y=None):
+        return self.fit(X).labels_
+
+
+@register("gmm")
+class GaussianMixture(Component):
+    """Gaussian mixture (scikit-learn EM, k-means initialisation); new points go to the most probable component.
+
+    The fitted state is arrays only (weights, means, covariances, precision Cholesky factors).
+    """
+
+    def __init__(self, n_clusters: int = 8, covariance_type: str = "full", n_init: int = 1, max_iter: int = 200,
+                 reg_covar: float = 1e-6, tol: float = 1e-3, random_state: int | None = 0):
+        self.n_clusters = n_clusters
+        self.covariance_type = covariance_type
+        self.n_init = n_init
+        self.max_iter = max_iter
+        self.reg_covar = reg_covar
+        self.tol = tol
+        self.random_state = random_state
+
+    def _sk(self):
+        from sklearn.mixture import GaussianMixture as SKGMM
+
+        if self.covariance_type not in ("full", "tied", "diag", "spherical"):
+            raise UserError(f"gmm covariance_type {self.covariance_type!r}: use full, tied, diag or spherical")
+        return SKGMM(n_components=int(self.n_clusters), covariance_type=self.covariance_type, n_init=int(self.n_init),
+                     max_iter=int(self.max_iter), reg_covar=float(self.reg_covar), tol=float(self.tol),
+                     random_state=self.random_state)
+
+    def fit(self, X, y=None):
+        X = _as_2d(X)
+        _check_k(self.n_clusters, len(X))
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            g = self._sk().fit(X.astype(np.float64))
+        self.weights_ = g.weights_.astype(np.float64)
+        self.means_ = g.means_.astype(np.float64)
+        self.covariances_ = g.covariances_.astype(np.float64)
+        self.precisions_cholesky_ = g.precisions_cholesky_.astype(np.float64)
+        self.converged_ = bool(g.converged_)
+        self.n_iter_ = int(g.n_iter_)
+        self.lower_bound_ = float(g.lower_bound_)
+        self.labels_ = self.predict(X)
+        return self
+
+    def _fitted(self):
+        g = self._sk()
+        for a in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+            setattr(g, a, np.asarray(getattr(self, a), dtype=np.float64))
+        if self.covariance_type == "full":
+            g.precisions_ = np.einsum("kij,klj->kil", g.precisions_cholesky_, g.precisions_cholesky_)
+        elif self.covariance_type == "tied":
+            g.precisions_ = g.precisions_cholesky_ @ g.precisions_cholesky_.T
+        else:
+            g.precisions_ = g.precisions_cholesky_ ** 2
+        g.converged_, g.n_iter_, g.lower_bound_ = self.converged_, self.n_iter_, self.lower_bound_
+        g.n_features_in_ = g.means_.shape[1]
+        return g
+
+    def predict(self, X):
+        X = _as_2d(X)
+        if X.shape[1] != self.means_.shape[1]:
+            raise UserError(f"embedding has {X.shape[1]} dimensions but the model was fitted on {self.means_.shape[1]}")
+        return np.asarray(self._fitted().predict(X.astype(np.float64)), dtype=np.int64)
+
+    def predict_proba(self, X):
+        return self._fitted().predict_proba(_as_2d(X).astype(np.float64))
+
+    def fit_predict(self, X, y=None):
+        return self.fit(X).labels_
+
+
+@register("agglomerative")
+class Agglomerative(_NoPredict, Component):
+    """Agglomerative clustering (scikit-learn; ``linkage`` ward, complete, average or single).
+
+    Memory grows as n²; cannot assign new points (``predict`` says so).
+    """
+
+    def __init__(self, n_clusters: int = 8, linkage: str = "ward", metric: str = "euclidean"):
+        self.n_clusters = n_clusters
+        self.linkage = linkage
+        self.metric = metric
+
+    def fit(self, X, y=None):
+        from sklearn.cluster import AgglomerativeClustering
+
+        X = _as_2d(X)
+        _check_k(self.n_clusters, len(X))
+        if self.linkage not in ("ward", "complete", "average", "single"):
+            raise UserError(f"agglomerative linkage {self.linkage!r}: use ward, complete, average or single")
+        if self.linkage == "ward" and self.metric != "euclidean":
+            raise UserError("agglomerative ward linkage needs metric = 'euclidean'")
+        m = AgglomerativeClustering(n_clusters=int(self.n_clusters), linkage=self.linkage, metric=self.metric).fit(X)
+        self.labels_ = np.asarray(m.labels_, dtype=np.int64)
+        return self
+
+
+@register("hdbscan")
+class HDBSCAN(_NoPredict, Component):
+    """HDBSCAN (scikit-learn ≥ 1.3): finds the number of clusters itself; noise points get label -1.
+
+    ``n_clusters`` is not an option (k is chosen by density). Cannot assign new points.
+    """
+
+    def __init__(self, min_cluster_size: int = 20, min_samples: int | None = None, cluster_selection_epsilon: float = 0.0):
+        self.min_cluster_size = min_cluster_size
+        self.min_samples = min_samples
+        self.cluster_selection_epsilon = cluster_selection_epsilon
+
+    def fit(self, X, y=None):
+        try:
+            from sklearn.cluster import HDBSCAN as SKH
+        except ImportError:  # pragma: no cover - scikit-learn < 1.3
+            from .errors import NotInstalledError
+
+            raise NotInstalledError("scikit-learn>=1.3", "the hdbscan clusterer") from None
+        X = _as_2d(X)
+        if not isinstance(self.min_cluster_size, (int, np.integer)) or not 2 <= self.min_cluster_size <= len(X):
+            raise UserError(f"hdbscan min_cluster_size must be between 2 and the number of images ({len(X)})")
+        m = SKH(min_cluster_size=int(self.min_cluster_size), min_samples=self.min_samples,
+                cluster_selection_epsilon=float(self.cluster_selection_epsilon)).fit(X)
+        self.labels_ = np.asarray(m.labels_, dtype=np.int64)
+        self.n_clusters_ = int(len(set(self.labels_.tolist()) - {-1}))
+        self.n_noise_ = int((self.labels_ == -1).sum())
+        log(f"hdbscan found {self.n_clusters_} clusters and {self.n_noise_} noise points (label -1)")
+        return self
+
+
+@register("spectral")
+class Spectral(_NoPredict, Component):
+    """Spectral clustering on a k-nearest-neighbour graph (scikit-learn). Cannot assign new points."""
+
+    def __init__(self, n_clusters: int = 8, n_neighbors: int = 10, affinity: str = "nearest_neighbors",
+                 assign_labels: str = "kmeans", random_state: int | None = 0):
+        self.n_clusters = n_clusters
+        self.n_neighbors = n_neighbors
+        self.affinity = affinity
+        self.assign_labels = assign_labels
+        self.random_state = random_state
+
+    def fit(self, X, y=None):
+        from sklearn.cluster import SpectralClustering
+
+        X = _as_2d(X)
+        _check_k(self.n_clusters, len(X))
+        if self.affinity not in ("nearest_neighbors", "rbf"):
+            raise UserError(f"spectral affinity {self.affinity!r}: use nearest_neighbors or rbf")
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m = SpectralClustering(n_clusters=int(self.n_clusters), affinity=self.affinity,
+                                   n_neighbors=int(min(self.n_neighbors, len(X) - 1)), assign_labels=self.assign_labels,
+                                   random_state=self.random_state).fit(X)
+        self.labels_ = np.asarray(m.labels_, dtype=np.int64)
+        return self

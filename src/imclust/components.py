@@ -3,3 +3,4 @@
 from . import cluster, reduce  # noqa: F401
 from . import encoders  # noqa: F401
 from . import export  # noqa: F401  (registers the submission writer)
+from . import tutorial_outputs  # noqa: F401  (output writers named by recipes)

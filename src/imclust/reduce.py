@@ -124,3 +124,348 @@ class L2Normalize(Component):
 
     def fit_transform(self, X, y=None):
         return self.fit(X).transform(X)
+
+
+def _as_2d(X) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float32)
+    return X.reshape(len(X), -1)
+
+
+def _check_finite(X, what: str):
+    if not np.all(np.isfinite(X)):
+        raise UserError(f"the features given to {what} hold NaN or inf values; check the encoder's output")
+
+
+def _rbf_kernel(A: np.ndarray, B: np.ndarray, gamma: float, block: int = 4096) -> np.ndarray:
+    """exp(-gamma·|a-b|²) in float32, computed in row blocks (BLAS matrix products)."""
+    A = np.ascontiguousarray(A, dtype=np.float32)
+    B = np.ascontiguousarray(B, dtype=np.float32)
+    bb = (B * B).sum(1)
+    out = np.empty((len(A), len(B)), dtype=np.float32)
+    for s in range(0, len(A), block):
+        a = A[s : s + block]
+        d = (a * a).sum(1)[:, None] + bb[None, :] - 2.0 * (a @ B.T)
+        np.maximum(d, 0, out=d)
+        d *= -gamma
+        np.exp(d, out=d)
+        out[s : s + block] = d
+    return out
+
+
+def _top_eigh(K: np.ndarray, k: int, solver: str, random_state, n_oversamples: int = 20, n_iter: int = 7):
+    """The k largest eigenpairs of a symmetric PSD matrix: exact (LAPACK subset) or randomized subspace iteration."""
+    n = len(K)
+    if solver == "dense":
+        from scipy.linalg import eigh
+
+        w, V = eigh(K, subset_by_index=[n - k, n - 1], driver="evr", overwrite_a=False)
+        return w[::-1], V[:, ::-1]
+    rs = np.random.RandomState(random_state)
+    p = min(n, k + n_oversamples)
+    Q = rs.standard_normal((n, p)).astype(K.dtype)
+    Q, _ = np.linalg.qr(K @ Q)
+    for _ in range(n_iter):
+        Q, _ = np.linalg.qr(K @ Q)
+    B = Q.T @ (K @ Q)
+    w, U = np.linalg.eigh((B + B.T) / 2)
+    order = np.argsort(w)[::-1][:k]
+    return w[order], Q @ U[:, order]
+
+
+@register("kernel_pca")
+class KernelPCA(Component):
+    """Kernel PCA with an RBF kernel (the tutorial-1 reducer), exact or Nyström.
+
+    ``method``: ``"exact"`` builds the full n×n kernel (n² memory, as scikit-learn does); ``"nystroem"``
+    uses ``n_landmarks`` random landmarks (memory n·m, so 50k samples fit) and is PCA on the Nyström
+    feature map; ``"auto"`` is exact up to ``exact_max`` samples and Nyström above. ``gamma`` defaults to
+    1/n_features (scikit-learn's default). ``eigen_solver``: ``"dense"`` (LAPACK, exact),
+    ``"randomized"`` (subspace iteration: the same leading components to float precision on RBF kernels,
+    whose spectrum decays fast, at a fraction of the time), or ``"auto"`` (randomized when fewer than n/4
+    components are asked). The kernel is computed in float32.
+
+    New points are placed with the fitted kernel expansion; in exact mode that needs the training features,
+    which are saved with the model unless ``store_training_data = false`` (then ``transform`` of new
+    points is refused with a clear message).
+    """
+
+    def __init__(self, n_components: int = 200, kernel: str = "rbf", gamma: float | None = None, method: str = "auto",
+                 n_landmarks: int = 2000, exact_max: int = 20000, eigen_solver: str = "auto",
+                 store_training_data: bool = True, random_state: int | None = 0):
+        self.n_components = n_components
+        self.kernel = kernel
+        self.gamma = gamma
+        self.method = method
+        self.n_landmarks = n_landmarks
+        self.exact_max = exact_max
+        self.eigen_solver = eigen_solver
+        self.store_training_data = store_training_data
+        self.random_state = random_state
+
+    def _check(self, X):
+        if self.kernel != "rbf":
+            raise UserError(f"kernel_pca supports kernel='rbf' only, got {self.kernel!r}")
+        if self.method not in ("auto", "exact", "nystroem"):
+            raise UserError(f"kernel_pca method {self.method!r}: use auto, exact or nystroem")
+        if self.eigen_solver not in ("auto", "dense", "randomized"):
+            raise UserError(f"kernel_pca eigen_solver {self.eigen_solver!r}: use auto, dense or randomized")
+        if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
+            raise UserError(f"kernel_pca n_components must be a whole number of at least 1, got {self.n_components!r}")
+        if len(X) < 2:
+            raise UserError("kernel_pca needs at least 2 samples")
+        _check_finite(X, "kernel_pca")
+
+    def fit(self, X, y=None):
+        self.fit_transform(X)
+        return self
+
+    def fit_transform(self, X, y=None):
+        X = _as_2d(X)
+        self._check(X)
+        n, d = X.shape
+        self.gamma_ = float(self.gamma if self.gamma is not None else 1.0 / d)
+        method = self.method if self.method != "auto" else ("exact" if n <= self.exact_max else "nystroem")
+        self.method_ = method
+        if method == "exact":
+            k = min(int(self.n_components), n)
+            K = _rbf_kernel(X, X, self.gamma_)
+            col_mean = K.mean(0)
+            all_mean = float(col_mean.mean())
+            K -= col_mean[None, :]
+            K -= col_mean[:, None]
+            K += all_mean
+            solver = self.eigen_solver
+            if solver == "auto":
+                solver = "randomized" if k < n / 4 else "dense"
+            w, V = _top_eigh(K, k, solver, self.random_state)
+            del K
+            w = np.maximum(w, 0)
+            keep = w > 1e-12 * max(float(w[0]) if len(w) else 0.0, 1e-30)
+            self.eigenvalues_ = w.astype(np.float32)
+            self.k_col_mean_ = col_mean.astype(np.float32)
+            self.k_all_mean_ = all_mean
+            scale = np.where(keep, 1.0 / np.sqrt(np.where(keep, w, 1.0)), 0.0)
+            self.dual_coef_ = (V * scale[None, :]).astype(np.float32)  # maps centred kernel rows to components
+            self.n_components_ = int(k)
+            if self.store_training_data:
+                self.X_fit_ = X
+            return (V * np.sqrt(w)[None, :]).astype(np.float32)
+        # Nyström: landmarks L, features phi(x) = k(x, L) · K_LL^{-1/2}, then linear PCA on phi
+        m = min(int(self.n_landmarks), n)
+        rs = np.random.RandomState(self.random_state)
+        L = X[np.sort(rs.choice(n, m, replace=False))]
+        Kll = _rbf_kernel(L, L, self.gamma_).astype(np.float64)
+        w, U = np.linalg.eigh(Kll)
+        w = np.maximum(w, 1e-12 * w.max())
+        self.landmarks_ = L
+        self.nys_map_ = (U / np.sqrt(w)[None, :]).astype(np.float32)
+        Phi = _rbf_kernel(X, L, self.gamma_) @ self.nys_map_
+        k = min(int(self.n_components), m, n)
+        self.pca_ = PCA(k, random_state=self.random_state).fit(Phi)
+        self.n_components_ = int(k)
+        return self.pca_.transform(Phi)
+
+    def transform(self, X):
+        X = _as_2d(X)
+        if getattr(self, "method_", None) == "nystroem":
+            return self.pca_.transform(_rbf_kernel(X, self.landmarks_, self.gamma_) @ self.nys_map_)
+        if getattr(self, "X_fit_", None) is None:
+            raise UserError("this kernel_pca was fitted with store_training_data = false, so it cannot place new "
+                            "points; refit with store_training_data = true or method = 'nystroem'")
+        Kt = _rbf_kernel(X, self.X_fit_, self.gamma_)
+        Kt -= Kt.mean(1, keepdims=True)
+        Kt -= self.k_col_mean_[None, :]
+        Kt += self.k_all_mean_
+        return (Kt @ self.dual_coef_).astype(np.float32)
+
+    # the Nyström PCA is a nested component: flatten its arrays into ours
+    def get_state(self):
+        arrays, extra = super().get_state()
+        if getattr(self, "pca_", None) is not None:
+            a, e = self.pca_.get_state()
+            arrays.update({f"pca.{k}": v for k, v in a.items()})
+            extra["pca"] = {"params": self.pca_.get_params(), "state": e}
+        return arrays, extra
+
+    def set_state(self, arrays, extra):
+        extra = dict(extra)
+        p = extra.pop("pca", None)
+        super().set_state({k: v for k, v in arrays.items() if not k.startswith("pca.")}, extra)
+        if p is not None:
+            self.pca_ = PCA(**p["params"])
+            self.pca_.set_state({k[4:]: v for k, v in arrays.items() if k.startswith("pca.")}, p["state"])
+
+
+class _KNNPlacement:
+    """Out-of-sample placement for embeddings that have no transform of their own (t-SNE, UMAP).
+
+    A new point is placed at the inverse-distance-weighted mean of the embeddings of its ``k`` nearest
+    training points (in the reducer's input space). This is the same initial placement UMAP's own
+    ``transform`` starts from; it keeps the saved state to two arrays. With ``out_of_sample = "none"``
+    the training data are not stored and ``transform`` of new points is refused with a clear message.
+    """
+
+    def _store_for_placement(self, X, emb):
+        if self.out_of_sample == "knn":
+            self.train_X_ = np.ascontiguousarray(X, dtype=np.float32)
+            self.train_embedding_ = np.ascontiguousarray(emb, dtype=np.float32)
+        elif self.out_of_sample != "none":
+            raise UserError(f"{self.component_name} out_of_sample {self.out_of_sample!r}: use knn or none")
+
+    def transform(self, X):
+        X = _as_2d(X)
+        if getattr(self, "train_X_", None) is None:
+            raise UserError(f"{self.component_name} cannot place new points: it was fitted with out_of_sample = 'none'; "
+                            "refit with out_of_sample = 'knn'")
+        if X.shape[1] != self.train_X_.shape[1]:
+            raise UserError(f"{self.component_name}: input has {X.shape[1]} dimensions, the model was fitted on "
+                            f"{self.train_X_.shape[1]}")
+        from sklearn.neighbors import NearestNeighbors
+
+        k = min(int(self.placement_neighbors), len(self.train_X_))
+        dist, idx = NearestNeighbors(n_neighbors=k).fit(self.train_X_).kneighbors(X)
+        w = 1.0 / np.maximum(dist, 1e-6)
+        w /= w.sum(1, keepdims=True)
+        return np.einsum("nk,nkd->nd", w, self.train_embedding_[idx]).astype(np.float32)
+
+
+def opentsne_available() -> bool:
+    try:
+        import openTSNE  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
+@register("tsne")
+class TSNE(_KNNPlacement, Component):
+    """t-SNE: openTSNE (FFT-accelerated) when installed, scikit-learn otherwise (``backend`` = auto,
+    opentsne or sklearn; asking for opentsne when it is missing is an error, not a fallback).
+
+    ``n_iter`` counts all iterations, the 250 of early exaggeration included (scikit-learn's
+    ``max_iter`` convention; default 1000 as there). New points: see the k-nearest-neighbour placement
+    (``out_of_sample``, ``placement_neighbors``).
+    """
+
+    def __init__(self, n_components: int = 2, perplexity: float = 30.0, n_iter: int = 1000, backend: str = "auto",
+                 n_jobs: int = -1, out_of_sample: str = "knn", placement_neighbors: int = 10,
+                 random_state: int | None = 0):
+        self.n_components = n_components
+        self.perplexity = perplexity
+        self.n_iter = n_iter
+        self.backend = backend
+        self.n_jobs = n_jobs
+        self.out_of_sample = out_of_sample
+        self.placement_neighbors = placement_neighbors
+        self.random_state = random_state
+
+    def _backend(self) -> str:
+        if self.backend == "auto":
+            return "opentsne" if opentsne_available() else "sklearn"
+        if self.backend == "opentsne" and not opentsne_available():
+            from .errors import NotInstalledError
+
+            raise NotInstalledError("openTSNE", "t-SNE with backend='opentsne'")
+        if self.backend not in ("opentsne", "sklearn"):
+            raise UserError(f"unknown t-SNE backend {self.backend!r}; use auto, opentsne or sklearn")
+        return self.backend
+
+    def fit(self, X, y=None):
+        self.fit_transform(X)
+        return self
+
+    def fit_transform(self, X, y=None):
+        X = _as_2d(X)
+        _check_finite(X, "t-SNE")
+        n = len(X)
+        if n < 4:
+            raise UserError(f"t-SNE needs at least 4 samples, got {n}")
+        perplexity = float(min(self.perplexity, (n - 1) / 3))
+        be = self._backend()
+        self.backend_ = be
+        from .progress import log
+
+        log(f"t-SNE ({be}) on {n} points, perplexity {perplexity:g}")
+        if be == "opentsne":
+            from openTSNE import TSNE as OTSNE
+
+            # FFT interpolation pays off on large sets; on small ones its grid costs more than Barnes-Hut
+            method = "fft" if self.n_components <= 2 and n >= 5000 else "bh"
+            emb = OTSNE(n_components=int(self.n_components), perplexity=perplexity,
+                        early_exaggeration_iter=min(250, int(self.n_iter)), n_iter=max(0, int(self.n_iter) - 250),
+                        negative_gradient_method=method, n_jobs=self.n_jobs, random_state=self.random_state,
+                        verbose=False).fit(X)
+            emb = np.asarray(emb, dtype=np.float32)
+        else:
+            from sklearn.manifold import TSNE as SKTSNE
+
+            kw = dict(n_components=int(self.n_components), perplexity=perplexity, random_state=self.random_state,
+                      n_jobs=self.n_jobs, init="pca",
+                      method="barnes_hut" if self.n_components <= 3 else "exact")
+            try:
+                est = SKTSNE(max_iter=int(self.n_iter), **kw)
+            except TypeError:  # scikit-learn < 1.5
+                est = SKTSNE(n_iter=int(self.n_iter), **kw)
+            emb = est.fit_transform(X).astype(np.float32)
+        self._store_for_placement(X, emb)
+        return emb
+
+
+def umap_available() -> bool:
+    try:
+        import umap  # noqa: F401
+
+        return True
+    except ImportError:
+        return False
+
+
+@register("umap")
+class UMAP(_KNNPlacement, Component):
+    """UMAP (the optional umap-learn package; missing → NotInstalledError, never a fallback).
+
+    ``n_components``, ``n_neighbors``, ``min_dist``, ``metric`` and ``n_epochs`` as in umap-learn. With a
+    ``random_state`` umap-learn runs single-threaded and is reproducible; ``random_state = -1`` lets it run
+    in parallel (faster, not reproducible). New points: k-nearest-neighbour placement (see the base).
+    """
+
+    def __init__(self, n_components: int = 10, n_neighbors: int = 15, min_dist: float = 0.0, metric: str = "euclidean",
+                 n_epochs: int | None = None, out_of_sample: str = "knn", placement_neighbors: int = 10,
+                 random_state: int | None = 0):
+        self.n_components = n_components
+        self.n_neighbors = n_neighbors
+        self.min_dist = min_dist
+        self.metric = metric
+        self.n_epochs = n_epochs
+        self.out_of_sample = out_of_sample
+        self.placement_neighbors = placement_neighbors
+        self.random_state = random_state
+
+    def fit(self, X, y=None):
+        self.fit_transform(X)
+        return self
+
+    def fit_transform(self, X, y=None):
+        if not umap_available():
+            from .errors import NotInstalledError
+
+            raise NotInstalledError("umap-learn", "the umap reducer", extra="umap")
+        import warnings
+
+        import umap
+
+        X = _as_2d(X)
+        _check_finite(X, "UMAP")
+        n = len(X)
+        if n < 3:
+            raise UserError(f"UMAP needs at least 3 samples, got {n}")
+        rs = None if self.random_state in (None, -1) else int(self.random_state)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            est = umap.UMAP(n_components=int(self.n_components), n_neighbors=int(min(self.n_neighbors, n - 1)),
+                            min_dist=float(self.min_dist), metric=self.metric, n_epochs=self.n_epochs,
+                            random_state=rs, verbose=False)
+            emb = np.asarray(est.fit_transform(X), dtype=np.float32)
+        self._store_for_placement(X, emb)
+        return emb

@@ -5,5 +5,7 @@ from .embedding import EmbeddingEncoder, SelfLabelEncoder
 from .pixels import PixelEncoder
 from .pretrained import PretrainedEncoder
 from .deepcluster import DeepClusterEncoder
+from .autoencoder import AutoencoderEncoder
 
-__all__ = ["Encoder", "DeepClusterEncoder", "EmbeddingEncoder", "PixelEncoder", "PretrainedEncoder", "SelfLabelEncoder"]
+__all__ = ["Encoder", "AutoencoderEncoder", "DeepClusterEncoder", "EmbeddingEncoder", "PixelEncoder",
+           "PretrainedEncoder", "SelfLabelEncoder"]

@@ -1,0 +1,126 @@
+"""Accuracy of our default recipe against its peers, in the same run (mean over seeds).
+
+For each dataset and seed: our default recipe (conv autoencoder -> UMAP -> GMM), raw-pixel k-means
+(k-means++, 10 restarts, on the pixels) and PCA-50 -> UMAP -> GMM. Labels are read only to score.
+Times are wall-clock seconds for the whole fit of one run in this process (umap-learn's one-off numba
+JIT, ~30 s per process, falls in the first UMAP run).
+
+    python benchmarks/ae_accuracy.py --datasets digits mnist usps fashion1k --seeds 0 1 2 --append
+
+Wrap timed runs in ``flock /tmp/imclust-bench.lock`` on a shared machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("IMCLUST_QUIET", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import torch  # noqa: E402
+
+from imclust import components  # noqa: E402,F401
+from imclust.data import load_source  # noqa: E402
+from imclust.metrics import evaluate  # noqa: E402
+from imclust.pipeline import Pipeline  # noqa: E402
+from imclust.recipes import default_recipe, load_recipe  # noqa: E402
+
+DATA = Path(os.environ.get("IMCLUST_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+SOURCES = {
+    "digits": "digits",
+    "mnist": str(DATA / "mnist-test" / "t10k-images-idx3-ubyte.gz"),
+    "usps": str(DATA / "usps" / "usps.npz"),
+    "fashion1k": str(DATA / "fashion-mnist-1k" / "fashion_mnist_test_1k.npz"),
+}
+
+
+def methods(recipe: str, overrides: list[str]) -> dict[str, dict]:
+    from imclust.recipes import apply_override
+
+    cfg = load_recipe(recipe)
+    for o in overrides:
+        apply_override(cfg, o)
+    ours = {"encoder": cfg["encoder"], "reducers": cfg.get("reducers", []), "clusterer": cfg["clusterer"]}
+    return {
+        f"ours ({recipe})": ours,
+        "raw-pixel k-means": {"encoder": {"type": "pixels"}, "reducers": [],
+                              "clusterer": {"type": "kmeans", "n_init": 10}},
+        "PCA-50 -> UMAP -> GMM": {"encoder": {"type": "pixels"},
+                                  "reducers": [{"type": "pca", "n_components": 50},
+                                               {"type": "umap", "n_components": 10, "n_neighbors": 15, "min_dist": 0.0}],
+                                  "clusterer": {"type": "gmm"}},
+    }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=list(SOURCES), choices=list(SOURCES))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--recipe", default=None, help="our recipe (default: the default recipe)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="override, as imclust run --set")
+    ap.add_argument("--only", nargs="+", default=None, help="run only methods whose name starts with these")
+    ap.add_argument("--torch-threads", type=int, default=1,
+                    help="torch threads (default 1: on a shared 2-core machine two contended threads train small "
+                         "networks several times slower than one)")
+    ap.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    ap.add_argument("--json", default=None, help="also write the raw results here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.torch_threads)
+    recipe = args.recipe or default_recipe()
+    rows = []
+    for name in args.datasets:
+        ds = load_source(SOURCES[name])
+        k = len(np.unique(ds.labels))
+        for mname, spec in methods(recipe, args.overrides).items():
+            if args.only and not any(mname.startswith(o) for o in args.only):
+                continue
+            for seed in args.seeds:
+                spec_k = json.loads(json.dumps(spec))
+                spec_k["clusterer"]["n_clusters"] = k
+                t = time.perf_counter()
+                pipe = Pipeline.from_spec(spec_k, name=mname, seed=seed).fit(ds)
+                secs = time.perf_counter() - t
+                m = evaluate(pipe.labels_, ds.labels)
+                row = {"dataset": name, "n": len(ds), "method": mname, "seed": seed, "acc": m["acc"], "nmi": m["nmi"],
+                       "ari": m["ari"], "seconds": secs}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    table = summarise(rows)
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.append:
+        cmd = "python benchmarks/ae_accuracy.py " + " ".join(sys.argv[1:])
+        from _results import append_to_section
+
+        append_to_section("## Autoencoder recipes: clustering accuracy (issue 3)", (f"\n### Run of {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
+                     f"Command: `{cmd}`  \nMachine: 2-core CPU, 24 GiB, no GPU (shared with other jobs), "
+                     f"torch threads {args.torch_threads}. Recipe `{recipe}`.\n\n{table}\n"))
+
+
+def summarise(rows) -> str:
+    out = ["| dataset | method | ACC (mean ± sd) | NMI | ARI | seconds per run (max) | seeds |",
+           "|---|---|---|---|---|---|---|"]
+    keys = []
+    for r in rows:
+        if (r["dataset"], r["method"]) not in keys:
+            keys.append((r["dataset"], r["method"]))
+    for d, m in keys:
+        rs = [r for r in rows if r["dataset"] == d and r["method"] == m]
+        acc = np.array([r["acc"] for r in rs])
+        out.append(f"| {d} (n={rs[0]['n']}) | {m} | {acc.mean():.3f} ± {acc.std():.3f} | "
+                   f"{np.mean([r['nmi'] for r in rs]):.3f} | {np.mean([r['ari'] for r in rs]):.3f} | "
+                   f"{np.mean([r['seconds'] for r in rs]):.0f} ({max(r['seconds'] for r in rs):.0f}) | {len(rs)} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    main()
