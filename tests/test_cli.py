@@ -40,7 +40,7 @@ def test_run_writes_outputs_and_prints_metrics(tmp_path, capsys):
 def test_folder_run_predict_and_skipped(tmp_path, image_folder, capsys):
     (image_folder / "class1" / "broken.jpg").write_text("not a jpeg")
     out = tmp_path / "r"
-    assert main(["run", str(image_folder), "--out", str(out), "--k", "3"]) == 0
+    assert main(["run", str(image_folder), "--out", str(out), "--k", "3", "--recipe", "baseline"]) == 0
     rows = list(csv.reader(open(out / "predictions.csv")))
     assert rows[1][0] == "class0/img0.png"
     sk = list(csv.reader(open(out / "skipped.csv")))
@@ -112,3 +112,18 @@ def test_outputs_are_written_atomically(tmp_path, monkeypatch):
         io_mod.write_json(target, {"a": 2})
     assert json.loads(target.read_text()) == {"a": 1}  # old content intact
     assert [p.name for p in tmp_path.iterdir()] == ["x.json"]  # no temp file left behind
+
+
+def test_rerun_into_a_folder_clears_the_earlier_runs_figures(tmp_path, image_folder):
+    out = tmp_path / "r"
+    assert main(["run", "digits", "--out", str(out), "--k", "10", "--recipe", "baseline"]) == 0
+    assert (out / "scatter_labels.png").exists() and (out / "montages" / "montage_9.png").exists()
+    # the second run has no labels and 3 clusters: the first run's label figure and extra montages must go
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    for p in image_folder.rglob("*.png"):
+        (lone / f"{p.parent.name}_{p.name}").write_bytes(p.read_bytes())
+    assert main(["run", str(lone), "--out", str(out), "--k", "3", "--recipe", "baseline"]) == 0
+    assert not (out / "scatter_labels.png").exists()
+    assert not (out / "true_labels.npy").exists()
+    assert sorted(p.name for p in (out / "montages").iterdir()) == ["montage_0.png", "montage_1.png", "montage_2.png"]

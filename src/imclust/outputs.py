@@ -47,10 +47,27 @@ def write_skipped(path, skipped) -> Path:
     return write_csv(path, ["id", "reason"], ((s.id, s.reason) for s in skipped))
 
 
+# Outputs that only some runs write. A run into a folder that holds an earlier run's outputs removes these
+# first, so the report never shows another run's figures as this one's. Exported clusters/ are never touched.
+CONDITIONAL_OUTPUTS = ("true_labels.npy", "scatter_labels.png", "scatter_3d.png", "reconstructions.png",
+                       "loss_curve.png", "history.json", "prediction.csv", "prediction_invert.csv",
+                       "submission.csv", "deepcluster.json", "embedding.gif", "split.csv", "map2d.npy")
+CONDITIONAL_GLOBS = ("montages/montage_*.png", "epochs/epoch_*.png")
+
+
+def clear_stale(out: Path) -> None:
+    for name in CONDITIONAL_OUTPUTS:
+        (out / name).unlink(missing_ok=True)
+    for pattern in CONDITIONAL_GLOBS:
+        for p in out.glob(pattern):
+            p.unlink(missing_ok=True)
+
+
 def write_run(out, result) -> None:
     """Write everything a run produced into ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    clear_stale(out)
     write_predictions(out / "predictions.csv", result.ids, result.labels)
     write_npy(out / "embedding.npy", result.embedding)
     write_json(out / "metrics.json", result.metrics)
