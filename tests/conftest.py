@@ -60,3 +60,14 @@ def write_image_folder(root: Path, k=3, n_per=6, size=16, mode="RGB", fmt="png",
 @pytest.fixture
 def image_folder(tmp_path):
     return write_image_folder(tmp_path / "imgs")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny networks: one intra-op thread (two contended threads make each tiny op many times slower)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

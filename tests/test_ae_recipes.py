@@ -16,13 +16,7 @@ from imclust.tutorial_outputs import invert_labels
 from conftest import REPO, write_image_folder
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny networks train many times faster on one thread than on two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_recipes_listed_and_one_default():

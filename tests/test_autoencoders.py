@@ -17,13 +17,7 @@ from imclust.pipeline import Pipeline
 from conftest import blobs_images
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny networks train many times faster on one thread than on two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _imageset(x, y=None):

@@ -21,13 +21,7 @@ from imclust.nn.heads import (
 from imclust.nn.train import TrainConfig, Trainer, batch_indices
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread (on a busy 2-core machine, two threads make each tiny op ~100x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(n=12, d=4, k=3, seed=0, dtype=torch.float64):
