@@ -159,15 +159,11 @@ def test_bad_options_are_refused():
         _enc(epochs=-1).fit(_ds())
 
 
-def test_unknown_head_is_a_clear_error():
-    try:
-        import imclust.nn.heads  # noqa: F401
-
-        pytest.skip("imclust.nn.heads is installed; its own tests cover its names")
-    except ImportError:
-        pass
-    with pytest.raises(UserError, match="head 'arcface' needs imclust.nn.heads"):
-        _enc(head="arcface").fit(_ds())
+def test_heads_from_issue_6_plug_in_and_unknown_head_is_a_clear_error():
+    enc = _enc(head="arcface", epochs=1).fit(_ds())
+    assert np.isfinite(enc.history_[0]["loss"])
+    with pytest.raises(UserError, match="unknown head 'nope'"):
+        _enc(head="nope").fit(_ds())
 
 
 def test_collapse_is_reported(monkeypatch, tmp_path, capsys):

@@ -164,11 +164,8 @@ def make_classifier_head(name: str, in_dim: int, n_classes: int) -> nn.Module:
     """``softmax``: :class:`SoftmaxHead`; any other name comes from :func:`imclust.nn.heads.make_head`."""
     if name == "softmax":
         return SoftmaxHead(in_dim, n_classes)
-    try:
-        from ..nn.heads import make_head
-    except ImportError:
-        raise UserError(f"DeepCluster head {name!r} needs imclust.nn.heads, which this installation lacks; "
-                        "use head='softmax'") from None
+    from ..nn.heads import make_head
+
     return make_head(name, in_dim, n_classes)
 
 
