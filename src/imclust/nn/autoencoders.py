@@ -68,7 +68,21 @@ class ConvAEHW9(nn.Module):
         return z, self.decoder(z)
 
 
-class MLPAE3(nn.Module):
+class _FlatAE(nn.Module):
+    """Dense autoencoders: images are flattened on the way in and reshaped on the way out."""
+
+    def encode(self, x):
+        return self.encoder(x.reshape(len(x), -1))
+
+    def decode(self, z):
+        return self.decoder(z)
+
+    def forward(self, x):
+        z = self.encode(x)
+        return z, self.decoder(z).reshape(x.shape)
+
+
+class MLPAE3(_FlatAE):
     """Tutorial 5's fully connected autoencoder with a 3-D code (D-128-64-12-3, Tanh; Sigmoid output)."""
 
     input_range = (0.0, 1.0)
@@ -85,18 +99,8 @@ class MLPAE3(nn.Module):
             nn.Linear(128, in_dim), nn.Sigmoid(),
         )
 
-    def encode(self, x):
-        return self.encoder(x.reshape(len(x), -1))
 
-    def decode(self, z):
-        return self.decoder(z)
-
-    def forward(self, x):
-        z = self.encode(x)
-        return z, self.decoder(z).reshape(x.shape)
-
-
-class DenseAE(nn.Module):
+class DenseAE(_FlatAE):
     """The DEC / N2D dense autoencoder: D-500-500-2000-code, ReLU, linear code and linear output."""
 
     input_range = (0.0, 1.0)
@@ -115,16 +119,6 @@ class DenseAE(nn.Module):
         dec.append(nn.Linear(rdims[-1], in_dim))
         self.encoder = nn.Sequential(*enc)
         self.decoder = nn.Sequential(*dec)
-
-    def encode(self, x):
-        return self.encoder(x.reshape(len(x), -1))
-
-    def decode(self, z):
-        return self.decoder(z)
-
-    def forward(self, x):
-        z = self.encode(x)
-        return z, self.decoder(z).reshape(x.shape)
 
 
 def _conv_out(n: int, k: int, s: int, p: int) -> int:
