@@ -201,3 +201,19 @@ def test_supervised_embedding_on_real_digits(shared_data):
     Z = enc.transform(ds.subset(te))
     acc = cluster_acc(ds.labels[te], KMeans(10, random_state=0).fit_predict(Z))
     assert acc > 0.6  # raw-pixel k-means on MNIST is about 0.54
+
+
+def test_weight_init_reaches_the_head_and_is_refused_where_it_means_nothing(blobs_npz, capsys):
+    from imclust.data import load_source
+    from imclust.encoders.embedding import EmbeddingEncoder
+
+    path, y = blobs_npz
+    ds = load_source(path)
+    for asked, used in (("auto", "spread"), ("xavier", "xavier")):
+        enc = EmbeddingEncoder(head="arcface", dim=2, net="mlp", epochs=1, weight_init=asked, seed=0).fit(ds, y)
+        assert enc.head_.weight_init_ == used
+    with pytest.raises(UserError, match="takes no weight_init"):
+        EmbeddingEncoder(head="softmax", dim=2, net="mlp", epochs=1, weight_init="spread").fit(ds, y)
+    assert main(["embed", str(path), "--head", "softmax+center", "--weight-init", "spread", "--epochs", "1", "--no-plot"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "takes no weight_init" in err and len(err.splitlines()) == 1

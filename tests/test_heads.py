@@ -17,6 +17,7 @@ from imclust.nn.heads import (
     CosFaceHead,
     make_head,
     optimizer_factory,
+    spread_directions,
 )
 from imclust.nn.train import TrainConfig, Trainer, batch_indices
 
@@ -223,3 +224,61 @@ def test_set_margin_zero_is_plain_normalised_softmax():
     assert torch.allclose(logits, head.logits(x), atol=1e-6)
     head.set_margin(0.5)
     assert torch.allclose(head(x, y)[1], with_margin)
+
+
+def _angles_deg(w):
+    return torch.rad2deg(torch.atan2(w[:, 1], w[:, 0])).double()
+
+
+@pytest.mark.parametrize("name", ["arcface", "cosface"])
+@pytest.mark.parametrize("k", [3, 10])
+def test_default_init_in_2d_spreads_class_directions_evenly(name, k):
+    """The documented default (weight_init='auto' -> 'spread' in 2-D): unit weights 360/k degrees apart."""
+    torch.manual_seed(0)
+    head = make_head(name, 2, k)
+    assert head.weight_init == "auto" and head.weight_init_ == "spread"
+    w = head.weight.detach()
+    assert torch.allclose(w.norm(dim=1), torch.ones(k), atol=1e-6)
+    a = torch.sort(_angles_deg(w) % 360).values
+    gaps = torch.diff(torch.cat([a, a[:1] + 360]))  # neighbours around the circle, wrapping
+    assert torch.allclose(gaps, torch.full((k,), 360.0 / k, dtype=torch.float64), atol=1e-4)
+    # the same after reset_parameters, and with center loss combined
+    head.reset_parameters()
+    assert torch.allclose(head.weight.detach(), w)
+    combo = make_head(name + "+center", 2, k)
+    assert torch.allclose(combo.classifier.weight.detach(), w)
+
+
+def test_weight_init_auto_is_xavier_above_3_dims_and_xavier_can_be_asked_for():
+    torch.manual_seed(0)
+    assert ArcFaceHead(32, 10).weight_init_ == "xavier"
+    assert ArcFaceHead(3, 10).weight_init_ == "spread"
+    torch.manual_seed(0)
+    a = ArcFaceHead(2, 10, weight_init="xavier").weight.detach()
+    torch.manual_seed(0)
+    b = torch.nn.init.xavier_uniform_(torch.empty(10, 2))
+    assert torch.equal(a, b)
+    with pytest.raises(UserError, match="weight_init"):
+        ArcFaceHead(2, 10, weight_init="even")
+    with pytest.raises(UserError, match="does not take"):
+        make_head("softmax", 2, 10, weight_init="spread")
+
+
+@pytest.mark.parametrize("n,dim", [(4, 3), (10, 3), (6, 3), (10, 16), (20, 8)])
+def test_spread_directions_are_far_apart(n, dim):
+    g = torch.Generator().manual_seed(0)
+    v = spread_directions(n, dim, generator=g).double()
+    assert v.shape == (n, dim)
+    assert torch.allclose(v.norm(dim=1), torch.ones(n, dtype=torch.float64), atol=1e-6)
+    cos = (v @ v.T)[~torch.eye(n, dtype=torch.bool)]
+    if n <= dim + 1:  # regular simplex
+        assert torch.allclose(cos, torch.full_like(cos, -1.0 / (n - 1)), atol=1e-5)
+    elif (n, dim) == (6, 3):  # octahedron: nearest neighbours at 90 degrees
+        assert cos.max() < 0.05
+    else:
+        # far better than random directions would be (their largest pairwise cosine is typically > 0.5)
+        torch.manual_seed(0)
+        r = F.normalize(torch.randn(n, dim, dtype=torch.float64), dim=1)
+        assert cos.max() < (r @ r.T)[~torch.eye(n, dtype=torch.bool)].max() - 0.1
+    if (n, dim) == (10, 3):  # Tammes problem: the best minimal angle for 10 points is about 64.7 degrees
+        assert math.degrees(math.acos(cos.max())) > 60

@@ -183,6 +183,9 @@ def _embed_cmd(p):
     p.add_argument("--margin", type=float, help="ArcFace angle margin m in radians (default 0.5) or CosFace margin (0.35)")
     p.add_argument("--scale", type=float, help="ArcFace/CosFace scale s (default 10, the tutorial's; 30 did better for 2-D MNIST)")
     p.add_argument("--easy-margin", action="store_true", help="ArcFace: apply the margin only where cos θ > 0")
+    p.add_argument("--weight-init", default="auto", choices=("auto", "spread", "xavier"),
+                   help="ArcFace/CosFace class directions at the start: spread (as far apart as possible; in 2-D evenly "
+                        "around the circle), xavier (random), auto (default: spread for --dim 2 and 3, xavier above)")
     p.add_argument("--margin-warmup", type=int, default=0, help="epochs over which the margin rises from 0 (default 0)")
     p.add_argument("--center-lr", type=float, default=0.05, help="learning rate of the Center Loss centres (default 0.05)")
     p.add_argument("--center-weight", type=float, help="weight λ of the Center Loss (center: 0.01; softmax+center: 0.001 with CE 0.999)")
@@ -216,7 +219,7 @@ def _embed_cmd(p):
         res = embed(args.source, labels=args.labels, head=args.head, dim=args.dim, net=args.net, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, test_size=args.test_size, seed=args.seed, out=out,
                     plot=not args.no_plot, gif=not args.no_gif, margin=args.margin, scale=args.scale,
-                    easy_margin=args.easy_margin, margin_warmup=args.margin_warmup, center_lr=args.center_lr, center_weight=args.center_weight,
+                    easy_margin=args.easy_margin, weight_init=args.weight_init, margin_warmup=args.margin_warmup, center_lr=args.center_lr, center_weight=args.center_weight,
                     center_form=args.center_form, augment_shift=args.augment_shift, device=args.device,
                     precision=args.precision, channels_last=args.channels_last, size=_size(args),
                     channels=args.channels, image_key=args.image_key, label_key=args.label_key, layout=args.layout)

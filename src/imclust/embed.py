@@ -119,7 +119,8 @@ def write_gif(frames: list[np.ndarray], path, ms_per_frame: int = 400) -> Path:
 
 def embed(source, labels=None, head: str = "softmax", dim: int = 2, net: str = "auto", epochs: int = 20,
           batch_size: int = 128, lr: float = 1e-3, lr_schedule: str = "cosine", test_size: float = 0.2, seed: int = 0, out=None,
-          plot: bool = True, gif: bool = True, margin=None, scale=None, easy_margin: bool = False, margin_warmup: int = 0,
+          plot: bool = True, gif: bool = True, margin=None, scale=None, easy_margin: bool = False, weight_init: str = "auto",
+          margin_warmup: int = 0,
           center_lr: float = 0.05, center_weight=None, center_form=None, augment_shift: int = 0,
           device: str = "auto", precision: str = "fp32", channels_last: bool = False, size=None, channels=None,
           image_key=None, label_key=None, layout: str = "auto", max_plot_points: int = 4000) -> EmbedResult:
@@ -162,7 +163,7 @@ def embed(source, labels=None, head: str = "softmax", dim: int = 2, net: str = "
 
     enc = EmbeddingEncoder(head=head, dim=dim, net=net, epochs=epochs, batch_size=batch_size, lr=lr, lr_schedule=lr_schedule,
                            margin=margin,
-                           scale=scale, easy_margin=easy_margin, margin_warmup=margin_warmup, center_lr=center_lr, center_weight=center_weight,
+                           scale=scale, easy_margin=easy_margin, weight_init=weight_init, margin_warmup=margin_warmup, center_lr=center_lr, center_weight=center_weight,
                            center_form=center_form, augment_shift=augment_shift, size=size, channels=channels,
                            seed=seed, device=device, precision=precision, channels_last=channels_last)
     snapshots: list[np.ndarray] = []

@@ -73,8 +73,11 @@ class _HeadEncoder(Encoder):
                 kw["scale"] = float(self.scale)
             if base == "arcface" and self.easy_margin:
                 kw["easy_margin"] = True
+            kw["weight_init"] = self.weight_init
         elif self.margin is not None or self.scale is not None:
             raise UserError(f"head {self.head!r} takes no margin or scale; they belong to arcface and cosface")
+        elif self.weight_init != "auto":
+            raise UserError(f"head {self.head!r} takes no weight_init; it belongs to arcface and cosface")
         if "center" in self.head:
             kw["center_lr"] = float(self.center_lr)
             if self.center_weight is not None:
@@ -250,6 +253,8 @@ _COMMON_DOC = """
     dim : size of the feature layer (2 or 3 to plot it directly, larger for clustering)
     net : ``mlp`` (784-512-256-128-d), ``cnn`` (tutorial's residual CNN) or ``auto`` (cnn for images of 16 px and more)
     margin, scale, easy_margin : ArcFace/CosFace options (None: ArcFace m=0.5, CosFace m=0.35, s=10)
+    weight_init : ArcFace/CosFace class directions at the start: ``spread`` (as far apart as possible; in 2-D evenly
+        around the circle), ``xavier`` (random), or ``auto`` (default: ``spread`` for dim 2 and 3, ``xavier`` above)
     margin_warmup : epochs over which the margin rises linearly from 0 to its value (0: full margin from the start)
     center_lr, center_weight, center_form : Center Loss options (centres' own learning rate, λ, mean/batch_count)
     lr_schedule : ``cosine`` (learning rates decay to 0 over the epochs; default) or ``constant`` (the tutorial's)
@@ -264,7 +269,7 @@ class EmbeddingEncoder(_HeadEncoder):
 
     def __init__(self, head: str = "softmax", dim: int = 2, net: str = "auto", epochs: int = 20, batch_size: int = 128,
                  lr: float = 1e-3, weight_decay: float = 0.0, optimizer: str = "adam", lr_schedule: str = "cosine", margin=None, scale=None,
-                 easy_margin: bool = False, margin_warmup: int = 0, center_lr: float = 0.05, center_weight=None,
+                 easy_margin: bool = False, weight_init: str = "auto", margin_warmup: int = 0, center_lr: float = 0.05, center_weight=None,
                  center_form=None, augment_shift: int = 0, normalize="auto", size=None, channels=None, seed: int | None = 0,
                  device: str = "auto", precision: str = "fp32", channels_last: bool = False,
                  checkpoint_dir=None, resume: bool = False):
@@ -280,6 +285,7 @@ class EmbeddingEncoder(_HeadEncoder):
         self.margin = margin
         self.scale = scale
         self.easy_margin = easy_margin
+        self.weight_init = weight_init
         self.margin_warmup = margin_warmup
         self.center_lr = center_lr
         self.center_weight = center_weight
@@ -340,7 +346,7 @@ class SelfLabelEncoder(_HeadEncoder):
 
     def __init__(self, head: str = "softmax", dim: int = 32, n_clusters: int = 10, net: str = "auto", epochs: int = 15,
                  batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 0.0, optimizer: str = "adam",
-                 lr_schedule: str = "cosine", margin=None, scale=None, easy_margin: bool = False, margin_warmup: int = 0,
+                 lr_schedule: str = "cosine", margin=None, scale=None, easy_margin: bool = False, weight_init: str = "auto", margin_warmup: int = 0,
                  center_lr: float = 0.05, center_weight=None, center_form=None, augment_shift: int = 2, normalize="auto",
                  uniform_sampling: bool = True, first_labels: str = "pca",
                  size=None, channels=None, seed: int | None = 0, device: str = "auto", precision: str = "fp32",
@@ -358,6 +364,7 @@ class SelfLabelEncoder(_HeadEncoder):
         self.margin = margin
         self.scale = scale
         self.easy_margin = easy_margin
+        self.weight_init = weight_init
         self.margin_warmup = margin_warmup
         self.center_lr = center_lr
         self.center_weight = center_weight
