@@ -82,7 +82,8 @@ def main() -> None:
                   f"classifier={m['heldout_classifier_acc']:.4f} wall={wall:.0f}s cpu={cpu:.0f}s "
                   f"(pixels k-means ACC={m_pix['acc']:.4f})", flush=True)
     lines = [
-        f"## Supervised 2-D embeddings on MNIST-test: train 8,000, k-means on the held-out 2,000 ({', '.join(args.heads)}; issue 6)",
+        f"## Supervised 2-D embeddings on MNIST-test: train 8,000, k-means on the held-out 2,000 ({', '.join(args.heads)}; "
+        f"seeds {', '.join(map(str, args.seeds))}{'' if args.weight_init == 'auto' else '; ' + args.weight_init + ' init'}; issue 6)",
         "",
         f"Command: `flock /tmp/imclust-bench.lock {command()}`  ",
         f"Machine: 2-core CPU, 24 GiB, no GPU ({machine()}); the machine was shared with other jobs, so wall time "
