@@ -115,6 +115,7 @@ def main(argv=None):
     ap.add_argument("--append", action="store_true")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.torch_threads)
+    load_before = os.getloadavg()[0]
     x, y = load_cifar_9000()
     Z, ae_s, hist = latents(x, args.epochs, 0)
     print(f"latents {Z.shape} in {ae_s:.0f} s; loss per epoch {[round(h['loss'], 4) for h in hist]}", flush=True)
@@ -154,8 +155,8 @@ def main(argv=None):
         from _results import append_to_section
 
         append_to_section("## Tutorial-1 chain on 9,000 CIFAR-10 images (issue 3)", (f"\n### Run of {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
-                     f"Command: `{cmd}`  \nMachine: 2-core CPU, 24 GiB, no GPU (shared with other jobs), torch threads "
-                     f"{args.torch_threads}. 9,000 CIFAR-10 train images (900/class), vehicles vs animals.\n\n"
+                     f"Command: `{cmd}`  \nMachine: 2-core CPU, 24 GiB, no GPU; 1-min load average {load_before:.1f} at "
+                     f"the start and {os.getloadavg()[0]:.1f} at the end; torch threads {args.torch_threads}. 9,000 CIFAR-10 train images (900/class), vehicles vs animals.\n\n"
                      f"{table}\n\n{summary}\n"))
 
 

@@ -3,9 +3,10 @@
 from .base import Encoder
 from .embedding import EmbeddingEncoder, SelfLabelEncoder
 from .pixels import PixelEncoder
+from .hog import HOGEncoder
 from .pretrained import PretrainedEncoder
 from .deepcluster import DeepClusterEncoder
 from .autoencoder import AutoencoderEncoder
 
-__all__ = ["Encoder", "AutoencoderEncoder", "DeepClusterEncoder", "EmbeddingEncoder", "PixelEncoder",
+__all__ = ["Encoder", "AutoencoderEncoder", "DeepClusterEncoder", "EmbeddingEncoder", "HOGEncoder", "PixelEncoder",
            "PretrainedEncoder", "SelfLabelEncoder"]
