@@ -63,6 +63,11 @@ def test_embed_end_to_end_and_predict(blobs_npz, tmp_path):
         assert (out / f).exists(), f
     gif = Image.open(out / "embedding.gif")
     assert gif.n_frames == 3
+    # the page is built after the frames: it shows the animation, byte for byte
+    import base64
+
+    page = (out / "report.html").read_text()
+    assert "data:image/gif;base64," + base64.b64encode((out / "embedding.gif").read_bytes()).decode() in page
     assert len(json.loads((out / "history.json").read_text())) == 3
     # arcface output lies on the unit circle
     assert np.allclose(np.linalg.norm(res.embedding, axis=1), 1, atol=1e-4)
@@ -217,3 +222,14 @@ def test_weight_init_reaches_the_head_and_is_refused_where_it_means_nothing(blob
     assert main(["embed", str(path), "--head", "softmax+center", "--weight-init", "spread", "--epochs", "1", "--no-plot"]) == 2
     err = capsys.readouterr().err.strip()
     assert "takes no weight_init" in err and len(err.splitlines()) == 1
+
+
+def test_embed_3d_report_shows_the_3d_scatter(blobs_npz, tmp_path):
+    from imclust.embed import embed
+
+    path, _ = blobs_npz
+    out = tmp_path / "run3"
+    embed(path, head="softmax", dim=3, net="mlp", epochs=1, batch_size=32, seed=0, out=out, gif=False)
+    assert (out / "scatter_3d.png").exists()
+    page = (out / "report.html").read_text()
+    assert 'alt="scatter_3d.png"' in page and "The embedding in 3-D" in page

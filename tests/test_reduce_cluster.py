@@ -141,6 +141,10 @@ def test_bad_options_are_user_errors():
         HDBSCAN(min_cluster_size=1).fit(X)
     with pytest.raises(UserError, match="backend"):
         TSNE(backend="bogus").fit(X)
+    with pytest.raises(UserError, match="neighbors"):
+        TSNE(neighbors="bogus").fit(X)
+    with pytest.raises(UserError, match="fft_ints_in_interval"):
+        TSNE(fft_ints_in_interval=0).fit(X)
 
 
 @pytest.mark.parametrize("name", ["kernel_pca", "tsne", "umap", "gmm", "agglomerative", "hdbscan", "spectral",

@@ -42,7 +42,8 @@ METRIC_NAMES = {"acc": "ACC", "nmi": "NMI", "ari": "ARI", "purity": "Purity", "s
 METRIC_HINT = {"acc": "higher is better", "nmi": "higher is better", "ari": "higher is better",
                "purity": "higher is better", "silhouette": "higher is better",
                "calinski_harabasz": "higher is better", "davies_bouldin": "lower is better"}
-FIGURE_CAPTIONS = {"scatter_3d.png": "The embedding in 3-D, coloured by cluster or label."}
+FIGURE_CAPTIONS = {"scatter_3d.png": "The embedding in 3-D, coloured by cluster or label.",
+                   "embedding.gif": "The learned embedding after each training epoch."}
 STAGE_NAMES = {"load": "load images", "encode": "encode (features)", "cluster": "cluster", "predict": "predict"}
 
 e = html.escape
@@ -78,6 +79,16 @@ def _mime(data: bytes) -> str:
     if data[:6] in (b"GIF87a", b"GIF89a"):
         return "image/gif"
     return "application/octet-stream"
+
+
+def _last_frame_png(gif: bytes) -> bytes:
+    from PIL import Image
+
+    im = Image.open(io.BytesIO(gif))
+    im.seek(getattr(im, "n_frames", 1) - 1)
+    buf = io.BytesIO()
+    im.convert("RGB").save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def data_uri(data: bytes) -> str:
@@ -423,14 +434,21 @@ def _confusion_section(r: _Run) -> str:
 
 
 def _figures_section(r: _Run) -> str:
-    extra = sorted(p for p in r.dir.glob("*.png") if p.name not in KNOWN_FIGURES and not p.name.startswith("."))
+    extra = sorted(p for p in [*r.dir.glob("*.png"), *r.dir.glob("*.gif")]
+                   if p.name not in KNOWN_FIGURES and not p.name.startswith("."))
     if not extra:
         return ""
     per = max(50_000, FIGURE_BUDGET // len(extra))
     figs = []
     for p in extra:
         cap = FIGURE_CAPTIONS.get(p.name, p.name)
-        figs.append(f"<figure><img alt=\"{e(p.name)}\" src=\"{data_uri(fit_image(p.read_bytes(), per))}\">"
+        data = p.read_bytes()
+        if p.suffix == ".gif" and len(data) > per:  # re-encoding would drop the animation: show its last frame
+            data = fit_image(_last_frame_png(data), per)
+            cap += f" (last frame; the animation, {len(p.read_bytes()) / 2**20:.1f} MiB, is {p.name} beside this page)"
+        else:
+            data = fit_image(data, per) if p.suffix != ".gif" else data
+        figs.append(f"<figure><img alt=\"{e(p.name)}\" src=\"{data_uri(data)}\">"
                     f"<figcaption>{e(cap)}</figcaption></figure>")
     return _section("figures", "More figures", "Other figures this run wrote.", f"<div class=\"figs\">{''.join(figs)}</div>")
 
