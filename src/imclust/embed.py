@@ -235,9 +235,9 @@ def embed(source, labels=None, head: str = "softmax", dim: int = 2, net: str = "
             if dim == 3:
                 scatter_3d(Z_all[view_idx[plot_idx]], y_view, out_p / "scatter_3d.png", f"{head} embedding (3-D)")
             # the page was built with the run's other outputs; build it again so it shows these figures too
-            from .report.html import build_report
+            from .outputs import rebuild_report
 
-            build_report(out_p)
+            rebuild_report(out_p)
     log(f"embed[{head}]: held-out k-means ACC={metrics.get('acc', float('nan')):.4f} in {metrics['seconds']:.1f}s")
     return EmbedResult(metrics=metrics, pipeline=pipe, embedding=Z_all, labels=lab_all, train_index=tr,
                        heldout_index=te, history=enc.history_, frames=frames, out=out_p)

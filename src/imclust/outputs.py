@@ -115,19 +115,34 @@ def write_report(result, out) -> Path | None:
     reported on stderr in one line (with the command that rebuilds the page) and ``None`` is returned.
     ``IMCLUST_DEBUG=1`` raises it instead.
     """
-    import os
-
     from .report.html import build_report
     from .report.thumbs import write_thumbnails
 
     out = Path(out)
-    try:
+
+    def build():
         if result.dataset is not None and len(result.ids):
             write_thumbnails(result.dataset, out, _dataset_indices(result), seed=result.seed or 0)
         else:  # no images to draw: never let an earlier run's thumbnails stand in for this one's
             for name in ("thumbs.json", "thumbs.png", "thumbs.jpg"):
                 (out / name).unlink(missing_ok=True)
         return build_report(out)
+
+    return _page_or_warning(build, out)
+
+
+def rebuild_report(out) -> Path | None:
+    """``report.html`` again from the saved outputs (thumbnails kept), after a caller added figures to ``out``."""
+    from .report.html import build_report
+
+    return _page_or_warning(lambda: build_report(Path(out)), Path(out))
+
+
+def _page_or_warning(build, out: Path) -> Path | None:
+    import os
+
+    try:
+        return build()
     except Exception as err:  # the run's results are complete; the page is an extra that must not hide them
         if os.environ.get("IMCLUST_DEBUG"):
             raise

@@ -444,8 +444,8 @@ def _figures_section(r: _Run) -> str:
         cap = FIGURE_CAPTIONS.get(p.name, p.name)
         data = p.read_bytes()
         if p.suffix == ".gif" and len(data) > per:  # re-encoding would drop the animation: show its last frame
+            cap += f" (last frame; the animation, {len(data) / 2**20:.1f} MiB, is {p.name} beside this page)"
             data = fit_image(_last_frame_png(data), per)
-            cap += f" (last frame; the animation, {len(p.read_bytes()) / 2**20:.1f} MiB, is {p.name} beside this page)"
         else:
             data = fit_image(data, per) if p.suffix != ".gif" else data
         figs.append(f"<figure><img alt=\"{e(p.name)}\" src=\"{data_uri(data)}\">"
