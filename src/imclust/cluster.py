@@ -320,7 +320,7 @@ class HDBSCAN(_NoPredict, Component):
         if not isinstance(self.min_cluster_size, (int, np.integer)) or not 2 <= self.min_cluster_size <= len(X):
             raise UserError(f"hdbscan min_cluster_size must be between 2 and the number of images ({len(X)})")
         m = SKH(min_cluster_size=int(self.min_cluster_size), min_samples=self.min_samples,
-                cluster_selection_epsilon=float(self.cluster_selection_epsilon)).fit(X)
+                cluster_selection_epsilon=float(self.cluster_selection_epsilon), copy=True).fit(X)  # never edit X
         self.labels_ = np.asarray(m.labels_, dtype=np.int64)
         self.n_clusters_ = int(len(set(self.labels_.tolist()) - {-1}))
         self.n_noise_ = int((self.labels_ == -1).sum())
