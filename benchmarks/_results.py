@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import os
 from pathlib import Path
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
@@ -20,3 +22,10 @@ def append_to_section(heading: str, block: str, path: Path = RESULTS) -> None:
         end += 1
     new = lines[:end] + block.strip("\n").split("\n") + [""] + lines[end:]
     path.write_text("\n".join(new).rstrip("\n") + "\n", encoding="utf-8")
+
+
+def run_header(cmd: str, load_before: float, torch_threads: int) -> str:
+    """``### Run of <UTC time>``, the command, and the machine line with the load average at start and end."""
+    return (f"\n### Run of {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
+            f"Command: `{cmd}`  \nMachine: 2-core CPU, 24 GiB, no GPU; 1-min load average {load_before:.1f} at the "
+            f"start and {os.getloadavg()[0]:.1f} at the end; torch threads {torch_threads}.")

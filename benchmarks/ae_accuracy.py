@@ -14,7 +14,6 @@ Wrap timed runs in ``flock /tmp/imclust-bench.lock`` on a shared machine.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import sys
@@ -104,12 +103,10 @@ def main(argv=None):
         Path(args.json).write_text(json.dumps(rows, indent=1))
     if args.append:
         cmd = "python benchmarks/ae_accuracy.py " + " ".join(sys.argv[1:])
-        from _results import append_to_section
+        from _results import append_to_section, run_header
 
-        append_to_section("## Autoencoder recipes: clustering accuracy (issue 3)", (f"\n### Run of {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
-                     f"Command: `{cmd}`  \nMachine: 2-core CPU, 24 GiB, no GPU; 1-min load average "
-                     f"{load_before:.1f} at the start and {os.getloadavg()[0]:.1f} at the end; "
-                     f"torch threads {args.torch_threads}. Recipe `{recipe}`.\n\n{table}\n"))
+        append_to_section("## Autoencoder recipes: clustering accuracy (issue 3)",
+                          f"{run_header(cmd, load_before, args.torch_threads)} Recipe `{recipe}`.\n\n{table}\n")
 
 
 def summarise(rows) -> str:

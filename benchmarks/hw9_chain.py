@@ -20,7 +20,6 @@ minibatch_kmeans(k=2), i.e. the reducers of the ``hw9`` recipe.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import sys
@@ -152,12 +151,11 @@ def main(argv=None):
     print(table + "\n" + summary)
     if args.append:
         cmd = "python benchmarks/hw9_chain.py " + " ".join(sys.argv[1:])
-        from _results import append_to_section
+        from _results import append_to_section, run_header
 
-        append_to_section("## Tutorial-1 chain on 9,000 CIFAR-10 images (issue 3)", (f"\n### Run of {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
-                     f"Command: `{cmd}`  \nMachine: 2-core CPU, 24 GiB, no GPU; 1-min load average {load_before:.1f} at "
-                     f"the start and {os.getloadavg()[0]:.1f} at the end; torch threads {args.torch_threads}. 9,000 CIFAR-10 train images (900/class), vehicles vs animals.\n\n"
-                     f"{table}\n\n{summary}\n"))
+        append_to_section("## Tutorial-1 chain on 9,000 CIFAR-10 images (issue 3)",
+                          f"{run_header(cmd, load_before, args.torch_threads)} 9,000 CIFAR-10 train images (900/class), "
+                          f"vehicles vs animals.\n\n{table}\n\n{summary}\n")
 
 
 if __name__ == "__main__":

@@ -349,11 +349,10 @@ class TSNE(_KNNPlacement, Component):
 
     openTSNE settings: ``neighbors`` finds each point's 3·perplexity nearest neighbours for the affinities:
     ``exact`` (brute force, O(n²)), ``approx`` (openTSNE's approximate search) or ``auto`` (exact up to
-    10,000 points, where it is the faster one: 0.8 s against 4.1 s on 9,000 points of 200 dimensions here).
-    The repulsive forces use Barnes-Hut below 5,000 points in 2-D and FFT interpolation from there on;
-    ``fft_ints_in_interval`` sets the FFT grid's interval length in embedding units (openTSNE's default is
-    1; our 2 makes it 4.7x faster on the tutorial-1 data, 15 s against 70 s, at the same 2-means ACC:
-    benchmarks/hw9_chain.py).
+    10,000 points, where it is the faster one). The repulsive forces use Barnes-Hut below 5,000 points in 2-D
+    and FFT interpolation from there on; ``fft_ints_in_interval`` sets the FFT grid's interval length in
+    embedding units (openTSNE's default is 1). With both changes the t-SNE step of the tutorial-1 chain on
+    9,000 images went from 63 s to 16 s at the same 2-means ACC (``benchmarks/hw9_chain.py``, RESULTS.md).
     """
 
     def __init__(self, n_components: int = 2, perplexity: float = 30.0, n_iter: int = 1000, backend: str = "auto",
