@@ -1,9 +1,10 @@
 """Shape descriptors for small grey images: deskewed pixels plus histograms of oriented gradients (HOG).
 
-Nothing is learned, so the encoder costs a second or two on 10,000 images, yet its neighbourhoods are far
-cleaner than those of raw pixels: on MNIST-test the share of each image's 10 nearest neighbours that carry
-its own digit rises from 0.91 (pixels) to 0.95 (deskewed pixels). Followed by PCA -> UMAP -> GMM it is
-the default recipe for small grey images (``benchmarks/ae_accuracy.py``, ``benchmarks/RESULTS.md``).
+Nothing is learned, yet its neighbourhoods are far cleaner than those of raw pixels: on the first 3,000
+MNIST-test digits the share of each image's 10 nearest neighbours that carry its own digit rises from 0.82
+(pixels) to 0.92 with the default recipe's settings (``tests/test_hog.py`` prints both). Followed by
+PCA -> UMAP -> GMM it is the default recipe for small grey images (``benchmarks/ae_accuracy.py``,
+``benchmarks/RESULTS.md``).
 
 Per image, in this order:
 
