@@ -24,8 +24,10 @@ def append_to_section(heading: str, block: str, path: Path = RESULTS) -> None:
     path.write_text("\n".join(new).rstrip("\n") + "\n", encoding="utf-8")
 
 
-def run_header(cmd: str, load_before: float, torch_threads: int) -> str:
-    """``### Run of <UTC time>``, the command, and the machine line with the load average at start and end."""
+def run_header(cmd: str, load_before: float, torch_threads: int | None = None) -> str:
+    """``### Run of <UTC time>``, the command, and the machine line with the load average at start and end
+    (and the torch thread count, for benchmarks that train or run networks)."""
+    threads = "" if torch_threads is None else f"; torch threads {torch_threads}"
     return (f"\n### Run of {dt.datetime.now(dt.timezone.utc):%Y-%m-%d %H:%M} UTC\n\n"
             f"Command: `{cmd}`  \nMachine: 2-core CPU, 24 GiB, no GPU; 1-min load average {load_before:.1f} at the "
-            f"start and {os.getloadavg()[0]:.1f} at the end; torch threads {torch_threads}.")
+            f"start and {os.getloadavg()[0]:.1f} at the end{threads}.")

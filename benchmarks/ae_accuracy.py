@@ -97,22 +97,7 @@ def main(argv=None):
     load_before = os.getloadavg()[0]
     rows = []
     for name in args.datasets:
-        ds = load(name)
-        k = len(np.unique(ds.labels))
-        for mname, spec in methods(recipe, args.overrides).items():
-            if args.only and not any(mname.startswith(o) for o in args.only):
-                continue
-            for seed in args.seeds:
-                spec_k = json.loads(json.dumps(spec))
-                spec_k["clusterer"]["n_clusters"] = k
-                t = time.perf_counter()
-                pipe = Pipeline.from_spec(spec_k, name=mname, seed=seed).fit(ds)
-                secs = time.perf_counter() - t
-                m = evaluate(pipe.labels_, ds.labels)
-                row = {"dataset": name, "n": len(ds), "method": mname, "seed": seed, "acc": m["acc"], "nmi": m["nmi"],
-                       "ari": m["ari"], "seconds": secs}
-                rows.append(row)
-                print(json.dumps(row), flush=True)
+        rows += measure(name, load(name), methods(recipe, args.overrides), args.seeds, args.only)
     table = summarise(rows)
     print(table)
     if args.json:
@@ -123,6 +108,31 @@ def main(argv=None):
 
         append_to_section("## Autoencoder recipes: clustering accuracy (issue 3)",
                           f"{run_header(cmd, load_before, args.torch_threads)} Recipe `{recipe}`.\n\n{table}\n")
+
+
+def measure(name: str, ds, methods: dict[str, dict], seeds, only=None) -> list[dict]:
+    """Fit each method (a pipeline spec) on ``ds`` once per seed, k = number of classes; one row per fit.
+
+    Labels are read only to set k and to score. ``only`` keeps the methods whose name starts with one of its
+    strings. Each row is printed as JSON as soon as it is measured.
+    """
+    k = len(np.unique(ds.labels))
+    rows = []
+    for mname, spec in methods.items():
+        if only and not any(mname.startswith(o) for o in only):
+            continue
+        for seed in seeds:
+            spec_k = json.loads(json.dumps(spec))
+            spec_k["clusterer"]["n_clusters"] = k
+            t = time.perf_counter()
+            pipe = Pipeline.from_spec(spec_k, name=mname, seed=seed).fit(ds)
+            secs = time.perf_counter() - t
+            m = evaluate(pipe.labels_, ds.labels)
+            row = {"dataset": name, "n": len(ds), "method": mname, "seed": seed, "acc": m["acc"], "nmi": m["nmi"],
+                   "ari": m["ari"], "seconds": secs}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
 
 
 def summarise(rows) -> str:

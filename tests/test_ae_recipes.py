@@ -25,10 +25,37 @@ def test_recipes_listed_and_one_default():
         assert name in rec
     marked = [n for n, r in rec.items() if r.get("default")]
     assert len(marked) == 1 and default_recipe() == marked[0]
+    colour = [n for n, r in rec.items() if r.get("default_for") == "colour"]
+    assert len(colour) == 1 and default_recipe(channels=3) == colour[0] != marked[0]
+    assert default_recipe(channels=1) == marked[0]
     hw9 = load_recipe("hw9")
     assert hw9["encoder"]["arch"] == "conv_hw9" and hw9["encoder"]["lr"] == 1e-5 and hw9["encoder"]["epochs"] == 100
     assert [r["type"] for r in hw9["reducers"]] == ["kernel_pca", "tsne"]
     assert hw9["reducers"][0]["n_components"] == 200 and hw9["clusterer"]["type"] == "minibatch_kmeans"
+
+
+class _Chosen(Exception):
+    pass
+
+
+@pytest.mark.parametrize("channels,recipe,want", [(3, None, "photo-umap"), (1, None, "hog-umap"),
+                                                  (3, "baseline", "baseline"), (1, "photo-umap", "photo-umap")])
+def test_run_picks_the_default_by_colour_unless_a_recipe_is_named(monkeypatch, tmp_path, capsys, channels, recipe, want):
+    x = np.random.RandomState(0).rand(6, channels, 8, 8).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    seen = []
+
+    def fake_build(name, *a, **kw):
+        seen.append(name)
+        raise _Chosen
+
+    monkeypatch.setattr(api, "build_pipeline", fake_build)
+    monkeypatch.delenv("IMCLUST_QUIET", raising=False)
+    with pytest.raises(_Chosen):
+        api.run(str(tmp_path / "x.npy"), recipe=recipe)
+    assert seen == [want]
+    said = "colour images: recipe 'photo-umap'" in capsys.readouterr().err
+    assert said == (recipe is None and channels == 3)  # the choice is announced, never silent
 
 
 def test_invert_labels():

@@ -7,7 +7,7 @@ import pytest
 
 from imclust.cluster import KMeans
 from imclust.data import ImageSet
-from imclust.encoders.hog import HOGEncoder, deskew, hog, upsample_factor
+from imclust.encoders.hog import HOGEncoder, colour_histogram, deskew, hog, rgb_to_hsv, upsample_factor
 from imclust.errors import UserError
 from imclust.metrics import cluster_acc
 from imclust.pipeline import Pipeline
@@ -125,8 +125,83 @@ def test_encoder_in_a_saved_pipeline(tmp_path):
     assert loaded.encoder.transform(_set(big)).shape == (60, loaded.encoder.n_features_)
 
 
+def test_rgb_to_hsv_matches_colorsys():
+    import colorsys
+
+    rs = np.random.RandomState(0)
+    x = rs.rand(5, 3, 4, 4).astype(np.float32)
+    x[0, :, 0, 0] = 0.5  # grey: hue and saturation 0
+    x[1, :, 0, 0] = 0.0  # black
+    h, s, v = rgb_to_hsv(x)
+    for i in range(5):
+        for r in range(4):
+            for c in range(4):
+                want = colorsys.rgb_to_hsv(*(float(t) for t in x[i, :, r, c]))
+                np.testing.assert_allclose([h[i, r, c], s[i, r, c], v[i, r, c]], want, atol=1e-5)
+
+
+def test_colour_histogram_bins_by_hand():
+    red = np.zeros((1, 3, 4, 4), np.float32)
+    red[:, 0] = 1.0  # hue 0, saturation 1, value 1
+    H = colour_histogram(red, (12, 4, 4))
+    assert H.shape == (1, 192) and H[0, (0 * 4 + 3) * 4 + 3] == 1.0 and H.sum() == 1.0
+    half = red.copy()
+    half[:, :, :, 2:] = 0.0
+    half[:, 2, :, 2:] = 1.0  # right half pure blue: hue 2/3 -> hue bin 8
+    H = colour_histogram(half, (12, 4, 4))
+    np.testing.assert_allclose(H[0, [(0 * 4 + 3) * 4 + 3, (8 * 4 + 3) * 4 + 3]], [np.sqrt(0.5)] * 2)
+    np.testing.assert_allclose(np.linalg.norm(H, axis=1), 1.0, atol=1e-6)
+    grey = np.full((1, 1, 4, 4), 0.6, np.float32)  # grey input: an intensity histogram (value bin 2)
+    assert colour_histogram(grey, (12, 4, 4))[0, 2] == 1.0
+
+
+def _equal_luma_squares(n: int, rs) -> tuple[np.ndarray, np.ndarray]:
+    """Squares at random places on black, red in class 0 and a green of the very same luma in class 1."""
+    x = np.zeros((n, 3, 16, 16), np.float32)
+    y = rs.randint(0, 2, n)
+    for i in range(n):
+        r, c = rs.randint(0, 9, 2)
+        if y[i] == 0:
+            x[i, 0, r : r + 7, c : c + 7] = 1.0
+        else:
+            x[i, 1, r : r + 7, c : c + 7] = 0.299 / 0.587
+    return x, y
+
+
+def test_colour_block_separates_what_grey_shape_cannot():
+    rs = np.random.RandomState(0)
+    x, y = _equal_luma_squares(120, rs)
+    grey = HOGEncoder(cell_px=[], grids=[2], deskew=False, pixels=False).fit(_set(x))
+    col = HOGEncoder(cell_px=[], grids=[2], deskew=False, pixels=False, colour_bins=[12, 4, 4]).fit(_set(x))
+    assert grey.input_shape_[0] == 1 and col.input_shape_[0] == 3
+    Fg, Fc = grey.transform(_set(x)), col.transform(_set(x))
+    assert Fc.shape == (120, grey.n_features_ + 2 * 192) == (120, col.n_features_)
+    np.testing.assert_allclose(Fc[:, : grey.n_features_], Fg, atol=1e-5)  # the shape block is unchanged
+    np.testing.assert_allclose(np.linalg.norm(Fc[:, grey.n_features_:], axis=1), np.sqrt(2), atol=1e-5)
+    acc_grey = cluster_acc(y, KMeans(2, random_state=0).fit_predict(Fg))
+    acc_col = cluster_acc(y, KMeans(2, random_state=0).fit_predict(Fc))
+    assert acc_col == 1.0
+    assert acc_grey < 0.8
+
+
+def test_colour_pipeline_saves_and_predicts_grey_and_colour_sets(tmp_path):
+    x, _ = _equal_luma_squares(40, np.random.RandomState(2))
+    enc = HOGEncoder(cell_px=[4], grids=[], deskew=False, colour_bins=[6, 2, 2])
+    pipe = Pipeline(enc, [], KMeans(2, random_state=0), name="colour-test").fit(_set(x))
+    pipe.save(tmp_path / "m")
+    loaded = Pipeline.load(tmp_path / "m")
+    assert loaded.encoder.colour_bins == [6, 2, 2]
+    np.testing.assert_array_equal(loaded.predict(_set(x)), pipe.predict(_set(x)))
+    grey = x.max(axis=1, keepdims=True)  # a grey set is brought to the fitted three channels
+    assert loaded.encoder.transform(_set(grey)).shape == (40, loaded.encoder.n_features_)
+    only_grey = HOGEncoder(cell_px=[4], grids=[], colour_bins=[6, 2, 2]).fit(_set(grey))
+    assert only_grey.input_shape_[0] == 1 and only_grey.n_features_ == 8 * 8 * 9 + 32 * 32 + 2 * 24  # 16 px upsampled to 32
+
+
 @pytest.mark.parametrize("kw,msg", [(dict(grids=[0]), "cells across"), (dict(cell_px=[40], grids=[]), "does not fit"),
-                                    (dict(cell_px=[], grids=[]), "no HOG scale"), (dict(bins=0), "orientation bin")])
+                                    (dict(cell_px=[], grids=[]), "no HOG scale"), (dict(bins=0), "orientation bin"),
+                                    (dict(colour_bins=[12, 4]), "colour_bins"), (dict(colour_bins=[12, 0, 4]), "colour_bins"),
+                                    (dict(colour_bins="many"), "colour_bins")])
 def test_bad_options_are_user_errors(kw, msg):
     x = np.zeros((4, 1, 8, 8), np.float32)
     with pytest.raises(UserError, match=msg):
@@ -159,3 +234,36 @@ def test_mnist_neighbours_are_cleaner_than_raw_pixels(shared_data):
     a_pix, a_hog = agreement(pix), agreement(feats)
     assert a_hog > a_pix + 0.03, (a_hog, a_pix)
     print(f"10-NN label agreement: pixels {a_pix:.3f}, hog recipe features {a_hog:.3f}")
+
+
+@pytest.mark.integration
+def test_flower_neighbours_need_colour(shared_data):
+    """On 100 photos of each of the five flower species, the colour recipe's features (photo-umap) put more
+    same-species photos among each photo's 10 nearest neighbours than raw pixels or grey shape (hog-umap)
+    do (labels are read only to pick the photos and to score)."""
+    from sklearn.neighbors import NearestNeighbors
+
+    from imclust.data import load_source
+    from imclust.recipes import load_recipe
+
+    folder = shared_data / "flowers5"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not found")
+    full = load_source(str(folder))
+    labels = np.asarray(full.labels)
+    ds = full.subset(np.concatenate([np.flatnonzero(labels == c)[:100] for c in np.unique(labels)]))
+    y = np.asarray(ds.labels)
+
+    def agreement(F):
+        _, idx = NearestNeighbors(n_neighbors=11).fit(F).kneighbors(F)
+        return float((y[idx[:, 1:]] == y[:, None]).mean())
+
+    def features(recipe):
+        spec = dict(load_recipe(recipe)["encoder"])
+        assert spec.pop("type") == "hog"
+        return HOGEncoder(**spec).fit(ds).transform(ds)
+
+    pix = ds.resized(32).to_array(desc=None).reshape(len(ds), -1)
+    a_pix, a_grey, a_colour = agreement(pix), agreement(features("hog-umap")), agreement(features("photo-umap"))
+    print(f"10-NN label agreement: pixels {a_pix:.3f}, grey shape {a_grey:.3f}, colour recipe {a_colour:.3f}")
+    assert a_colour > max(a_pix, a_grey) + 0.03, (a_colour, a_pix, a_grey)

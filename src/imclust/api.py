@@ -14,7 +14,7 @@ from .errors import UserError
 from .metrics import evaluate
 from .pipeline import Pipeline
 from .progress import log
-from .recipes import apply_override, load_recipe
+from .recipes import apply_override, default_recipe, load_recipe
 
 
 @dataclass
@@ -112,6 +112,11 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
     load_s = time.perf_counter() - t0
     log(f"loaded {ds}")
     _check_export(export, ds)
+    if recipe is None:
+        recipe = default_recipe(ds.channels)
+        if recipe != default_recipe():
+            log(f"colour images: recipe {recipe!r}, the default for colour (pass --recipe to choose another; "
+                f"{default_recipe()!r} reads them as grey)")
     pipe, cfg = build_pipeline(recipe, overrides, seed, encoder_options)
     seed = pipe.seed
     if size is not None and "preprocess" in pipe.encoder.get_params(deep=False):

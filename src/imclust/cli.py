@@ -63,7 +63,7 @@ def _print_metrics(metrics: dict) -> None:
 @command("run", "cluster a source (folder, .npy/.npz, IDX file, or 'digits') and write the results")
 def _run_cmd(p: argparse.ArgumentParser):
     p.add_argument("source", help="a folder of images, an .npy/.npz array, an IDX file, or a builtin: digits")
-    p.add_argument("--recipe", help="recipe name (see 'imclust recipes'); default: the recipe marked default")
+    p.add_argument("--recipe", help="recipe name; default: hog-umap, or photo-umap for colour images (see 'imclust recipes')")
     p.add_argument("--k", help="number of clusters, or 'auto' (default: the recipe's k if it sets one, else the number of classes when labels exist, else auto)")
     p.add_argument("--out", default=None, help="output folder (default: runs/<source name>)")
     p.add_argument("--seed", type=int, default=None, help="seed for every random source (default: the recipe's, else 0)")
@@ -108,9 +108,9 @@ def _recipes_cmd(p):
     def handler(args):
         from .recipes import available, default_recipe
 
-        d = default_recipe()
+        d, dc = default_recipe(), default_recipe(channels=3)
         for name, r in available().items():
-            mark = " (default)" if name == d else ""
+            mark = " (default)" if name == d else " (default for colour images)" if name == dc else ""
             print(f"{name}{mark}: {r.get('description', '')}")
 
     return handler

@@ -1,4 +1,4 @@
-"""Shape descriptors for small grey images: deskewed pixels plus histograms of oriented gradients (HOG).
+"""Shape (and colour) descriptors: deskewed pixels, histograms of oriented gradients (HOG), colour histograms.
 
 Nothing is learned, yet its neighbourhoods are far cleaner than those of raw pixels: on the first 3,000
 MNIST-test digits the share of each image's 10 nearest neighbours that carry its own digit rises from 0.82
@@ -22,6 +22,12 @@ Per image, in this order:
    scale's histogram is L2-normalised; the scales are joined and divided by sqrt(number of scales).
 5. **Pixels** (``pixels=True``): the (deskewed) pixels, L2-normalised, are appended, so the HOG block and the
    pixel block weigh the same in Euclidean distances.
+6. **Colour** (``colour_bins=[h, s, v]``): a joint hue/saturation/value histogram of the whole image and one
+   of its central half (the middle 50 % of each side, where the subject of a photo usually is), taken from
+   the colour image before steps 1-5. Each is normalised to sum 1 and square-rooted (the Hellinger map), so
+   it has unit length like the other blocks. For grey images hue and saturation are 0 and the block is an
+   intensity histogram. This is what the ``photo-umap`` recipe adds for colour photos, where grey shape
+   alone clusters near chance (``benchmarks/photo_accuracy.py``).
 """
 
 from __future__ import annotations
@@ -113,6 +119,49 @@ def hog(X: np.ndarray, cell: int, bins: int = 9, sigma: float = 1.0) -> np.ndarr
     return _l2(H.astype(np.float32))
 
 
+def rgb_to_hsv(X: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hue, saturation and value in [0, 1] of a ``(N, 3, H, W)`` RGB batch in [0, 1] (hue 0 where grey)."""
+    r, g, b = X[:, 0], X[:, 1], X[:, 2]
+    mx, mn = X.max(axis=1), X.min(axis=1)
+    d = mx - mn
+    safe = np.where(d > 1e-8, d, 1.0)
+    h = np.where(mx == r, np.mod((g - b) / safe, 6.0), np.where(mx == g, (b - r) / safe + 2.0, (r - g) / safe + 4.0))
+    h = np.where(d > 1e-8, h / 6.0, 0.0)
+    s = np.where(mx > 1e-8, d / np.where(mx > 1e-8, mx, 1.0), 0.0)
+    return h.astype(np.float32), s.astype(np.float32), mx.astype(np.float32)
+
+
+def colour_histogram(X: np.ndarray, bins=(12, 4, 4)) -> np.ndarray:
+    """Joint HSV histograms of a ``(N, C, H, W)`` batch (C = 3 colour, or 1 grey), ``(N, prod(bins))``.
+
+    Each row is normalised to sum 1 and square-rooted, so it has unit L2 norm (Hellinger map).
+    """
+    bh, bs, bv = (int(b) for b in bins)
+    if X.shape[1] == 3:
+        h, s, v = rgb_to_hsv(X)
+    else:
+        v = X[:, 0]
+        h = s = np.zeros_like(v)
+    n = len(X)
+
+    def q(a, nb):
+        return np.minimum((a * nb).astype(np.int64), nb - 1)
+
+    cell = (q(h, bh) * bs + q(s, bs)) * bv + q(np.clip(v, 0.0, 1.0), bv)
+    per_img = bh * bs * bv
+    idx = (np.arange(n)[:, None, None] * per_img + cell).ravel()
+    H = np.bincount(idx, minlength=n * per_img).reshape(n, per_img).astype(np.float64)
+    H /= np.maximum(H.sum(axis=1, keepdims=True), 1.0)
+    return np.sqrt(H).astype(np.float32)
+
+
+def _grey(X: np.ndarray) -> np.ndarray:
+    """``(N, H, W)`` luma of a ``(N, C, H, W)`` batch (as ImageSet's 3 -> 1 channel conversion)."""
+    if X.shape[1] == 3:
+        return (0.299 * X[:, 0] + 0.587 * X[:, 1] + 0.114 * X[:, 2]).astype(np.float32)
+    return X[:, 0].astype(np.float32, copy=False)
+
+
 def _l2(F: np.ndarray) -> np.ndarray:
     F = F.reshape(len(F), -1).astype(np.float32, copy=False)
     return F / (np.linalg.norm(F, axis=1, keepdims=True) + 1e-8)
@@ -132,13 +181,17 @@ class HOGEncoder(Encoder):
     min_side : upsample small images by a whole factor until the shorter side is at least this.
     deskew : straighten slanted strokes first (moment-based shear).
     pixels : append the (deskewed) pixels as an L2-normalised block.
+    colour_bins : ``[hue, saturation, value]`` bins of the colour histograms (step 6), e.g. ``[12, 4, 4]``;
+        ``None`` (the default) leaves them out and reads the images as grey.
     max_side : images whose longer side exceeds this are first shrunk (antialiased, aspect kept) to that side,
         which bounds the feature size for photo folders (HOG of 4-px cells on a 64-px image: 2,304 values).
-    size : resize the source to this size first instead (as the ``pixels`` encoder); colour becomes grey either way.
+    size : resize the source to this size first instead (as the ``pixels`` encoder); the shape blocks read it as
+        grey either way.
     """
 
     def __init__(self, cell_px=(4,), grids=(4,), bins: int = 9, sigma: float = 1.0, min_side: int = 24,
-                 max_side: int | None = 64, deskew: bool = True, pixels: bool = True, size=None, batch_size: int = 2048):
+                 max_side: int | None = 64, deskew: bool = True, pixels: bool = True, colour_bins=None, size=None,
+                 batch_size: int = 2048):
         self.cell_px = cell_px
         self.grids = grids
         self.bins = bins
@@ -147,6 +200,7 @@ class HOGEncoder(Encoder):
         self.max_side = max_side
         self.deskew = deskew
         self.pixels = pixels
+        self.colour_bins = colour_bins
         self.size = size
         self.batch_size = batch_size
 
@@ -164,32 +218,45 @@ class HOGEncoder(Encoder):
     def fit(self, ds: ImageSet, y=None):
         if int(self.bins) < 1:
             raise UserError(f"hog bins={self.bins}: give at least 1 orientation bin, e.g. 9")
-        view = ds.resized(self.size, 1)
+        if self.colour_bins is not None:
+            cb = list(self.colour_bins) if isinstance(self.colour_bins, (list, tuple)) else []
+            if len(cb) != 3 or any(not isinstance(b, int) or isinstance(b, bool) or b < 1 for b in cb):
+                raise UserError(f"hog colour_bins={self.colour_bins!r}: give three whole numbers of at least 1 "
+                                "(hue, saturation, value bins), e.g. [12, 4, 4]")
+        channels = 3 if self.colour_bins is not None and ds.channels == 3 else 1
+        view = ds.resized(self.size, channels)
         h, w = int(view.shape[1]), int(view.shape[2])
         if self.size is None and self.max_side and max(h, w) > int(self.max_side):
             scale = int(self.max_side) / max(h, w)
             h, w = max(1, round(h * scale)), max(1, round(w * scale))
-        self.input_shape_ = [1, h, w]
+        self.input_shape_ = [channels, h, w]
         f = upsample_factor(h, w, int(self.min_side))
         self.upsample_factor_ = int(f)
         self.cells_ = self._cells(h * f, w * f)
-        self.n_features_ = int(self._encode(np.zeros((1, h, w), np.float32)).shape[1])
+        self.n_features_ = int(self._encode(np.zeros((1, channels, h, w), np.float32)).shape[1])
         return self
 
-    def _encode(self, X: np.ndarray) -> np.ndarray:
-        X = upsample(X.astype(np.float32, copy=False), int(self.upsample_factor_))
+    def _encode(self, batch: np.ndarray) -> np.ndarray:
+        """Features of a ``(N, C, H, W)`` batch at the fitted input shape."""
+        colour = []
+        if self.colour_bins is not None:
+            h, w = batch.shape[2], batch.shape[3]
+            ch, cw = h // 4, w // 4
+            centre = batch[:, :, ch:h - ch, cw:w - cw] if h - 2 * ch > 0 and w - 2 * cw > 0 else batch
+            colour = [colour_histogram(batch, self.colour_bins), colour_histogram(centre, self.colour_bins)]
+        X = upsample(_grey(batch), int(self.upsample_factor_))
         if self.deskew:
             X = deskew(X)
         blocks = [hog(X, c, int(self.bins), float(self.sigma)) for c in self.cells_]
         parts = [np.hstack(blocks) / np.float32(math.sqrt(len(blocks)))]
         if self.pixels:
             parts.append(_l2(X))
-        return np.hstack(parts).astype(np.float32, copy=False)
+        return np.hstack(parts + colour).astype(np.float32, copy=False)
 
     def transform(self, ds: ImageSet) -> np.ndarray:
         view = self.input_view(ds)
         out = np.empty((len(view), int(self.n_features_)), np.float32)
         desc = "HOG features" if len(view) > 2000 else None
         for idx, batch in view.iter_batches(int(self.batch_size), desc=desc):
-            out[idx] = self._encode(batch[:, 0])
+            out[idx] = self._encode(batch)
         return out

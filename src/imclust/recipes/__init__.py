@@ -1,9 +1,10 @@
 """Recipes: named, declarative pipelines shipped as TOML files in this folder.
 
 A recipe file holds ``description``, ``[encoder]``, ``[[reducers]]`` and ``[clusterer]`` tables (each with
-a ``type`` naming a registered component and its options), and optionally ``default_for`` and
-``outputs`` (names of extra writers registered in :mod:`imclust.outputs`). Any field can be overridden with
-``--set part.option=value`` on the command line (``reducers.0.n_components=30``).
+a ``type`` naming a registered component and its options), and optionally ``default = true`` (the recipe
+``imclust run`` uses when none is named), ``default_for = "colour"`` (the one it uses instead when the images
+are in colour) and ``outputs`` (names of extra writers registered in :mod:`imclust.outputs`). Any field can
+be overridden with ``--set part.option=value`` on the command line (``reducers.0.n_components=30``).
 """
 
 from __future__ import annotations
@@ -29,9 +30,18 @@ def available() -> dict[str, dict]:
     return out
 
 
-def default_recipe() -> str:
-    """The recipe `imclust run` uses when none is named: the one marked ``default = true``."""
-    marked = [name for name, r in available().items() if r.get("default")]
+def default_recipe(channels: int | None = None) -> str:
+    """The recipe `imclust run` uses when none is named.
+
+    For colour images (``channels == 3``) the one marked ``default_for = "colour"``; otherwise, and when no
+    recipe is so marked, the one marked ``default = true``.
+    """
+    recipes = available()
+    if channels == 3:
+        colour = [name for name, r in recipes.items() if r.get("default_for") == "colour"]
+        if colour:
+            return colour[0]
+    marked = [name for name, r in recipes.items() if r.get("default")]
     return marked[0] if marked else DEFAULT_RECIPE
 
 
