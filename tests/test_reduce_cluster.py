@@ -8,7 +8,7 @@ from imclust.base import build
 from imclust.cluster import HDBSCAN, Agglomerative, GaussianMixture, Spectral
 from imclust.errors import NotInstalledError, UserError
 from imclust.metrics import evaluate
-from imclust.reduce import TSNE, UMAP, KernelPCA
+from imclust.reduce import TSNE, UMAP, KernelPCA, umap_available
 
 
 def _blobs(n_per=40, k=3, d=6, sep=6.0, seed=0):
@@ -159,3 +159,14 @@ def test_components_are_sklearn_estimators(name):
     twin = clone(est)
     assert twin.get_params() == params and twin is not est
     assert build(est.to_spec()).get_params() == params
+
+
+@pytest.mark.skipif(not umap_available(), reason="umap-learn not installed")
+def test_umap_leaves_the_torch_thread_count_as_it_was(one_torch_thread):
+    import torch
+
+    assert torch.get_num_threads() == 1
+    X = np.random.RandomState(0).rand(60, 5).astype(np.float32)
+    Z = UMAP(n_components=2, n_neighbors=5, n_epochs=20).fit_transform(X)
+    assert Z.shape == (60, 2)
+    assert torch.get_num_threads() == 1  # numba's parallel layer would leave it at the core count

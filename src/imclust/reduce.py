@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from .base import Component, register
@@ -476,11 +478,19 @@ class UMAP(_KNNPlacement, Component):
         if n < 3:
             raise UserError(f"UMAP needs at least 3 samples, got {n}")
         rs = None if self.random_state in (None, -1) else int(self.random_state)
+        # numba's parallel layer shares torch's OpenMP runtime and leaves torch's intra-op thread count at the
+        # core count; keep the caller's choice (e.g. `imclust run --threads 1`) for the torch work after UMAP
+        torch = sys.modules.get("torch")
+        torch_threads = torch.get_num_threads() if torch is not None else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             est = umap.UMAP(n_components=int(self.n_components), n_neighbors=int(min(self.n_neighbors, n - 1)),
                             min_dist=float(self.min_dist), metric=self.metric, n_epochs=self.n_epochs,
                             random_state=rs, verbose=False)
-            emb = np.asarray(est.fit_transform(X), dtype=np.float32)
+            try:
+                emb = np.asarray(est.fit_transform(X), dtype=np.float32)
+            finally:
+                if torch_threads is not None and torch.get_num_threads() != torch_threads:
+                    torch.set_num_threads(torch_threads)
         self._store_for_placement(X, emb)
         return emb
