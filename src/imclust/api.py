@@ -113,10 +113,10 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
     log(f"loaded {ds}")
     _check_export(export, ds)
     if recipe is None:
-        recipe = default_recipe(ds.channels)
-        if recipe != default_recipe():
+        recipe, grey_default = default_recipe(ds.channels), default_recipe()
+        if recipe != grey_default:
             log(f"colour images: recipe {recipe!r}, the default for colour (pass --recipe to choose another; "
-                f"{default_recipe()!r} reads them as grey)")
+                f"{grey_default!r} reads them as grey)")
     pipe, cfg = build_pipeline(recipe, overrides, seed, encoder_options)
     seed = pipe.seed
     if size is not None and "preprocess" in pipe.encoder.get_params(deep=False):

@@ -37,7 +37,7 @@ import math
 import numpy as np
 
 from ..base import register
-from ..data import ImageSet
+from ..data import ImageSet, convert_batch
 from ..errors import UserError
 from .base import Encoder
 
@@ -155,13 +155,6 @@ def colour_histogram(X: np.ndarray, bins=(12, 4, 4)) -> np.ndarray:
     return np.sqrt(H).astype(np.float32)
 
 
-def _grey(X: np.ndarray) -> np.ndarray:
-    """``(N, H, W)`` luma of a ``(N, C, H, W)`` batch (as ImageSet's 3 -> 1 channel conversion)."""
-    if X.shape[1] == 3:
-        return (0.299 * X[:, 0] + 0.587 * X[:, 1] + 0.114 * X[:, 2]).astype(np.float32)
-    return X[:, 0].astype(np.float32, copy=False)
-
-
 def _l2(F: np.ndarray) -> np.ndarray:
     F = F.reshape(len(F), -1).astype(np.float32, copy=False)
     return F / (np.linalg.norm(F, axis=1, keepdims=True) + 1e-8)
@@ -244,7 +237,7 @@ class HOGEncoder(Encoder):
             ch, cw = h // 4, w // 4
             centre = batch[:, :, ch:h - ch, cw:w - cw] if h - 2 * ch > 0 and w - 2 * cw > 0 else batch
             colour = [colour_histogram(batch, self.colour_bins), colour_histogram(centre, self.colour_bins)]
-        X = upsample(_grey(batch), int(self.upsample_factor_))
+        X = upsample(convert_batch(batch, 1, batch.shape[2:])[:, 0], int(self.upsample_factor_))
         if self.deskew:
             X = deskew(X)
         blocks = [hog(X, c, int(self.bins), float(self.sigma)) for c in self.cells_]
