@@ -9,7 +9,8 @@ import torch
 
 from imclust import components  # noqa: F401
 from imclust.data.sources import _array_imageset
-from imclust.encoders.dec import DECEncoder, IDECEncoder, StudentT, target_distribution
+from imclust.encoders.dec import DECEncoder, IDECEncoder, StudentT
+from imclust.nn.pseudolabels import student_t, target_distribution
 from imclust.errors import UserError
 from imclust.metrics import cluster_acc
 
@@ -37,6 +38,7 @@ def test_student_t_and_target_distribution():
     np.testing.assert_allclose(q.sum(1), 1, rtol=1e-6)
     # q_ij ∝ 1 / (1 + d²): the point at the first centre has weights 1 and 1/10
     np.testing.assert_allclose(q[0], [1 / 1.1, 0.1 / 1.1], rtol=1e-5)
+    np.testing.assert_allclose(student_t(np.array([[0.0, 0.0], [1.0, 0.0]]), st.centres.detach().numpy()), q, rtol=1e-5)
     p = target_distribution(q)
     w = q ** 2 / q.sum(0)  # p_ij ∝ q_ij² / f_j with f_j = Σ_i q_ij
     np.testing.assert_allclose(p, w / w.sum(1, keepdims=True), rtol=1e-5)
@@ -56,7 +58,10 @@ def test_clusters_are_the_encoders_own(cls):
     np.testing.assert_array_equal(enc.predict(new), proba.argmax(1))
     assert enc.transform(new).shape == (len(new), 3)
     assert len(enc.history_) == 4 and "changed" in enc.history_[1] and enc.pretrain_history_
-    pre = enc._pretrainer().fit(ds).net_  # the same pretraining again: the decoder moved only for IDEC
+    from imclust.base import build
+
+    pre = build({"type": "autoencoder", **enc._pretrain_options()}).fit(ds).net_  # the same pretraining again
+    # the decoder moved only for IDEC; the encoder for both
     dec_w = enc.net_.decoder[0].weight
     assert torch.equal(dec_w, pre.decoder[0].weight) != (cls is IDECEncoder)
     assert not torch.equal(enc.net_.encoder[0].weight, pre.encoder[0].weight)
@@ -67,20 +72,22 @@ def test_training_stops_when_fewer_than_tol_change():
     assert len(enc.history_) == 1 and enc.converged_["epoch"] == 1 and enc.converged_["changed"] < 0.5
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
+@pytest.mark.parametrize("cls", [DECEncoder, IDECEncoder])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, cls):
     ds = _ds()
-    full = _enc(epochs=4, checkpoint_dir=str(tmp_path / "full"), checkpoint_every=1).fit(ds)
+    full = _enc(cls, epochs=4, checkpoint_dir=str(tmp_path / "full"), checkpoint_every=1).fit(ds)
     ck = str(tmp_path / "ck")
-    _enc(epochs=2, checkpoint_dir=ck, checkpoint_every=1).fit(ds)
-    assert (tmp_path / "ck" / "pretrain" / "last.json").exists() and (tmp_path / "ck" / "epoch_0002.json").exists()
-    resumed = _enc(epochs=4, checkpoint_dir=ck, resume=True).fit(ds)  # more epochs: the run goes on
+    _enc(cls, epochs=2, checkpoint_dir=ck, checkpoint_every=1).fit(ds)  # a constant learning rate: stopping
+    assert (tmp_path / "ck" / "pretrain" / "last.json").exists()      # after epoch 2 is an interruption there
+    assert (tmp_path / "ck" / "epoch_0002.json").exists()
+    resumed = _enc(cls, epochs=4, checkpoint_dir=ck, resume=True).fit(ds)  # more epochs: the run goes on
     assert [h["loss"] for h in resumed.history_] == [h["loss"] for h in full.history_]
     assert [h.get("changed") for h in resumed.history_] == [h.get("changed") for h in full.history_]
     np.testing.assert_array_equal(resumed.labels_, full.labels_)
     for (k, a), b in zip(full.clusters_.state_dict().items(), resumed.clusters_.state_dict().values()):
         assert torch.equal(a, b), k
     with pytest.raises(UserError, match="configuration changed"):
-        _enc(epochs=5, checkpoint_dir=ck, resume=True, alpha=2.0).fit(ds)
+        _enc(cls, epochs=5, checkpoint_dir=ck, resume=True, alpha=2.0).fit(ds)
 
 
 def test_auto_k_is_chosen_on_the_codes_and_bad_options_are_refused():

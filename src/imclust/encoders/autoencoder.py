@@ -152,15 +152,10 @@ class AutoencoderEncoder(TrainableEncoder):
 
     # -- figures -------------------------------------------------------------------------------------------
     def write_figures(self, result, out) -> dict[str, Path]:
-        from ..io import write_json
         from ..report import figures as F
 
         out = Path(out)
-        figs: dict[str, Path] = {}
-        hist = list(getattr(self, "history_", []) or [])
-        if hist:
-            write_json(out / "history.json", hist)
-            figs["loss_curve"] = F.loss_curve(hist, out / "loss_curve.png", title=f"autoencoder {self.arch}: training loss")
+        figs = super().write_figures(result, out)  # history.json, loss_curve.png
         ds = result.dataset
         if ds is None or len(ds) == 0:
             return figs

@@ -106,6 +106,8 @@ class TrainableEncoder(Declared, Encoder):
     saved_modules: ClassVar[tuple | None] = None
     #: the fewest epochs a run may ask for
     min_epochs: ClassVar[int] = 1
+    #: history keys drawn in loss_curve.png
+    curve_keys: ClassVar[tuple] = ("loss",)
     OPTIMIZERS: ClassVar[tuple] = ("adam", "adamw", "sgd")
 
     # -- hooks a method defines -----------------------------------------------------------------------------
@@ -239,6 +241,20 @@ class TrainableEncoder(Declared, Encoder):
         for m in modules.values():
             m.eval()
         return self
+
+    def write_figures(self, result, out) -> dict:
+        """``history.json`` and ``loss_curve.png`` (the history's ``curve_keys``) for the run's report."""
+        from pathlib import Path
+
+        from ..io import write_json
+        from ..report.figures import loss_curve
+
+        hist = getattr(self, "history_", None)
+        if not hist:
+            return {}
+        write_json(Path(out) / "history.json", hist)
+        return {"loss_curve": loss_curve(hist, Path(out) / "loss_curve.png", keys=self.curve_keys,
+                                         title=f"{self.component_name}: " + ", ".join(self.curve_keys))}
 
     # -- modules, inference, state ----------------------------------------------------------------------------
     def _set_modules(self, modules: dict) -> None:

@@ -1,19 +1,14 @@
 """DEC (Xie et al., ICML 2016) and IDEC (Guo et al., IJCAI 2017): refine an autoencoder's code for clustering.
 
-1. Pretrain one of our autoencoders (:class:`~imclust.encoders.autoencoder.AutoencoderEncoder`; the
-   ``pretrain`` table holds its options, by default the DEC network D-500-500-2000-10). Its checkpoints go to
-   ``checkpoint_dir/pretrain``, so a resumed run reuses a finished pretraining.
-2. k-means (``n_init`` restarts) on the codes gives the initial cluster centres μ (for ``n_clusters =
-   "auto"`` k is chosen on the codes first).
-3. Each "epoch" is one period of ``update_interval`` iterations (None: one pass over the images). At its start
-   the soft assignments of every image, Student's t ``q_ij ∝ (1 + |z_i − μ_j|²/α)^(−(α+1)/2)``, give the
-   target ``p_ij ∝ q_ij² / Σ_i q_ij``; training stops when fewer than ``tol`` of the images changed cluster
-   since the last period. The loss is KL(P‖Q) on the encoder and the centres (DEC; the decoder is frozen), or
-   ``reconstruction MSE + gamma · KL(P‖Q)`` on the whole autoencoder (IDEC).
+1. Pretrain one of our autoencoders (the ``autoencoder`` encoder, options in ``pretrain``; by default the DEC
+   network D-500-500-2000-10), checkpointed in ``checkpoint_dir/pretrain`` so a resume reuses it.
+2. k-means (``n_init`` restarts) on the codes gives the centres μ (``init_labels_``; "auto" k is chosen there).
+3. Each epoch is one period of ``update_interval`` iterations (None: one pass). At its start the Student's t
+   assignments of every image, ``q_ij ∝ (1 + |z_i − μ_j|²/α)^(−(α+1)/2)``, give the target
+   ``p_ij ∝ q_ij² / Σ_i q_ij``; training stops once fewer than ``tol`` of the images changed cluster. The loss
+   is KL(P‖Q) on the encoder and μ (DEC; the decoder is frozen), or MSE + ``gamma`` · KL(P‖Q) (IDEC).
 
-Both own their clusters (:class:`~imclust.encoders.base.ClusteringEncoder`): ``labels_`` are the final
-assignments, ``predict_proba`` is q for any images, and ``transform`` returns the code (the run's map).
-``init_labels_`` keeps the k-means assignment on the pretrained code, so the refinement's gain is visible.
+Both own their clusters (``labels_``; ``predict_proba`` is q for any images); ``transform`` gives the code.
 """
 
 from __future__ import annotations
@@ -28,12 +23,14 @@ from torch import nn
 from ..base import build, register
 from ..data import ImageSet
 from ..errors import UserError
+from ..nn.autoencoders import make_autoencoder
+from ..nn.pseudolabels import student_t, target_distribution
 from ..nn.train import batch_indices
 from .base import ClusteringEncoder, TrainableEncoder
 
 
 class StudentT(nn.Module):
-    """Cluster centres and the Student's t soft assignment of codes to them (in float32)."""
+    """Learnable cluster centres; ``forward(z)`` is the Student's t soft assignment of the codes to them."""
 
     def __init__(self, n_clusters: int, dim: int, alpha: float = 1.0):
         super().__init__()
@@ -41,28 +38,14 @@ class StudentT(nn.Module):
         self.centres = nn.Parameter(torch.zeros(int(n_clusters), int(dim)))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(device_type=z.device.type, enabled=False):
-            d2 = ((z.float().flatten(1).unsqueeze(1) - self.centres.unsqueeze(0)) ** 2).sum(2)
-            q = (1.0 + d2 / self.alpha).pow(-(self.alpha + 1.0) / 2.0)
-            return q / q.sum(1, keepdim=True)
-
-
-def target_distribution(q: np.ndarray) -> np.ndarray:
-    """DEC's target: q squared, divided by each cluster's total soft assignment, renormalised per image."""
-    w = q.astype(np.float64) ** 2 / q.sum(0)
-    return (w / w.sum(1, keepdims=True)).astype(np.float32)
+        return student_t(z, self.centres, self.alpha)
 
 
 @register("dec")
 class DECEncoder(ClusteringEncoder, TrainableEncoder):
-    """DEC: KL(P‖Q) refinement of a pretrained autoencoder's encoder and cluster centres (module doc).
-
-    Parameters: ``n_clusters``; ``pretrain`` (options of the ``autoencoder`` encoder used for pretraining,
-    over ``PRETRAIN``); ``alpha`` (Student's t degrees of freedom); ``n_init`` (k-means restarts for μ);
-    ``update_interval`` (iterations between target refreshes; None: one pass); ``tol`` (stop when fewer
-    than this share of assignments change); ``epochs`` is the most target refreshes; the other training
-    parameters are those of :class:`TrainableEncoder` (refinement: Adam, lr 1e-3, batch 256).
-    """
+    """DEC (module doc). ``pretrain``: options of the pretraining ``autoencoder`` (over ``PRETRAIN``); ``alpha``:
+    Student's t degrees of freedom; ``n_init``: k-means restarts; ``update_interval``, ``tol``; ``epochs``: the
+    most target refreshes; other training parameters as :class:`TrainableEncoder` (Adam 1e-3, batch 256)."""
 
     PRETRAIN = {"arch": "dec", "code_dim": 10, "epochs": 50, "min_steps": 2000, "lr": 1e-3}
 
@@ -74,6 +57,7 @@ class DECEncoder(ClusteringEncoder, TrainableEncoder):
     epochs: int = 200
 
     reconstruct = False  # IDEC trains the decoder too
+    curve_keys = ("loss", "changed")
 
     def check_method_params(self):
         if not self.alpha > 0 or not 0 <= self.tol < 1:
@@ -81,36 +65,28 @@ class DECEncoder(ClusteringEncoder, TrainableEncoder):
         if self.update_interval is not None and int(self.update_interval) < 1:
             raise UserError(f"{self.component_name}: update_interval must be at least 1 (or unset: one pass)")
 
-    def _pretrainer(self):
+    def _pretrain_options(self) -> dict:
         opts = {**self.PRETRAIN, **(self.pretrain or {})}
         for shared in ("seed", "device", "precision", "channels_last", "workers", "resume"):
             opts.setdefault(shared, getattr(self, shared))
         if self.checkpoint_dir:
             opts.setdefault("checkpoint_dir", str(Path(self.checkpoint_dir) / "pretrain"))
-        return build({"type": "autoencoder", **opts}, kind="encoder")
+        return opts
 
     def prepare_data(self, ds: ImageSet) -> int:
         from ..cluster import KMeans
 
         self.check_n_clusters(len(ds))
-        ae = self._ae = self._pretrainer().fit(ds)
+        ae = self._ae = build({"type": "autoencoder", **self._pretrain_options()}, kind="encoder").fit(ds)
         self.input_shape_, self.pretrain_history_ = list(ae.input_shape_), ae.history_
-        self._X = torch.from_numpy(self._array(ds))
+        self._X = torch.from_numpy(ae._array(ds))
         codes = ae.encode_array(self._X.numpy())
         km = KMeans(self.resolve_n_clusters(codes), n_init=int(self.n_init), random_state=int(self.seed or 0)).fit(codes)
-        self.init_labels_, self._init_centres = km.labels_, km.cluster_centers_
-        self._previous = None
+        self.init_labels_, self._init_centres, self._previous = km.labels_, km.cluster_centers_, None
         return len(self._X)
 
-    def _array(self, ds: ImageSet) -> np.ndarray:
-        lo, hi = self.net_.input_range if hasattr(self, "net_") else self._ae.net_.input_range
-        x = self.input_view(ds).to_array(desc="decode")
-        return x if (lo, hi) == (0.0, 1.0) else (x * (hi - lo) + lo).astype(np.float32)
-
     def build_modules(self) -> dict:
-        from ..nn.autoencoders import make_autoencoder
-
-        opts = {**self.PRETRAIN, **(self.pretrain or {})}
+        opts = self._pretrain_options()
         net = make_autoencoder(opts["arch"], self.input_shape_, opts.get("code_dim"))
         dim = int(np.prod(net.encode(torch.zeros((1, *self.input_shape_))).shape[1:]))
         clusters = StudentT(int(self.n_clusters_), dim, self.alpha)
@@ -124,13 +100,19 @@ class DECEncoder(ClusteringEncoder, TrainableEncoder):
                 p.requires_grad_(g is not None)
         return {"net": net, "clusters": clusters}
 
+    def _array(self, ds: ImageSet) -> np.ndarray:
+        lo, hi = self.net_.input_range
+        x = self.input_view(ds).to_array(desc="decode")
+        return x if (lo, hi) == (0.0, 1.0) else (x * (hi - lo) + lo).astype(np.float32)
+
     def _soft_assignments(self, X) -> np.ndarray:
         net, clusters = self.net_, self.clusters_
         return self.features(lambda x: clusters(net.encode(x)), X, batch_size=1024)
 
     def on_epoch_start(self, trainer, epoch):
         q = self._soft_assignments(self._X)
-        labels, rec = q.argmax(1), {"largest_cluster": float(np.bincount(q.argmax(1)).max() / len(q))}
+        labels = q.argmax(1)
+        rec = {"largest_cluster": float(np.bincount(labels).max() / len(q))}
         if self._previous is not None:
             rec["changed"] = float((labels != self._previous).mean())
             if rec["changed"] < float(self.tol):
@@ -140,11 +122,11 @@ class DECEncoder(ClusteringEncoder, TrainableEncoder):
         return rec
 
     def make_batches(self, epoch, generator):
-        n, bs = self.n_train_, int(self.batch_size)
-        if self.update_interval is None:
+        n, bs, t = self.n_train_, int(self.batch_size), self.update_interval
+        if t is None:
             return batch_indices(n, bs, generator)
-        order = torch.cat([torch.randperm(n, generator=generator) for _ in range(-(-int(self.update_interval) * bs // n))])
-        return [order[i * bs:(i + 1) * bs].numpy() for i in range(int(self.update_interval))]
+        order = torch.cat([torch.randperm(n, generator=generator) for _ in range(-(-int(t) * bs // n))])
+        return [order[i * bs:(i + 1) * bs].numpy() for i in range(int(t))]
 
     def training_step(self, idx, trainer):
         x = trainer.to_device(self._X[idx])
@@ -154,9 +136,7 @@ class DECEncoder(ClusteringEncoder, TrainableEncoder):
             z, recon = trainer.raw("net").encode(x), None
         q = trainer.modules["clusters"](z)
         kl = F.kl_div(q.clamp_min(1e-12).log(), trainer.to_device(self._target[idx]), reduction="batchmean")
-        if not self.reconstruct:
-            return kl
-        return F.mse_loss(recon.float(), x.float()) + float(self.gamma) * kl
+        return F.mse_loss(recon.float(), x.float()) + float(self.gamma) * kl if self.reconstruct else kl
 
     def checkpoint_state(self) -> dict:
         return {} if self._previous is None else {"previous": self._previous}
@@ -179,17 +159,12 @@ class DECEncoder(ClusteringEncoder, TrainableEncoder):
         return z.reshape(len(z), -1).astype(np.float32)
 
     def write_figures(self, result, out) -> dict:
-        from ..io import write_json
         from ..report.figures import loss_curve
 
-        out, figs = Path(out), {}
-        write_json(out / "history.json", getattr(self, "history_", []))
+        figs = super().write_figures(result, out)  # history.json, loss_curve.png (loss, changed)
         if getattr(self, "pretrain_history_", None):
-            figs["pretrain_loss"] = loss_curve(self.pretrain_history_, out / "pretrain_loss_curve.png",
+            figs["pretrain_loss"] = loss_curve(self.pretrain_history_, Path(out) / "pretrain_loss_curve.png",
                                                title="autoencoder pretraining: reconstruction loss")
-        if getattr(self, "history_", None):
-            figs["loss_curve"] = loss_curve(self.history_, out / "loss_curve.png", keys=("loss", "changed"),
-                                            title=f"{self.component_name}: loss and share of images changing cluster")
         return figs
 
 

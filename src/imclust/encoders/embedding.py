@@ -30,7 +30,6 @@ L2-normalised (``normalize="auto"``), because class membership lives in their di
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -174,18 +173,6 @@ class _HeadEncoder(TrainableEncoder):
         """The head's class (or pseudo-class) for each image: argmax of its logits."""
         return self.class_logits(ds).argmax(1)
 
-    # -- figures (called for every run that uses this encoder) --------------------------------------
-    def write_figures(self, result, out) -> dict[str, Path]:
-        from ..io import write_json
-        from ..report.figures import loss_curve
-
-        out = Path(out)
-        hist = getattr(self, "history_", None)
-        if not hist:
-            return {}
-        write_json(out / "history.json", hist)
-        return {"loss_curve": loss_curve(hist, out / "loss_curve.png", title=f"{self.head} loss")}
-
 
 _COMMON_DOC = """
     Parameters
@@ -321,6 +308,6 @@ class SelfLabelEncoder(ClusteringEncoder, _HeadEncoder):
 
     def predict_proba(self, ds: ImageSet) -> np.ndarray:
         """Soft assignments to the final k-means centres (Student's t kernel, as DEC's)."""
-        Z = self.transform(ds)
-        q = 1.0 / (1.0 + ((Z[:, None, :] - self.cluster_centers_[None]) ** 2).sum(2))
-        return (q / q.sum(1, keepdims=True)).astype(np.float32)
+        from ..nn.pseudolabels import student_t
+
+        return student_t(self.transform(ds), self.cluster_centers_)

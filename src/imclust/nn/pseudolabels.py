@@ -8,6 +8,8 @@
   guard against one cluster swallowing the others);
 * :func:`align_labels`: renumber a new assignment to agree most with the previous one (Hungarian), so a
   head's classes keep their meaning from epoch to epoch;
+* :func:`student_t` (soft assignments of points to centres with Student's t kernel, as DEC's) and
+  :func:`target_distribution` (DEC's sharpened target);
 * :class:`PseudoLabels`: the per-epoch bookkeeping built from these: k-means seeded from ``(seed, epoch)``
   (:func:`imclust.nn.train.epoch_seed`, one stream per use), NMI with the previous epoch's assignment,
   the largest cluster's share, the number repaired, and the sampler. Its state (the last assignment) goes
@@ -101,6 +103,26 @@ def nmi_between(a: np.ndarray, b: np.ndarray) -> float:
     from sklearn.metrics import normalized_mutual_info_score
 
     return float(normalized_mutual_info_score(a, b))
+
+
+def student_t(z, centres, alpha: float = 1.0):
+    """Soft assignments ``q_ij ∝ (1 + |z_i − μ_j|²/α)^(−(α+1)/2)`` of rows ``z`` to ``centres`` (rows sum to 1).
+
+    Works on numpy arrays and on torch tensors (computed in float32 outside autocast, differentiable)."""
+    if isinstance(z, np.ndarray):
+        d2 = ((z.reshape(len(z), -1)[:, None, :] - centres[None]) ** 2).sum(2)
+        q = (1.0 + d2 / alpha) ** (-(alpha + 1.0) / 2.0)
+        return (q / q.sum(1, keepdims=True)).astype(np.float32)
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        d2 = ((z.float().flatten(1).unsqueeze(1) - centres.float().unsqueeze(0)) ** 2).sum(2)
+        q = (1.0 + d2 / alpha).pow(-(alpha + 1.0) / 2.0)
+        return q / q.sum(1, keepdim=True)
+
+
+def target_distribution(q: np.ndarray) -> np.ndarray:
+    """DEC's target: q squared, divided by each cluster's total soft assignment, renormalised per row."""
+    w = q.astype(np.float64) ** 2 / q.sum(0)
+    return (w / w.sum(1, keepdims=True)).astype(np.float32)
 
 
 class PseudoLabels:
