@@ -113,5 +113,6 @@ def test_recipe_runs_end_to_end_and_the_model_places_new_images(tmp_path, recipe
     assert res.k == 3 and res.metrics["acc"] > 0.9 and res.pipeline.encoder_owns_clusters
     for f in ("predictions.csv", "report.html", "loss_curve.png", "pretrain_loss_curve.png", "model/state.safetensors"):
         assert (tmp_path / recipe / f).exists(), f
+    assert "the encoder's own clusters" in (tmp_path / recipe / "report.html").read_text()
     again = predict(tmp_path / recipe / "model", str(tmp_path / "b.npz"))
     np.testing.assert_array_equal(again.labels, res.labels)
