@@ -12,6 +12,9 @@ k = the number of classes; labels are read only to score. Published figures (ful
 DEC 0.843, IDEC 0.881; IDEC on USPS 0.761.
 
     python benchmarks/dec_accuracy.py --datasets digits mnist-test usps fashion-1k --seeds 0 1 2
+
+On a shared machine the datasets may run in separate processes (``--no-write --json part.json`` each), then
+``--merge part1.json part2.json ...`` writes the one table: every figure is the same as in a single process.
 """
 
 from __future__ import annotations
@@ -79,7 +82,22 @@ def main() -> None:
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--section", default="dec-accuracy")
     ap.add_argument("--no-write", action="store_true", help="print only; do not update RESULTS.md")
+    ap.add_argument("--merge", nargs="+", help="build the table from these --json files instead of running")
     args = ap.parse_args()
+    if args.merge:
+        parts = [json.loads(Path(p).read_text()) for p in args.merge]
+        results = {k: v for part in parts for k, v in part["results"].items()}
+        loads = (min(p["load"][0] for p in parts), max(p["load"][1] for p in parts))
+        cmd = "; ".join(p["command"] for p in parts) + f"; then {command()}"
+    else:
+        results, loads, cmd = run(args)
+    body = report(results, loads, cmd, args)
+    print(body)
+    if not args.no_write:
+        update_section(args.section, body)
+
+
+def run(args) -> tuple[dict, tuple, str]:
     import torch
 
     torch.set_num_threads(args.threads)
@@ -88,12 +106,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="dec-bench-") as tmp:
         for name, source in available(args.datasets).items():
             for seed in args.seeds:
-                r = one(name, source, seed, args.overrides, Path(tmp))
+                r = {"seed": seed, **one(name, source, seed, args.overrides, Path(tmp))}
                 results.setdefault(name, []).append(r)
                 print(f"{name} seed {seed}: " + "  ".join(f"{m} {r[m]['acc']:.4f} ({r[m]['seconds']:.0f}s)" for m in METHODS),
                       flush=True)
+    loads = (load0, os.getloadavg()[0])
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1, default=str))
+        Path(args.json).write_text(json.dumps({"results": results, "load": loads, "command": command()}, indent=1,
+                                              default=str))
+    return results, loads, command()
+
+
+def report(results: dict, loads: tuple, cmd: str, args) -> str:
     rows = []
     for name, rs in results.items():
         base = np.mean([r["k-means on the AE codes"]["acc"] for r in rs])
@@ -105,13 +129,14 @@ def main() -> None:
     conv = {n: [r["DEC"]["refine_epochs"] for r in rs] for n, rs in results.items()}
     iconv = {n: [r["IDEC"]["refine_epochs"] for r in rs] for n, rs in results.items()}
     same = all(r["same_start"] for rs in results.values() for r in rs)
-    body = "\n".join([
+    seeds = sorted({r["seed"] for rs in results.values() for r in rs})
+    return "\n".join([
         "## DEC and IDEC (issue 12)",
         "",
-        f"Command: `{command()}`  ",
-        f"Machine: 2-core CPU, 24 GiB, no GPU ({machine()}); 1-min load average {load0:.1f} at the start and "
-        f"{os.getloadavg()[0]:.1f} at the end (shared with other jobs: times are indicative).  ",
-        f"Date: {today()}. Mean over seeds {', '.join(map(str, args.seeds))}; k = number of classes; labels read only "
+        f"Command: `{cmd}`  ",
+        f"Machine: 2-core CPU, 24 GiB, no GPU ({machine()}); 1-min load average {loads[0]:.1f} at the start and "
+        f"{loads[1]:.1f} at the end (shared with other jobs: times are indicative).  ",
+        f"Date: {today()}. Mean over seeds {', '.join(map(str, seeds))}; k = number of classes; labels read only "
         "to score. Recipes `dec` and `idec` as shipped" + (f" with {', '.join(args.overrides)}" if args.overrides else "")
         + ": DEC autoencoder D-500-500-2000-10 (50 epochs, at least 2,000 steps, Adam 1e-3, batch 256), k-means "
         "(20 restarts) on its codes, then refinement (Adam 1e-3, batch 256, target refreshed every pass, stop when "
@@ -125,9 +150,6 @@ def main() -> None:
         + ". IDEC: " + "; ".join(f"{n} {v}" for n, v in iconv.items()) + ".",
         "Published (full MNIST, 70,000 images): DEC 0.843, IDEC 0.881; USPS: IDEC 0.761.",
     ])
-    print(body)
-    if not args.no_write:
-        update_section(args.section, body)
 
 
 if __name__ == "__main__":
