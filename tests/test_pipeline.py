@@ -23,14 +23,19 @@ def _gauss(n_per=400, k=4, d=5, seed=0):
     return X, np.repeat(np.arange(k), n_per)
 
 
+@pytest.mark.parametrize("init", ["k-means++", "random"])
 @pytest.mark.parametrize("backend", ["sklearn", "faiss"])
-def test_kmeans_backends_recover_blobs(backend):
+def test_kmeans_backends_recover_blobs(backend, init):
     if backend == "faiss" and not faiss_available():
         pytest.skip("faiss not installed")
     X, y = _gauss()
-    km = KMeans(4, n_init=3, random_state=0, backend=backend).fit(X)
+    km = KMeans(4, n_init=3, random_state=0, backend=backend, init=init).fit(X)
     assert cluster_acc(y, km.labels_) == 1.0
     assert np.array_equal(km.predict(X), km.labels_)
+    again = KMeans(4, n_init=3, random_state=0, backend=backend, init=init).fit(X)
+    np.testing.assert_array_equal(again.cluster_centers_, km.cluster_centers_)
+    with pytest.raises(UserError, match="init"):
+        KMeans(4, init="forgy").fit(X)
 
 
 def test_faiss_trains_on_all_points():

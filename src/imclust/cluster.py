@@ -92,7 +92,8 @@ class CentroidClusterer(TransformerMixin, Clusterer):
 
 @register("kmeans")
 class KMeans(CentroidClusterer):
-    """k-means with k-means++ seeding and ``n_init`` restarts (the best inertia wins).
+    """k-means with ``n_init`` restarts (the best inertia wins), each started by k-means++ seeding (``init =
+    "k-means++"``) or from k distinct random points (``init = "random"``, faiss's own default and DeepCluster's).
 
     backend: ``"auto"`` (faiss when installed, else scikit-learn), ``"faiss"`` or ``"sklearn"``. Both run at
     most ``max_iter`` Lloyd iterations (faiss runs exactly that many; scikit-learn stops earlier when it
@@ -100,12 +101,13 @@ class KMeans(CentroidClusterer):
     """
 
     def __init__(self, n_clusters: int = 8, n_init: int = 10, max_iter: int = 100, random_state: int | None = 0,
-                 backend: str = "auto"):
+                 backend: str = "auto", init: str = "k-means++"):
         self.n_clusters = n_clusters
         self.n_init = n_init
         self.max_iter = max_iter
         self.random_state = random_state
         self.backend = backend
+        self.init = init
 
     def _backend(self) -> str:
         if self.backend == "auto":
@@ -125,12 +127,15 @@ class KMeans(CentroidClusterer):
             v = getattr(self, what)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise InvalidInputError(f"kmeans {what} must be a whole number of at least 1, got {v!r}")
+        if self.init not in ("k-means++", "random"):
+            raise InvalidInputError(f"kmeans init {self.init!r}: use 'k-means++' or 'random'")
         be = self._backend()
         self.backend_ = be
         if be == "sklearn":
             from sklearn.cluster import KMeans as SKKMeans
 
-            km = SKKMeans(k, n_init=int(self.n_init), max_iter=int(self.max_iter), random_state=self.random_state).fit(X)
+            km = SKKMeans(k, init=self.init, n_init=int(self.n_init), max_iter=int(self.max_iter),
+                          random_state=self.random_state).fit(X)
             self.cluster_centers_ = km.cluster_centers_.astype(np.float32)
             self.inertia_ = float(km.inertia_)
             self.n_iter_ = int(km.n_iter_)
@@ -149,7 +154,10 @@ class KMeans(CentroidClusterer):
         runs = range(max(1, self.n_init))
         for _ in progress(runs, desc="k-means", unit="init") if n * k > 5e6 else runs:
             seed = int(rs.randint(0, 2**31 - 1))
-            init, _ = kmeans_plusplus(X, k, random_state=seed)
+            if self.init == "random":
+                init = X[np.random.RandomState(seed).choice(n, k, replace=False)]
+            else:
+                init, _ = kmeans_plusplus(X, k, random_state=seed)
             km = faiss.Kmeans(d, k, niter=self.max_iter, nredo=1, seed=seed, verbose=False,
                               max_points_per_centroid=int(np.ceil(n / k)) + 1, min_points_per_centroid=1)
             km.train(X, init_centroids=np.ascontiguousarray(init, dtype=np.float32))

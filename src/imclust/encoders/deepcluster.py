@@ -5,8 +5,8 @@ A :class:`~imclust.encoders.base.TrainableEncoder`. Each epoch, in :meth:`DeepCl
 1. features of every image, without augmentation (eval mode; the last hidden layer before its ReLU);
 2. PCA to ``pca_dim`` (256) dimensions with whitening, then L2 normalisation;
 3. k-means with ``k_train`` clusters (:mod:`imclust.nn.pseudolabels`: :class:`imclust.cluster.KMeans`,
-   faiss when installed, ``kmeans_iter`` Lloyd iterations; an empty cluster is repaired by splitting the
-   largest, and the number repaired is logged);
+   faiss when installed, started from ``k_train`` random images as in the paper, ``kmeans_iter`` Lloyd
+   iterations; an empty cluster is repaired by splitting the largest, and the number repaired is logged);
 4. the assignments become pseudo-labels;
 5. a sampler draws ``n`` images uniformly over the non-empty clusters (so a giant cluster cannot dominate);
 6. the classifier head is re-initialised (fresh weights, no momentum carried over);
@@ -67,7 +67,8 @@ class DeepClusterEncoder(TrainableEncoder):
     head : ``softmax`` (linear + cross-entropy, weights from N(0, 0.01²)) or another name from
         ``imclust.nn.heads`` (center, arcface, ...).
     width, feat_dim : network width and feature size (None: the architecture's default).
-    kmeans_iter, kmeans_backend : k-means iterations; ``auto`` / ``faiss`` / ``sklearn`` (see cluster.KMeans).
+    kmeans_iter, kmeans_backend, kmeans_init : k-means iterations; ``auto`` / ``faiss`` / ``sklearn`` (see
+        cluster.KMeans); ``random`` (k distinct images, as faiss and the paper) or ``k-means++`` starts.
     feature_batch : batch size of the feature pass.
     output : what ``transform`` returns: ``relu`` (the head's input) or ``pre_relu`` (the per-epoch k-means input).
     Training (:class:`TrainableEncoder`): SGD by default (paper: lr 0.05, momentum 0.9, weight decay 1e-5),
@@ -90,6 +91,7 @@ class DeepClusterEncoder(TrainableEncoder):
     feat_dim: int | None = None
     kmeans_iter: int = 20
     kmeans_backend: str = "auto"
+    kmeans_init: str = "random"
     feature_batch: int = 512
     output: str = "relu"
     epochs: int = 20
@@ -119,6 +121,8 @@ class DeepClusterEncoder(TrainableEncoder):
             raise UserError(f"deepcluster: crop_ratio must be [min, max] with 0 < min <= max, got {list(cr)}")
         if self.output not in ("relu", "pre_relu"):
             raise UserError(f"deepcluster: output must be 'relu' or 'pre_relu', got {self.output!r}")
+        if self.kmeans_init not in ("random", "k-means++"):
+            raise UserError(f"deepcluster: kmeans_init must be 'random' or 'k-means++', got {self.kmeans_init!r}")
         if self.kmeans_backend not in ("auto", "faiss", "sklearn"):
             raise UserError(f"deepcluster: unknown kmeans_backend {self.kmeans_backend!r}; use auto, faiss or sklearn")
 
@@ -186,7 +190,7 @@ class DeepClusterEncoder(TrainableEncoder):
         # labels, when the set has them, only score each epoch's clusters (see _evaluate); never used to fit
         self._eval_labels = None if ds.labels is None else np.asarray(ds.labels)
         self._pseudo = PseudoLabels(int(self.k_train), int(self.seed or 0), n_init=1, max_iter=int(self.kmeans_iter),
-                                    backend=self.kmeans_backend)
+                                    backend=self.kmeans_backend, init=self.kmeans_init)
         return len(view)
 
     def _cluster_features(self, feats: np.ndarray, epoch: int) -> dict:

@@ -54,14 +54,15 @@ def repair_empty(labels: np.ndarray, Z: np.ndarray, k: int) -> tuple[np.ndarray,
 
 
 def kmeans_labels(Z: np.ndarray, k: int, seed: int, n_init: int = 1, max_iter: int = 20,
-                  backend: str = "auto") -> tuple[np.ndarray, np.ndarray, int]:
+                  backend: str = "auto", init: str = "k-means++") -> tuple[np.ndarray, np.ndarray, int]:
     """k-means on ``Z`` with every cluster non-empty: (labels, centres, number of clusters repaired).
 
     The centres are those k-means found (a repaired cluster's centre is the mean of its new members)."""
     from ..cluster import KMeans
 
     Z = np.ascontiguousarray(np.asarray(Z, np.float32).reshape(len(Z), -1))
-    km = KMeans(int(k), n_init=int(n_init), max_iter=int(max_iter), random_state=int(seed), backend=backend).fit(Z)
+    km = KMeans(int(k), n_init=int(n_init), max_iter=int(max_iter), random_state=int(seed), backend=backend,
+                init=init).fit(Z)
     labels, repaired = repair_empty(km.labels_, Z, int(k))
     centres = km.cluster_centers_.copy()
     if repaired:
@@ -136,9 +137,9 @@ class PseudoLabels:
     """
 
     def __init__(self, k: int, seed: int = 0, align: bool = False, n_init: int = 1, max_iter: int = 20,
-                 backend: str = "auto"):
+                 backend: str = "auto", init: str = "k-means++"):
         self.k, self.seed, self.align = int(k), int(seed), bool(align)
-        self.n_init, self.max_iter, self.backend = int(n_init), int(max_iter), backend
+        self.n_init, self.max_iter, self.backend, self.init = int(n_init), int(max_iter), backend, init
         self.labels: np.ndarray | None = None
 
     def seed_for(self, epoch: int, stream: int) -> int:
@@ -160,7 +161,7 @@ class PseudoLabels:
 
     def update(self, Z: np.ndarray, epoch: int) -> dict:
         labels, _, repaired = kmeans_labels(Z, self.k, self.seed_for(epoch, STREAM_KMEANS), n_init=self.n_init,
-                                            max_iter=self.max_iter, backend=self.backend)
+                                            max_iter=self.max_iter, backend=self.backend, init=self.init)
         return {"empty_repaired": repaired, **self.set(labels)}
 
     def sample(self, n: int, epoch: int) -> np.ndarray:
