@@ -1,7 +1,9 @@
 """The ``imclust`` command: a thin layer over :mod:`imclust.api`.
 
-A user mistake (:class:`~imclust.errors.UserError`) prints one line, ``imclust: error: ...``, and exits 2.
-Set ``IMCLUST_DEBUG=1`` to see the traceback of an error instead.
+A user mistake (:class:`~imclust.errors.UserError`) prints one line, ``imclust: error: ...``, and exits 2; so
+does a problem of the machine (a full disk, a permission: ``OSError``) and running out of memory. Anything
+else is a bug in imclust: one line ``imclust: internal error: ...`` and exit status 1. Set ``IMCLUST_DEBUG=1``
+to see the traceback instead. Ctrl-C exits 130 and SIGTERM 143; neither leaves a half-written output folder.
 """
 
 from __future__ import annotations
@@ -55,6 +57,21 @@ def _size(args):
     return tuple(args.size) if len(args.size) == 2 else args.size[0]
 
 
+def _print_accounting(res, out) -> None:
+    """Files seen = images clustered + rows of skipped.csv, with the reasons (for a folder source)."""
+    from pathlib import Path
+
+    from .data.sources import summarize_skipped
+
+    seen = getattr(res.dataset, "n_seen", None)
+    if seen is not None:
+        print(f"{seen} files seen: {len(res.ids)} clustered, {len(res.skipped)} skipped"
+              + (f" ({summarize_skipped(res.skipped)}): listed in {Path(out) / 'skipped.csv'}" if res.skipped else ""))
+    elif res.skipped:
+        print(f"skipped {len(res.skipped)} unreadable item(s) ({summarize_skipped(res.skipped)}): "
+              f"listed in {Path(out) / 'skipped.csv'}")
+
+
 def _print_metrics(metrics: dict) -> None:
     keys = [k for k in ("acc", "nmi", "ari", "purity", "silhouette", "calinski_harabasz", "davies_bouldin") if metrics.get(k) is not None]
     print("  ".join(f"{k.upper() if k in ('acc', 'nmi', 'ari') else k}={metrics[k]:.4f}" for k in keys))
@@ -95,8 +112,7 @@ def _run_cmd(p: argparse.ArgumentParser):
         if not is_main():  # under torchrun, rank 0 reports
             return
         print(f"{res.recipe_name}: {len(res.ids)} images, k={res.k}, {res.metrics['seconds']:.1f}s")
-        if res.skipped:
-            print(f"skipped {len(res.skipped)} unreadable file(s): listed in {Path(out) / 'skipped.csv'}")
+        _print_accounting(res, out)
         _print_metrics(res.metrics)
         print(f"outputs in {out}")
 
@@ -137,6 +153,7 @@ def _predict_cmd(p):
                       image_key=args.image_key, label_key=args.label_key, layout=args.layout, weights=_abs(args.weights),
                       export=args.export)
         print(f"predicted {len(res.ids)} images into {res.k} clusters")
+        _print_accounting(res, out)
         _print_metrics(res.metrics)
         print(f"outputs in {out}")
 
@@ -262,22 +279,84 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that unfinished output folders are removed on the way out."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _one_line(e: BaseException) -> str:
+    from .io import printable
+
+    return printable(" ".join(str(e).split()))
+
+
+def _os_error_line(e: OSError) -> str:
+    import errno
+
+    where = f" {e.filename}" if getattr(e, "filename", None) else ""
+    hint = {errno.ENOSPC: "free some space, or write to another disk with --out",
+            errno.EDQUOT: "free some space, or write to another disk with --out",
+            errno.EACCES: "check the permissions, or choose another --out",
+            errno.EPERM: "check the permissions, or choose another --out",
+            errno.EROFS: "that file system is read-only; choose another --out",
+            errno.EMFILE: "too many open files; raise the limit (ulimit -n)"}.get(e.errno, "")
+    return _one_line(f"{e.strerror or e}:{where}" + (f"; {hint}" if hint else ""))
+
+
 def main(argv=None) -> int:
+    import signal
+
+    for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 file name must never stop the printing of results
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):
+            pass
     parser = make_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    debug = bool(os.environ.get("IMCLUST_DEBUG"))
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread
+        pass
     try:
         args.handler(args)
     except UserError as e:
-        if os.environ.get("IMCLUST_DEBUG"):
+        if debug:
             raise
-        print(f"imclust: error: {e}", file=sys.stderr)
+        print(f"imclust: error: {_one_line(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("imclust: interrupted", file=sys.stderr)
+        print("imclust: interrupted (no output folder was changed)", file=sys.stderr)
         return 130
+    except Terminated:
+        print("imclust: terminated (no output folder was changed)", file=sys.stderr)
+        return 143
+    except MemoryError:
+        if debug:
+            raise
+        print("imclust: error: out of memory; use fewer or smaller images (--size), or a lighter recipe", file=sys.stderr)
+        return 2
+    except OSError as e:  # the machine, not the input: a full disk, a permission, a vanished file
+        if debug:
+            raise
+        print(f"imclust: error: {_os_error_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug: still one line (IMCLUST_DEBUG=1 shows where), and a distinct exit status
+        if debug:
+            raise
+        print(f"imclust: internal error: {type(e).__name__}: {_one_line(e)[:500]} (this is a bug in imclust; "
+              "IMCLUST_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from .errors import UserError
-from .io import write_csv
+from .io import printable, write_csv
 from .outputs import register_output
 from .progress import log, progress
 
@@ -70,6 +70,8 @@ def export_clusters(out, ids, labels, paths, mode: str = "copy") -> dict:
     for file_id, lab, src in progress(list(zip(ids, labels, paths)), desc=f"export ({mode})", unit="file"):
         src = Path(src)
         name = _safe_name(str(file_id))
+        if printable(src.name) == name:  # the id escapes undecodable bytes of a name; the copy keeps the original
+            name = src.name
         d = root / str(int(lab))
         if d.is_symlink() or (d.exists() and not d.is_dir()):
             raise UserError(f"{d} exists and is not a plain folder; remove it or export into another --out")

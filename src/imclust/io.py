@@ -46,8 +46,25 @@ def write_bytes(path, data: bytes) -> Path:
     return _atomic_write_bytes(path, data)
 
 
+def printable(text: str) -> str:
+    """``text`` with the undecodable bytes of a file name (Python's surrogate escapes) written as ``\\xNN``.
+
+    Linux file names are bytes; Python decodes those that are not UTF-8 into lone surrogates, which no UTF-8
+    file can hold. Ids, paths and messages pass through here, so every output stays valid UTF-8.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # surrogates that did not come from bytes
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def write_text(path, text: str) -> Path:
-    return _atomic_write_bytes(path, text.encode("utf-8"))
+    return _atomic_write_bytes(path, printable(text).encode("utf-8"))
 
 
 def write_json(path, obj: Any) -> Path:
@@ -87,7 +104,25 @@ def save_tensors(path, tensors: dict[str, np.ndarray], metadata: dict[str, str] 
     return _atomic_write_bytes(path, save(clean, metadata=metadata))
 
 
-def load_tensors(path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+def load_tensors(path, what: str = "file") -> dict[str, np.ndarray]:
+    """Read a safetensors file; a damaged one raises a one-line UserError naming it."""
+    return read_tensors(path, what)[0]
 
-    return dict(load_file(str(path)))
+
+def read_tensors(path, what: str = "file") -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The arrays and the metadata of a safetensors file (a damaged one raises a UserError naming ``what``)."""
+    from safetensors import safe_open
+
+    from .errors import UserError
+
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = dict(fh.metadata() or {})
+            return {k: fh.get_tensor(k) for k in fh.keys()}, meta
+    except FileNotFoundError:
+        raise UserError(f"{path}: the {what} is missing") from None
+    except PermissionError:
+        raise UserError(f"{path}: the {what} cannot be read (permission denied)") from None
+    except Exception as e:  # safetensors raises its own error types (and OSError, ValueError) on damaged files
+        raise UserError(f"{path}: the {what} is damaged ({type(e).__name__}: {str(e)[:160]}); "
+                        "restore it or write it again") from None
