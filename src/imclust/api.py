@@ -107,11 +107,22 @@ def build_pipeline(recipe: str | None = None, overrides=(), seed: int | None = 0
     return Pipeline.from_spec(spec, name=cfg["name"], seed=seed), cfg
 
 
-def fit_pipeline(pipe: Pipeline, ds: ImageSet, k) -> Pipeline:
-    """Fit with ``k`` clusters; ``k='auto'`` chooses k by silhouette on the embedding."""
+def fit_pipeline(pipe: Pipeline, ds: ImageSet, k, overrides=()) -> Pipeline:
+    """Fit with ``k`` clusters; ``k='auto'`` chooses k by silhouette on the embedding.
+
+    A part that rejects an option the user set (``--set reducers.1.n_neighbors=1``: the library raises
+    ValueError) gives one line naming that ``--set``; the same error with the recipe's own options is a bug."""
     if "n_clusters" in pipe.clusterer.get_params(deep=False):
         pipe.clusterer.set_params(n_clusters=k if k == "auto" else int(k))
-    return pipe.fit(ds)
+    try:
+        return pipe.fit(ds)
+    except (ValueError, TypeError) as e:
+        stage = getattr(pipe, "stage_", None)
+        mine = [o.split("=", 1)[0].strip() for o in overrides if stage and o.strip().startswith(stage + ".")]
+        if not mine:
+            raise
+        raise UserError(f"{stage} failed with the options you set (--set {', --set '.join(mine)}): "
+                        f"{' '.join(str(e).split())[:300]}") from None
 
 
 def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = None, labels=None, overrides=(),
@@ -160,7 +171,7 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
         k = cfg["clusterer"]["n_clusters"]
         log(f"k={k}: set by recipe {cfg['name']!r} (pass --k to choose another)")
     k = resolve_k(k, ds)
-    fit_pipeline(pipe, ds, k)
+    fit_pipeline(pipe, ds, k, overrides)
     ids, labels_pred, emb, y = list(ds.ids), pipe.labels_, pipe.embedding_, ds.labels
     skipped = list(ds.skipped)
     if ds.failed:

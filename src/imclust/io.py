@@ -22,10 +22,14 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+TMP_SUFFIX = ".imclust.tmp"
+
+
 def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the writer's pid is in the name, so a later process can tell the leftovers of a killed one
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions of a new file
         with os.fdopen(fd, "wb") as fh:
@@ -40,6 +44,35 @@ def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             pass
         raise
     return path
+
+
+def remove_stale_temps(folder) -> int:
+    """Delete the half-written temporary files a killed process left in ``folder``; returns how many."""
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
+            continue
+        pid = name[: -len(TMP_SUFFIX)].rsplit(".", 1)[-1].split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                continue  # its writer is still running
+            except ProcessLookupError:
+                pass
+            except OSError:
+                continue
+        elif pid.isdigit():
+            continue
+        try:
+            os.unlink(os.path.join(folder, name))
+            removed += 1
+        except OSError:
+            pass
+    return removed
 
 
 def write_bytes(path, data: bytes) -> Path:

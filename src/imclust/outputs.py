@@ -129,6 +129,8 @@ def _page_or_warning(build, final: Path) -> Path | None:
 
     try:
         return build()
+    except OSError:  # a full disk or a permission: the folder would be incomplete, so the run fails whole
+        raise
     except Exception as err:  # the run's results are complete; the page is an extra that must not hide them
         if os.environ.get("IMCLUST_DEBUG"):
             raise

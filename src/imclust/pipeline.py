@@ -80,6 +80,7 @@ class Pipeline:
         self.timings_ = {}
         t = time.perf_counter()
         log(f"[{self.name}] encode with {self.encoder.component_name}")
+        self.stage_ = "encoder"  # the part at work, so an error can be traced to the options that caused it
         X = self.encoder.fit_transform(ds)
         self.timings_["encode"] = time.perf_counter() - t
         self.features_ = check_finite(X, f"encode ({self.encoder.component_name})")
@@ -87,10 +88,12 @@ class Pipeline:
         for i, r in enumerate(self.reducers):
             t = time.perf_counter()
             log(f"[{self.name}] reduce with {r.component_name}")
+            self.stage_ = f"reducers.{i}"
             X = check_finite(r.fit_transform(X), f"reduce.{i} ({r.component_name})")
             self.timings_[f"reduce.{i}.{r.component_name}"] = time.perf_counter() - t
         self.embedding_ = X
         t = time.perf_counter()
+        self.stage_ = "clusterer"
         if self.clusterer.get_params(deep=False).get("n_clusters") == "auto":
             from .cluster import choose_k
 
@@ -104,6 +107,7 @@ class Pipeline:
         log(f"[{self.name}] cluster with {self.clusterer.component_name}")
         self.labels_ = np.asarray(self.clusterer.fit_predict(X), dtype=np.int64)
         self.timings_["cluster"] = time.perf_counter() - t
+        self.stage_ = None
         return self
 
     def transform(self, ds: ImageSet) -> np.ndarray:
@@ -136,6 +140,7 @@ class Pipeline:
             meta["parts"][key] = {"spec": part.to_spec(), "state": extra, "arrays": sorted(arrays)}
         state = save_tensors(directory / "state.safetensors", tensors)
         meta["state_sha256"] = _sha256(state)  # a pipeline.json that meets another state file is refused
+        meta["checksum"] = _meta_checksum(meta)  # and one that was damaged or edited
         write_json(directory / "pipeline.json", meta)
         return directory
 
@@ -159,6 +164,9 @@ class Pipeline:
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             fmt = meta.get("format") if isinstance(meta, dict) else None
             raise UserError(f"{cfg_path}: unknown model format {fmt!r}; expected {FORMAT}")
+        if "checksum" in meta and meta["checksum"] != _meta_checksum(meta):
+            raise UserError(f"{cfg_path}: changed after it was written (checksum mismatch); the model folder is "
+                            "damaged: use it as the run wrote it")
         state_path = directory / "state.safetensors"
         if "state_sha256" in meta:
             if not state_path.is_file():
@@ -197,6 +205,17 @@ class Pipeline:
         reducers = [parts[f"reducers.{i}"] for i in range(sum(k.startswith("reducers.") for k in parts))]
         pipe = cls(parts["encoder"], reducers, parts["clusterer"], name=meta.get("name", "custom"), seed=meta.get("seed"))
         return pipe
+
+
+def _meta_checksum(meta: dict) -> str:
+    """SHA-256 of pipeline.json's content as it reads back (so NumPy scalars hash as the numbers JSON holds)."""
+    import hashlib
+
+    from .io import _json_default
+
+    body = {k: v for k, v in meta.items() if k != "checksum"}
+    canon = json.dumps(json.loads(json.dumps(body, default=_json_default)), sort_keys=True)
+    return hashlib.sha256(canon.encode()).hexdigest()
 
 
 def _sha256(path) -> str:

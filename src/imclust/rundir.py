@@ -293,37 +293,58 @@ class RunFolder:
         self.info = {"format": FORMAT, "kind": self.kind, "run_id": uuid.uuid4().hex, "complete": False,
                      "created": time.strftime("%Y-%m-%dT%H:%M:%S") + f".{time.time_ns() % 10**9:09d}",
                      "pid": os.getpid(), "export": self.export}
-        _write_marker(self.tmp, self.info)  # from now on no source scan reads this folder
+        try:
+            _write_marker(self.tmp, self.info)  # from now on no source scan reads this folder
+        except BaseException:
+            remove_tree(self.tmp)
+            raise
         return self.tmp
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is not None:
             remove_tree(self.tmp)
+            if isinstance(exc, OSError) and exc.filename:  # name the file as the user knows it, not the hidden copy
+                exc.filename = os.fspath(exc.filename).replace(os.fspath(self.tmp), os.fspath(self.final))
             return False
-        try:
-            self._commit()
-        except BaseException:
-            remove_tree(self.tmp)
-            raise
+        self._commit()
         return False
 
     def _commit(self) -> None:
+        """Finish the marker, then swap. Until the swap a failure deletes the new folder (``out`` untouched);
+        after it ``out`` is the new run, and what is left to do (the earlier run to ``.prev``) is finished by
+        :func:`clean_leftovers` if it fails here."""
         out, tmp = self.final, self.tmp
-        self.info.update(complete=True, files=manifest(tmp))
-        _write_marker(tmp, self.info)
-        prev = prev_of(out)
-        if not os.path.lexists(out):
-            os.rename(tmp, out)
-            return
         old = out.parent / f".{out.name}{OLD_TAG}{uuid.uuid4().hex[:8]}"
-        if os.path.lexists(prev):
-            os.rename(prev, old)
-        if _exchange(tmp, out):  # out is the new run at once; tmp now holds the earlier one
-            os.rename(tmp, prev)
-        else:  # no atomic swap here: a kill between these two renames leaves the old run as .prev
-            os.rename(out, prev)
-            os.rename(tmp, out)
-        if old.exists():
+        prev = prev_of(out)
+        swapped = False
+        try:
+            self.info.update(complete=True, files=manifest(tmp))
+            _write_marker(tmp, self.info)
+            if os.path.isdir(out) and not is_run_folder(out) and not os.listdir(out):
+                os.rmdir(out)  # an empty folder the user made for us: nothing to keep
+            if not os.path.lexists(out):
+                os.rename(tmp, out)
+                return
+            if os.path.lexists(prev):
+                os.rename(prev, old)
+            if _exchange(tmp, out):  # out is the new run at once; tmp now holds the earlier one
+                swapped = True
+                os.rename(tmp, prev)
+            else:  # no atomic swap here: a kill between these two renames leaves the old run as .prev
+                os.rename(out, prev)
+                try:
+                    os.rename(tmp, out)
+                except BaseException:
+                    os.rename(prev, out)
+                    raise
+                swapped = True
+        except BaseException:
+            if not swapped:
+                remove_tree(tmp)
+                if os.path.lexists(old) and not os.path.lexists(prev):
+                    os.rename(old, prev)
+            raise
+        if os.path.lexists(old):
             remove_tree(old)
 
 

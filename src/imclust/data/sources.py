@@ -186,7 +186,9 @@ def _check_array_size(shape, dtype, where: str, stored: int | None) -> None:
 def _np_load(path: Path):
     """``np.load`` without pickles, after checking every array header against the file and the memory."""
     try:
-        if zipfile.is_zipfile(path):
+        with open(path, "rb") as fh:
+            zipped = fh.read(2) == b"PK"
+        if zipped or zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as zf:
                 for info in zf.infolist():
                     if not info.filename.endswith(".npy"):

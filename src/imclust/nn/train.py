@@ -39,7 +39,7 @@ import torch
 from torch import nn
 
 from ..errors import UserError
-from ..io import read_tensors, save_tensors, write_json
+from ..io import read_tensors, remove_stale_temps, save_tensors, write_json
 from ..progress import log, progress
 from . import distributed as ddp
 
@@ -297,6 +297,8 @@ class Trainer:
         """Train until ``config.epochs`` epochs are complete; returns the history (one dict per epoch)."""
         c = self.config
         self.resumed_extra: dict[str, np.ndarray] = {}
+        if self.ckpt_dir is not None and self.is_main:
+            remove_stale_temps(self.ckpt_dir)  # what a killed run was writing
         if c.resume:
             if self.has_checkpoint():
                 self.resumed_extra = self.load_checkpoint()

@@ -256,7 +256,7 @@ def check_recipe(recipe: dict) -> None:
             where = f"--set {key}" if key else f"recipe {recipe.get('name')!r}"
             if option not in valid:
                 raise UserError(f"{where}: the {ctype!r} {part.split('.')[0].rstrip('s')} has no option {option!r}"
-                                f"{_suggest(option, valid)} (its options: {', '.join(valid)})")
+                                f"{_suggest(option, list(valid) + ['type'])} (its options: {', '.join(valid)})")
             if key:
                 spec[option] = _check_option(cls, part, option, value, ship.get(option) if same_type else None, where)
 
