@@ -184,7 +184,8 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
         y = None if y is None else y[keep]
         log(f"{len(ds.failed)} file(s) failed to decode and are left out of the results (see skipped.csv)")
     metrics = evaluate(labels_pred, y, emb, nmi_average=nmi_average, random_state=seed or 0)
-    if n_distinct_rows(pipe.features_, 2) < 2 and metrics.get("silhouette") is not None:
+    features = getattr(pipe, "features_", None)
+    if features is not None and n_distinct_rows(features, 2) < 2 and metrics.get("silhouette") is not None:
         # every image gave the same features: any spread in the embedding was made up by a reducer
         metrics.update(silhouette=None, calinski_harabasz=None, davies_bouldin=None)
         log("all images give the same features: cluster-quality scores are not defined")

@@ -74,6 +74,8 @@ def _print_accounting(res, out) -> None:
 
 def _print_metrics(metrics: dict) -> None:
     keys = [k for k in ("acc", "nmi", "ari", "purity", "silhouette", "calinski_harabasz", "davies_bouldin") if metrics.get(k) is not None]
+    if not keys:
+        return
     print("  ".join(f"{k.upper() if k in ('acc', 'nmi', 'ari') else k}={metrics[k]:.4f}" for k in keys))
 
 

@@ -484,9 +484,11 @@ class UMAP(_KNNPlacement, Component):
         torch_threads = torch.get_num_threads() if torch is not None else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # the spectral start needs more points than dimensions; with very few, start at random instead
+            init = "spectral" if n > int(self.n_components) + 1 else "random"
             est = umap.UMAP(n_components=int(self.n_components), n_neighbors=int(min(self.n_neighbors, n - 1)),
                             min_dist=float(self.min_dist), metric=self.metric, n_epochs=self.n_epochs,
-                            random_state=rs, verbose=False)
+                            random_state=rs, verbose=False, init=init)
             try:
                 emb = np.asarray(est.fit_transform(X), dtype=np.float32)
             finally:

@@ -245,6 +245,10 @@ def probe(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[tuple[int, 
             _check_jpeg(data, mode, size)
         else:
             _load(im)
+            try:  # a mode that cannot become RGB/L would fail later, inside the fit
+                to_mode(im.crop((0, 0, 1, 1)), "RGB")
+            except Exception as e:
+                raise UnreadableImage(f"undecodable: pixel mode {mode!r} ({type(e).__name__}: {e})") from None
         return size, mode
     finally:
         im.close()
@@ -254,13 +258,16 @@ def decode(path: Path, max_pixels: int = DEFAULT_MAX_PIXELS, grey: bool = False)
     """Decode a file fully into an 'RGB' (or 'L') PIL image with EXIF orientation applied."""
     im = _open(path, max_pixels)
     _load(im)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
             im = ImageOps.exif_transpose(im)
+        except Exception:  # a damaged EXIF block: the pixels are fine, keep them as stored
+            pass
+        try:
             im = to_mode(im, "L" if grey else "RGB")
-    except Exception as e:  # a damaged EXIF block or an odd mode
-        raise UnreadableImage(f"undecodable: {type(e).__name__}: {e}") from None
+        except Exception as e:
+            raise UnreadableImage(f"undecodable: {type(e).__name__}: {e}") from None
     return im
 
 

@@ -46,6 +46,8 @@ def default_recipe(channels: int | None = None) -> str:
 
 
 def load_recipe(name: str | None) -> dict:
+    if name is not None and not str(name).strip():
+        raise UserError("--recipe '': give a recipe name; run 'imclust recipes' to list them")
     name = name or default_recipe()
     recipes = available()
     if name not in recipes:
