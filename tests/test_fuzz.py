@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, seed, settings
+from hypothesis import HealthCheck, assume, event, given, seed, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -472,6 +472,37 @@ def test_set_assignments_are_checked_before_any_work(data):
         raise AssertionError(f"{assignment}: a number option took {value!r}")
 
 
+FIT_RECIPES = ("baseline", "digits-kmeans", "ae3d")
+SLOW_OPTIONS = ("epoch", "iter", "n_init", "batch")  # big values of these only cost time
+
+
+@fuzz(20)
+@given(data=st.data())
+def test_set_values_of_the_right_type_fit_or_are_refused(tiny_labelled, data):
+    """Values of the right type but any size: the fit succeeds or says which --set it could not use."""
+    from imclust.recipes import load_recipe
+
+    name = data.draw(st.sampled_from(FIT_RECIPES))
+    recipe = load_recipe(name)
+    parts = [("encoder", recipe["encoder"])] + [(f"reducers.{i}", r) for i, r in enumerate(recipe.get("reducers", []))]
+    parts.append(("clusterer", recipe["clusterer"]))
+    numeric = [(p, o) for p, spec in parts for o, v in spec.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and p + "." + o != "encoder.epochs"]
+    assume(numeric)
+    part, option = data.draw(st.sampled_from(numeric))
+    slow = any(w in option for w in SLOW_OPTIONS)
+    value = data.draw(st.sampled_from([0, 1, 2, 3, -1, 0.5, 1e-9] + ([] if slow else [10**6, 1e6])))
+    sets = [f"{part}.{option}={value}"] + (["encoder.epochs=1"] if name == "ae3d" else [])
+    with scratch() as tmp:
+        argv = ["run", tiny_labelled, "--recipe", name, "--k", "3", "--out", tmp / "o"]
+        for a in sets:
+            argv += ["--set", a]
+        code, _, err = call(*argv)
+        assert_clean_exit(code, err)
+        if code == 2:
+            assert f"{part}.{option}" in err or "--set" in err, err
+
+
 # ---------------------------------------------------------------------------------------------------------
 # arrays
 # ---------------------------------------------------------------------------------------------------------
@@ -717,6 +748,16 @@ def test_kill_9_leaves_old_or_new_and_whole_checkpoints(tmp_path):
             assert "imclust_checkpoint" in meta and json.loads(meta["imclust_checkpoint"])["epoch"] >= 1
         shutil.rmtree(ckpt, ignore_errors=True) if trial % 2 else None  # half the time: train from scratch
     assert "killed" in outcomes, outcomes  # at least one run died part-way
+    # SIGTERM (kill's default) is caught: the unfinished folder is removed on the way out
+    shutil.rmtree(ckpt, ignore_errors=True)
+    before = tree_digest(out)
+    p = subprocess.Popen(argv(True), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    time.sleep(rng.uniform(0.5 * (t_full or 8.0), t_full or 8.0))
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate()
+    assert p.returncode in (0, 143, -signal.SIGTERM), err
+    if p.returncode == 143:
+        assert b"terminated" in err and tree_digest(out) == before and not leftovers(out)
     last = subprocess.run(argv(True), capture_output=True, text=True, env=env, timeout=600)
     assert last.returncode == 0, last.stderr
     verify(out)

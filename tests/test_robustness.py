@@ -101,7 +101,7 @@ def test_report_refuses_a_mixed_or_damaged_folder(tmp_path):
     (b / "montages" / "montage_9.png").write_bytes((b / "montages" / "montage_0.png").read_bytes())
     assert "does not belong to the run" in call("report", b)[2]
     code, _, err = call("report", src)
-    assert code == 2 and "no .imclust-run.json" in err
+    assert code == 2 and "not a run folder" in err
 
 
 def test_leftovers_of_a_killed_run_are_removed_by_the_next(tmp_path):

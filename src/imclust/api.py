@@ -10,7 +10,7 @@ import numpy as np
 
 from . import components  # noqa: F401  (registers every component)
 from .data import ImageSet, Skipped, load_source, read_labels_file
-from .errors import UserError
+from .errors import NotInstalledError, UserError
 from .metrics import evaluate
 from .pipeline import Pipeline, n_distinct_rows
 from .progress import log
@@ -110,18 +110,19 @@ def build_pipeline(recipe: str | None = None, overrides=(), seed: int | None = 0
 def fit_pipeline(pipe: Pipeline, ds: ImageSet, k, overrides=()) -> Pipeline:
     """Fit with ``k`` clusters; ``k='auto'`` chooses k by silhouette on the embedding.
 
-    A part that rejects an option the user set (``--set reducers.1.n_neighbors=1``: the library raises
-    ValueError) gives one line naming that ``--set``; the same error with the recipe's own options is a bug."""
+    A part that fails on an option the user set (``--set reducers.1.n_neighbors=1``: the library raises
+    ValueError) gives one line naming that ``--set``; the same error with the recipe's own options is a bug
+    and propagates."""
     if "n_clusters" in pipe.clusterer.get_params(deep=False):
         pipe.clusterer.set_params(n_clusters=k if k == "auto" else int(k))
     try:
         return pipe.fit(ds)
-    except (ValueError, TypeError) as e:
+    except (UserError, ValueError, TypeError, IndexError, ArithmeticError, RuntimeError, AssertionError) as e:
         stage = getattr(pipe, "stage_", None)
-        mine = [o.split("=", 1)[0].strip() for o in overrides if stage and o.strip().startswith(stage + ".")]
-        if not mine:
+        mine = [o.strip() for o in overrides if stage and o.strip().startswith(stage + ".")]
+        if not mine or isinstance(e, NotInstalledError):
             raise
-        raise UserError(f"{stage} failed with the options you set (--set {', --set '.join(mine)}): "
+        raise UserError(f"{stage} failed with what you set (--set {', --set '.join(mine)}): "
                         f"{' '.join(str(e).split())[:300]}") from None
 
 
@@ -326,7 +327,7 @@ def report(run_dir, out=None) -> Path:
     that was damaged or mixes two runs' files is refused."""
     from .report.html import build_report
 
-    return build_report(run_dir, out)
+    return build_report(run_dir, out, check=True)
 
 
 def read_predictions(path) -> tuple[list[str], np.ndarray]:

@@ -112,7 +112,7 @@ def write_report(result, out, final=None) -> Path | None:
     def build():
         if result.dataset is not None and len(result.ids):
             write_thumbnails(result.dataset, out, _dataset_indices(result), seed=result.seed or 0)
-        return build_report(out, check=False)
+        return build_report(out)
 
     return _page_or_warning(build, Path(final or out))
 
@@ -121,7 +121,7 @@ def rebuild_report(out, final=None) -> Path | None:
     """``report.html`` again from the saved outputs (thumbnails kept), after a caller added figures to ``out``."""
     from .report.html import build_report
 
-    return _page_or_warning(lambda: build_report(Path(out), check=False), Path(final or out))
+    return _page_or_warning(lambda: build_report(Path(out)), Path(final or out))
 
 
 def _page_or_warning(build, final: Path) -> Path | None:

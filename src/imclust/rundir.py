@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 
 from .errors import UserError
+from .io import TMP_SUFFIX
 from .resources import fmt_bytes
 
 MARKER = ".imclust-run.json"
@@ -34,13 +35,16 @@ TMP_TAG = ".imclust-tmp-"
 OLD_TAG = ".imclust-old-"
 UNLISTED = ("report.html", MARKER)  # files a run folder may change after it was written
 EXPORT_DIR = "clusters"
+LEGACY_FILES = ("run.json", "predictions.csv", "model/pipeline.json")
 HASH_LIMIT = 256 * 1024 * 1024  # larger files are listed by size only (hashing them would cost seconds)
 
 
 def is_run_folder(path) -> bool:
-    """Did imclust write this folder (run, predict, embed, or one in progress)?"""
+    """Did imclust write this folder (run, predict, embed, or one in progress)? Folders written before the
+    marker existed are recognised by their run.json, predictions.csv and model/pipeline.json."""
+    p = Path(path)
     try:
-        return (Path(path) / MARKER).is_file()
+        return (p / MARKER).is_file() or all((p / f).is_file() for f in LEGACY_FILES)
     except OSError:
         return False
 
@@ -114,7 +118,7 @@ def check_out(out, sources=(), inner=(), expected_bytes: int = 0, flag: str = "-
             raise UserError(f"the source {src} lies inside {flag} {out}, which this command replaces when it finishes; "
                             "choose an output folder outside the source")
     for option, path in inner:
-        if path and (_inside(path, out) or _inside(Path(os.path.abspath(path)).parent, out)):
+        if path and _inside(os.path.abspath(os.path.expanduser(str(path))), out):
             raise UserError(f"{option} {path} lies inside {flag} {out}, which is replaced as a whole when the run "
                             f"finishes; put it beside the output folder (e.g. {out.name}-ckpt)")
     parent = _existing_ancestor(out.parent)
@@ -158,7 +162,7 @@ def _listed(folder: Path) -> list[str]:
             dirnames[:] = [d for d in dirnames if d != EXPORT_DIR]
         for f in filenames:
             rel = f if rel_dir == "." else f"{rel_dir}/{f}".replace(os.sep, "/")
-            if rel not in UNLISTED:
+            if rel not in UNLISTED and not f.endswith(TMP_SUFFIX):  # a page being rewritten, or one a kill left
                 names.append(rel)
     return sorted(names)
 
@@ -183,7 +187,8 @@ def verify(folder) -> dict:
     if info is None:
         if (folder / MARKER).exists():
             raise UserError(f"{folder / MARKER}: damaged (not valid JSON); {hint}")
-        raise UserError(f"{folder}: no {MARKER} (not written by this imclust, or written by an older version); {hint}")
+        raise UserError(f"{folder}: not a run folder that can be checked (no {MARKER}: not written by imclust, or by "
+                        f"a version before it kept one); {hint}")
     if info.get("format") != FORMAT or not info.get("complete") or not isinstance(info.get("files"), dict):
         raise UserError(f"{folder}: the run that wrote this folder did not finish (incomplete {MARKER}); {hint}")
     files = info["files"]

@@ -103,17 +103,22 @@ def _header(first: list[str]) -> tuple[int, int] | None:
     return None
 
 
-def _match(keys: dict[str, int], ids: list[str], path) -> dict[str, str]:
-    """Map each key of the file to an image id: the id itself, or the image's file name when no two images
-    share it."""
+def _match(keys: dict[str, int], ids: list[str], path, root=None) -> dict[str, str]:
+    """Map each key of the file to an image id: the id itself (also written ``./id``, or as a path under the
+    source folder ``root``), or the image's file name when no two images share it."""
+    import os
+
     id_set = set(ids)
     by_name: dict[str, list[str]] = {}
     for i in ids:
         by_name.setdefault(i.replace("\\", "/").rsplit("/", 1)[-1], []).append(i)
     out = {}
     for key, line in keys.items():
-        if key in id_set:
-            out[key] = key
+        alias = key[2:] if key.startswith("./") else key
+        if root is not None and os.path.isabs(alias):
+            alias = os.path.relpath(alias, root).replace(os.sep, "/")
+        if alias in id_set:
+            out[key] = alias
         elif key in by_name:
             if len(by_name[key]) > 1:
                 raise UserError(f"labels file {path}, line {line}: {key!r} names {len(by_name[key])} images "
@@ -122,7 +127,7 @@ def _match(keys: dict[str, int], ids: list[str], path) -> dict[str, str]:
     return out
 
 
-def parse_labels_text(text: str, ids: list[str], path, skipped_ids=()) -> list[str]:
+def parse_labels_text(text: str, ids: list[str], path, skipped_ids=(), root=None) -> list[str]:
     """One label (as text) per id, from the text of a labels file (see the module doc)."""
     rows, delim = _rows(text, path)
     if delim is None:  # one label per line, in the order of the images
@@ -138,6 +143,9 @@ def parse_labels_text(text: str, ids: list[str], path, skipped_ids=()) -> list[s
             raise UserError(f"labels file {path} has {len(values)} labels but the source has {len(ids)} images; "
                             "give exactly one label per image (or 'file,label' rows)")
         return values
+    empty_cols = [c for c in range(len(rows[0][1])) if not any(r[c].strip() for _, r in rows)]
+    if empty_cols:  # a trailing delimiter on every row (spreadsheet exports): those columns say nothing
+        rows = [(n, [v for c, v in enumerate(r) if c not in empty_cols]) for n, r in rows]
     header = _header(rows[0][1])
     width = len(rows[0][1])
     if header is not None:
@@ -163,7 +171,7 @@ def parse_labels_text(text: str, ids: list[str], path, skipped_ids=()) -> list[s
                             "give each image one row")
         first_line[key] = line
         labels[key] = lab
-    where = _match(first_line, ids, path)
+    where = _match(first_line, ids, path, root)
     skipped = set(skipped_ids)
     skipped_names = {s.replace("\\", "/").rsplit("/", 1)[-1] for s in skipped}
     unknown = [k for k in first_line if k not in where and k not in skipped and k not in skipped_names]

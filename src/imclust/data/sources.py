@@ -527,6 +527,7 @@ def read_labels_file(path, ids: list[str], source: str = "", skipped_ids=()) -> 
     """Labels from ``.npy``, an IDX file, or a text file, read strictly (see :mod:`.labels`).
 
     ``skipped_ids``: files of the source that were skipped as unreadable; rows naming them are not an error.
+    ``source``: the source folder, so rows may also name files by their full path.
     """
     from .labels import labels_from_values, parse_labels_text, read_text
 
@@ -546,7 +547,8 @@ def read_labels_file(path, ids: list[str], source: str = "", skipped_ids=()) -> 
                             "images; give exactly one label per image")
         res = _labels_to_ints(y, str(path))
         return res if isinstance(res, tuple) else (res, None)
-    values = parse_labels_text(read_text(path, "labels file"), list(ids), path, skipped_ids)
+    root = os.path.abspath(source) if source and os.path.isdir(source) else None
+    values = parse_labels_text(read_text(path, "labels file"), list(ids), path, skipped_ids, root)
     return labels_from_values(values, str(path))
 
 

@@ -81,7 +81,9 @@ def kmeans_split(X: np.ndarray, k: int, n_iter: int = 20, seed: int = 0, backend
         from ..errors import NotInstalledError
 
         raise NotInstalledError("faiss-cpu", "DeepCluster k-means with kmeans_backend='faiss'")
-    X = np.ascontiguousarray(X, dtype=np.float32)
+    from ..pipeline import check_finite
+
+    X = np.ascontiguousarray(check_finite(X, "DeepCluster k-means (the network's features)"))  # faiss aborts on NaN
     n, d = X.shape
     if k > n:
         raise UserError(f"k-means with {k} clusters needs at least {k} images, got {n}")
