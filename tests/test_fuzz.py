@@ -642,8 +642,8 @@ def test_option_values_never_crash(tiny_labelled, cmd, opts):
 # ---------------------------------------------------------------------------------------------------------
 @fuzz(25)
 @given(nth=st.integers(1, 25), kind=st.sampled_from(["disk-full", "permission", "interrupt"]),
-       command=st.sampled_from(["run", "predict"]))
-def test_a_failed_run_leaves_the_old_folder_whole(previous_run, monkeypatch, nth, kind, command):
+       command=st.sampled_from(["run", "predict", "embed"]))
+def test_a_failed_run_leaves_the_old_folder_whole(previous_run, tiny_labelled, monkeypatch, nth, kind, command):
     import imclust.io as io_mod
 
     real = io_mod._atomic_write_bytes
@@ -663,7 +663,8 @@ def test_a_failed_run_leaves_the_old_folder_whole(previous_run, monkeypatch, nth
         shutil.copytree(previous_run, out, symlinks=True)
         before = tree_digest(out)
         src = previous_run.parent / "imgs"
-        argv = (["run", src, "--recipe", "baseline", "--k", "2"] if command == "run" else ["predict", previous_run, src])
+        argv = {"run": ["run", src, "--recipe", "baseline", "--k", "2"], "predict": ["predict", previous_run, src],
+                "embed": ["embed", tiny_labelled, "--epochs", "1", "--no-plot"]}[command]
         with monkeypatch.context() as m:
             m.setattr(io_mod, "_atomic_write_bytes", failing)
             code, _, err = call(*argv, "--out", out)

@@ -165,7 +165,7 @@ def test_a_local_folder_wins_over_a_builtin(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("IMCLUST_QUIET", "")
     code, stdout, err = call("run", "digits", "--out", tmp_path / "o", "--recipe", "baseline", "--k", "2")
-    assert code == 0 and "6 images" in stdout and "not the builtin" in err
+    assert code == 0 and "6 images" in stdout and "not the builtin" in stdout and "not the builtin" in err
     code, stdout, _ = call("run", "builtin:digits", "--out", tmp_path / "o", "--recipe", "baseline", "--k", "10")
     assert code == 0 and "1797 images" in stdout
 
@@ -285,3 +285,25 @@ def test_sizes_and_array_headers_are_checked_against_memory(tmp_path, monkeypatc
     monkeypatch.setattr(res, "available_memory", lambda: 20 * 2**20)
     with pytest.raises(UserError, match="needs .* of memory"):
         load_source(tmp_path / "bomb.npz")
+
+
+def test_errors_are_one_line_unless_debugging(tmp_path, monkeypatch):
+    code, _, err = call("run", tmp_path / "missing", "--out", tmp_path / "o")
+    assert code == 2 and err.count("\n") == 1 and err.startswith("imclust: error:")
+    monkeypatch.setenv("IMCLUST_DEBUG", "1")
+    with pytest.raises(UserError, match="no such file or folder"):
+        call("run", tmp_path / "missing", "--out", tmp_path / "o")
+
+
+def test_an_unexpected_os_error_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    import imclust.outputs as outputs
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "o" / "embedding.npy"))
+
+    monkeypatch.setattr(outputs, "write_npy", full)
+    code, _, err = call("run", "digits", "--out", tmp_path / "o", "--recipe", "baseline", "--k", "10")
+    assert code == 2 and err.count("\n") == 1 and "No space left on device" in err and "free some space" in err
+    assert not (tmp_path / "o").exists() and not [n for n in os.listdir(tmp_path) if n.startswith(".")]

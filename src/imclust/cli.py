@@ -57,6 +57,17 @@ def _size(args):
     return tuple(args.size) if len(args.size) == 2 else args.size[0]
 
 
+def _print_source(spec: str, res) -> None:
+    """Say which source was used when a path shares its name with a builtin dataset."""
+    from pathlib import Path
+
+    from .data.sources import builtin_names
+
+    if spec in builtin_names() and res.source_kind != "builtin":
+        print(f"source: the {res.source_kind} {Path(spec).absolute()}, not the builtin dataset {spec!r} "
+              f"(builtin:{spec} names the builtin)")
+
+
 def _print_accounting(res, out) -> None:
     """Files seen = images clustered + rows of skipped.csv, with the reasons (for a folder source)."""
     from pathlib import Path
@@ -113,6 +124,7 @@ def _run_cmd(p: argparse.ArgumentParser):
 
         if not is_main():  # under torchrun, rank 0 reports
             return
+        _print_source(args.source, res)
         print(f"{res.recipe_name}: {len(res.ids)} images, k={res.k}, {res.metrics['seconds']:.1f}s")
         _print_accounting(res, out)
         _print_metrics(res.metrics)

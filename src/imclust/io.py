@@ -46,6 +46,29 @@ def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def sha256_file(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pid_alive(pid) -> bool:
+    """Is process ``pid`` running (on this machine)?"""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, run by someone else
+    except (OSError, ValueError, TypeError, OverflowError):
+        return False
+    return True
+
+
 def remove_stale_temps(folder) -> int:
     """Delete the half-written temporary files a killed process left in ``folder``; returns how many."""
     removed = 0
@@ -57,16 +80,8 @@ def remove_stale_temps(folder) -> int:
         if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
             continue
         pid = name[: -len(TMP_SUFFIX)].rsplit(".", 1)[-1].split("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid():
-            try:
-                os.kill(int(pid), 0)
-                continue  # its writer is still running
-            except ProcessLookupError:
-                pass
-            except OSError:
-                continue
-        elif pid.isdigit():
-            continue
+        if pid.isdigit() and (int(pid) == os.getpid() or pid_alive(pid)):
+            continue  # its writer is still running
         try:
             os.unlink(os.path.join(folder, name))
             removed += 1

@@ -17,7 +17,7 @@ from . import __version__
 from .base import REGISTRY, build
 from .data import ImageSet
 from .errors import UserError
-from .io import load_tensors, save_tensors, write_json
+from .io import load_tensors, save_tensors, sha256_file, write_json
 from .progress import log
 
 FORMAT = "imclust-pipeline/1"
@@ -139,7 +139,7 @@ class Pipeline:
                 tensors[f"{key}.{a}"] = np.asarray(v)
             meta["parts"][key] = {"spec": part.to_spec(), "state": extra, "arrays": sorted(arrays)}
         state = save_tensors(directory / "state.safetensors", tensors)
-        meta["state_sha256"] = _sha256(state)  # a pipeline.json that meets another state file is refused
+        meta["state_sha256"] = sha256_file(state)  # a pipeline.json that meets another state file is refused
         meta["checksum"] = _meta_checksum(meta)  # and one that was damaged or edited
         write_json(directory / "pipeline.json", meta)
         return directory
@@ -171,7 +171,7 @@ class Pipeline:
         if "state_sha256" in meta:
             if not state_path.is_file():
                 raise UserError(f"{state_path}: missing; the model folder is incomplete")
-            if _sha256(state_path) != meta["state_sha256"]:
+            if sha256_file(state_path) != meta["state_sha256"]:
                 raise UserError(f"{state_path}: does not match {cfg_path.name} (a damaged or mixed model folder); "
                                 "use the folder as the run wrote it")
         tensors = load_tensors(state_path, "model state") if state_path.exists() else {}
@@ -216,16 +216,6 @@ def _meta_checksum(meta: dict) -> str:
     body = {k: v for k, v in meta.items() if k != "checksum"}
     canon = json.dumps(json.loads(json.dumps(body, default=_json_default)), sort_keys=True)
     return hashlib.sha256(canon.encode()).hexdigest()
-
-
-def _sha256(path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 MAX_ABS_FEATURE = 1e15  # squared distances of larger values overflow float32 inside k-means and faiss

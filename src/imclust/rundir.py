@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -25,7 +24,7 @@ import uuid
 from pathlib import Path
 
 from .errors import UserError
-from .io import TMP_SUFFIX
+from .io import TMP_SUFFIX, pid_alive, sha256_file
 from .resources import fmt_bytes
 
 MARKER = ".imclust-run.json"
@@ -146,14 +145,6 @@ def _existing_ancestor(p: Path) -> Path:
 # -------------------------------------------------------------------------------------------------------
 # the manifest
 # -------------------------------------------------------------------------------------------------------
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _listed(folder: Path) -> list[str]:
     names = []
     for dirpath, dirnames, filenames in os.walk(folder):
@@ -175,7 +166,7 @@ def manifest(folder: Path) -> dict[str, list]:
         if p.is_symlink():
             continue
         size = p.stat().st_size
-        out[rel] = [size, _digest(p) if size <= HASH_LIMIT else None]
+        out[rel] = [size, sha256_file(p) if size <= HASH_LIMIT else None]
     return out
 
 
@@ -198,7 +189,7 @@ def verify(folder) -> dict:
             raise UserError(f"{folder}: {rel} is missing (a damaged run folder); {hint}")
         try:
             size, digest = entry
-            if p.stat().st_size != size or (digest is not None and _digest(p) != digest):
+            if p.stat().st_size != size or (digest is not None and sha256_file(p) != digest):
                 raise UserError(f"{folder}: {rel} is not the file this run wrote (a damaged or mixed run folder); {hint}")
         except (TypeError, ValueError):
             raise UserError(f"{folder / MARKER}: damaged entry for {rel}; {hint}") from None
@@ -246,14 +237,6 @@ def _siblings(out: Path, tag: str) -> list[Path]:
         return []
 
 
-def _pid_alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (OSError, ValueError, TypeError, OverflowError):
-        return False
-    return True
-
-
 def clean_leftovers(out: Path) -> None:
     """Remove what a killed command left beside ``out``: unfinished folders, and an old run moved aside while
     the new one was swapped in (which becomes ``.prev`` again when that is missing)."""
@@ -261,7 +244,7 @@ def clean_leftovers(out: Path) -> None:
     for tmp in _siblings(out, TMP_TAG):
         info = read_marker(tmp) or {}
         writer = tmp.name[len(f".{out.name}{TMP_TAG}"):].split("-")[0]  # the pid in the folder's name
-        if writer.isdigit() and int(writer) != os.getpid() and _pid_alive(writer):
+        if writer.isdigit() and int(writer) != os.getpid() and pid_alive(writer):
             continue  # another imclust is writing it right now
         cur = read_marker(out) or {}
         if info.get("complete") and cur.get("created", "") > info.get("created", "") and not os.path.lexists(prev):
