@@ -10,7 +10,7 @@ import numpy as np
 
 from . import components  # noqa: F401  (registers every component)
 from .data import ImageSet, Skipped, load_source, read_labels_file
-from .errors import NotInstalledError, UserError
+from .errors import UserError
 from .metrics import evaluate
 from .pipeline import Pipeline, n_distinct_rows
 from .progress import log
@@ -117,10 +117,12 @@ def fit_pipeline(pipe: Pipeline, ds: ImageSet, k, overrides=()) -> Pipeline:
         pipe.clusterer.set_params(n_clusters=k if k == "auto" else int(k))
     try:
         return pipe.fit(ds)
-    except (UserError, ValueError, TypeError, IndexError, ArithmeticError, RuntimeError, AssertionError) as e:
+    except UserError:
+        raise  # already says what is wrong
+    except (ValueError, TypeError, IndexError, ArithmeticError, RuntimeError, AssertionError) as e:
         stage = getattr(pipe, "stage_", None)
         mine = [o.strip() for o in overrides if stage and o.strip().startswith(stage + ".")]
-        if not mine or isinstance(e, NotInstalledError):
+        if not mine:
             raise
         raise UserError(f"{stage} failed with what you set (--set {', --set '.join(mine)}): "
                         f"{' '.join(str(e).split())[:300]}") from None

@@ -619,6 +619,12 @@ def load_source(spec, *, size=None, channels=None, labels=None, image_key=None, 
     spec = str(spec)
     hw = check_size(size)
     kind = detect_kind(spec)
+    is_npz = kind == "array" and Path(spec).suffix.lower() == ".npz"
+    for flag, value in (("--image-key", image_key), ("--label-key", label_key)):
+        if value is not None and not is_npz:
+            raise UserError(f"{flag} names an array inside an .npz file, but {spec} is not one; leave it out")
+    if layout not in ("auto", None) and kind not in ("array", "idx"):
+        raise UserError(f"--layout {layout} describes the axes of an image array, but {spec} is not an array; leave it out")
     if kind == "folder":
         idx_files = sorted(Path(spec).glob("*images*idx*"))
         if idx_files and not scan_folder(Path(spec), exclude).files:
