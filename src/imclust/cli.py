@@ -49,6 +49,17 @@ def _abs(path):
     return None if path is None else str(Path(path).expanduser().absolute())
 
 
+def _source_name(source: str) -> str:
+    """The default output folder's name for a source: its file or folder name without extensions."""
+    from pathlib import Path
+
+    from .data.sources import BUILTIN_PREFIX
+
+    if source.startswith(BUILTIN_PREFIX):
+        source = source[len(BUILTIN_PREFIX):]
+    return Path(source.rstrip("/")).name.split(".")[0] or "run"
+
+
 def _size(args):
     if not args.size:
         return None
@@ -112,7 +123,7 @@ def _run_cmd(p: argparse.ArgumentParser):
 
         from .api import run
 
-        out = args.out or str(Path("runs") / (Path(args.source.rstrip("/")).name.split(".")[0] or "run"))
+        out = args.out or str(Path("runs") / _source_name(args.source))
         enc = {"weights": _abs(args.weights), "pretrained": args.pretrained}
         if args.feature_cache is not None:
             enc.update({"cache": False} if args.feature_cache.lower() == "off" else {"cache_dir": args.feature_cache})
@@ -162,7 +173,7 @@ def _predict_cmd(p):
         model = Path(args.model)
         if not (model / "pipeline.json").exists() and (model / "model" / "pipeline.json").exists():
             model = model / "model"
-        out = args.out or str(Path("runs") / ("predict-" + (Path(args.source.rstrip("/")).name.split(".")[0] or "run")))
+        out = args.out or str(Path("runs") / ("predict-" + _source_name(args.source)))
         res = predict(model, args.source, out=out, size=_size(args), channels=args.channels, labels=args.labels,
                       image_key=args.image_key, label_key=args.label_key, layout=args.layout, weights=_abs(args.weights),
                       export=args.export)
@@ -246,7 +257,7 @@ def _embed_cmd(p):
             import torch
 
             torch.set_num_threads(args.threads)
-        out = args.out or str(Path("runs") / ("embed-" + (Path(args.source.rstrip("/")).name.split(".")[0] or "run")))
+        out = args.out or str(Path("runs") / ("embed-" + _source_name(args.source)))
         res = embed(args.source, labels=args.labels, head=args.head, dim=args.dim, net=args.net, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, test_size=args.test_size, seed=args.seed, out=out,
                     plot=not args.no_plot, gif=not args.no_gif, margin=args.margin, scale=args.scale,
