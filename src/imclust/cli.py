@@ -292,10 +292,20 @@ def _report_cmd(p):
     return handler
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a malformed command line is one line too (what, and where to read more), exit status 2."""
+
+    def error(self, message):
+        from .io import printable
+
+        sys.stderr.write(f"imclust: error: {printable(message)} (see '{self.prog} --help')\n")
+        sys.exit(2)
+
+
 def make_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="imclust", description="Unsupervised image clustering with deep learning.")
+    parser = _Parser(prog="imclust", description="Unsupervised image clustering with deep learning.")
     parser.add_argument("--version", action="version", version=f"imclust {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_, fn) in COMMANDS.items():
