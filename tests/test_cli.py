@@ -45,7 +45,7 @@ def test_folder_run_predict_and_skipped(tmp_path, image_folder, capsys):
     assert rows[1][0] == "class0/img0.png"
     sk = list(csv.reader(open(out / "skipped.csv")))
     assert sk[0] == ["id", "reason"] and sk[1][0] == "class1/broken.jpg"
-    assert "skipped 1 unreadable" in capsys.readouterr().out
+    assert "19 files seen: 18 clustered, 1 skipped (1 undecodable)" in capsys.readouterr().out
     m = json.loads((out / "metrics.json").read_text())
     assert m["acc"] == 1.0  # three solid colours
     # predict on the same images reproduces the labels

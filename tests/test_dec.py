@@ -78,8 +78,8 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, cls):
     full = _enc(cls, epochs=4, checkpoint_dir=str(tmp_path / "full"), checkpoint_every=1).fit(ds)
     ck = str(tmp_path / "ck")
     _enc(cls, epochs=2, checkpoint_dir=ck, checkpoint_every=1).fit(ds)  # a constant learning rate: stopping
-    assert (tmp_path / "ck" / "pretrain" / "last.json").exists()      # after epoch 2 is an interruption there
-    assert (tmp_path / "ck" / "epoch_0002.json").exists()
+    assert (tmp_path / "ck" / "pretrain" / "last.safetensors").exists()      # after epoch 2 is an interruption there
+    assert (tmp_path / "ck" / "epoch_0002.safetensors").exists()
     resumed = _enc(cls, epochs=4, checkpoint_dir=ck, resume=True).fit(ds)  # more epochs: the run goes on
     assert [h["loss"] for h in resumed.history_] == [h["loss"] for h in full.history_]
     assert [h.get("changed") for h in resumed.history_] == [h.get("changed") for h in full.history_]

@@ -196,7 +196,7 @@ def test_folder_is_lazy(tmp_path, image_folder, monkeypatch):
     real = S.decode
     monkeypatch.setattr(S, "decode", lambda *a, **k: calls.append(1) or real(*a, **k))
     ds = load_source(image_folder)
-    assert calls == []  # scanning reads headers only
+    assert calls == []  # the scan checks each file but keeps no pixels: images are decoded when loaded
     ds.load([0, 1])
     assert len(calls) == 2
 

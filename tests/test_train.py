@@ -84,7 +84,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
         tr.fit(step, mk)
     import json
 
-    assert json.loads((tmp_path / "last.json").read_text())["epoch"] == 2
+    from imclust.io import read_tensors
+
+    _, meta = read_tensors(tmp_path / "last.safetensors")  # weights and state in one file
+    assert json.loads(meta["imclust_checkpoint"])["epoch"] == 2
 
 
 def test_bf16_channels_last_runs():

@@ -12,9 +12,10 @@ from . import components  # noqa: F401  (registers every component)
 from .data import ImageSet, Skipped, load_source, read_labels_file
 from .errors import UserError
 from .metrics import evaluate
-from .pipeline import Pipeline
+from .pipeline import Pipeline, n_distinct_rows
 from .progress import log
-from .recipes import apply_override, default_recipe, load_recipe
+from .recipes import apply_override, check_recipe, check_seed, default_recipe, load_recipe
+from .rundir import check_out
 
 
 @dataclass
@@ -57,9 +58,25 @@ def resolve_k(k, ds: ImageSet) -> int | str:
             k = int(k)
         except ValueError:
             raise UserError(f"--k {k!r}: give a whole number or 'auto'") from None
+    if isinstance(k, bool) or not hasattr(k, "__index__"):
+        raise UserError(f"--k {k!r}: give a whole number or 'auto'")
     if k < 1 or k > len(ds):
         raise UserError(f"--k {k}: must be between 1 and the number of images ({len(ds)})")
     return int(k)
+
+
+def check_k(k) -> None:
+    """Refuse a malformed --k before any work (its upper bound, the number of images, is checked after loading)."""
+    if k is None or k == "auto":
+        return
+    try:
+        value = int(k) if isinstance(k, str) else k
+    except ValueError:
+        raise UserError(f"--k {k!r}: give a whole number or 'auto'") from None
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        raise UserError(f"--k {k!r}: give a whole number or 'auto'")
+    if value < 1:
+        raise UserError(f"--k {value}: must be between 1 and the number of images")
 
 
 def build_pipeline(recipe: str | None = None, overrides=(), seed: int | None = 0,
@@ -69,6 +86,7 @@ def build_pipeline(recipe: str | None = None, overrides=(), seed: int | None = 0
     cfg = load_recipe(recipe)
     for o in overrides:
         apply_override(cfg, o)
+    check_recipe(cfg)
     opts = {k: v for k, v in (encoder_options or {}).items() if v is not None}
     if opts:
         from .base import REGISTRY
@@ -83,16 +101,31 @@ def build_pipeline(recipe: str | None = None, overrides=(), seed: int | None = 0
                             "which takes no such option; use a recipe with a pretrained CNN (e.g. --recipe vgg-kmeans)")
         cfg["encoder"].update(opts)
     if seed is None:
-        seed = int(cfg.get("seed", 0))
+        seed = cfg.get("seed", 0)
+    seed = check_seed(seed)
     spec = {"encoder": cfg["encoder"], "reducers": cfg.get("reducers", []), "clusterer": cfg["clusterer"]}
     return Pipeline.from_spec(spec, name=cfg["name"], seed=seed), cfg
 
 
-def fit_pipeline(pipe: Pipeline, ds: ImageSet, k) -> Pipeline:
+def fit_pipeline(pipe: Pipeline, ds: ImageSet, k, overrides=()) -> Pipeline:
     """Fit with ``k`` clusters (given to the clusterer, or to the encoder when it owns the clusters); ``k='auto'``
-    lets that part choose k (its choice lands in ``n_clusters_``)."""
+    lets that part choose k (its choice lands in ``n_clusters_``).
+
+    A part that fails on an option the user set (``--set reducers.1.n_neighbors=1``: the library raises
+    ValueError) gives one line naming that ``--set``; the same error with the recipe's own options is a bug
+    and propagates."""
     pipe.set_k(k)
-    return pipe.fit(ds)
+    try:
+        return pipe.fit(ds)
+    except UserError:
+        raise  # already says what is wrong
+    except (ValueError, TypeError, IndexError, ArithmeticError, RuntimeError, AssertionError) as e:
+        stage = getattr(pipe, "stage_", None)
+        mine = [o.strip() for o in overrides if stage and o.strip().startswith(stage + ".")]
+        if not mine:
+            raise
+        raise UserError(f"{stage} failed with what you set (--set {', --set '.join(mine)}): "
+                        f"{' '.join(str(e).split())[:300]}") from None
 
 
 def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = None, labels=None, overrides=(),
@@ -107,8 +140,13 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
     t0 = time.perf_counter()
     if export is not None and out is None:
         raise UserError("--export needs an output folder (--out)")
+    if seed is not None:
+        seed = check_seed(seed)
+    check_k(k)
+    _check_export_mode(export)
+    out = None if out is None else check_out(out, sources=[source, labels])
     ds = load_source(source, size=size, channels=channels, labels=labels, image_key=image_key,
-                     label_key=label_key, layout=layout)
+                     label_key=label_key, layout=layout, exclude=_excluded(out))
     load_s = time.perf_counter() - t0
     log(f"loaded {ds}")
     _check_export(export, ds)
@@ -119,6 +157,8 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
                 f"{grey_default!r} reads them as grey)")
     pipe, cfg = build_pipeline(recipe, overrides, seed, encoder_options)
     seed = pipe.seed
+    if out is not None:
+        check_out(out, inner=_inner_paths(pipe), expected_bytes=_expected_bytes(ds, export))
     if size is not None and "preprocess" in pipe.encoder.get_params(deep=False):
         # a CNN encoder reads the original files: --size is its input size (unless the recipe sets one)
         sq = size if isinstance(size, int) else (size[0] if len(set(size)) == 1 else None)
@@ -134,7 +174,7 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
         k = _k_part(cfg)["n_clusters"]
         log(f"k={k}: set by recipe {cfg['name']!r} (pass --k to choose another)")
     k = resolve_k(k, ds)
-    fit_pipeline(pipe, ds, k)
+    fit_pipeline(pipe, ds, k, overrides)
     ids, labels_pred, emb, y = list(ds.ids), pipe.labels_, pipe.embedding_, ds.labels
     skipped = list(ds.skipped)
     if ds.failed:
@@ -147,6 +187,11 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
         y = None if y is None else y[keep]
         log(f"{len(ds.failed)} file(s) failed to decode and are left out of the results (see skipped.csv)")
     metrics = evaluate(labels_pred, y, emb, nmi_average=nmi_average, random_state=seed or 0)
+    features = getattr(pipe, "features_", None)
+    if features is not None and n_distinct_rows(features, 2) < 2 and metrics.get("silhouette") is not None:
+        # every image gave the same features: any spread in the embedding was made up by a reducer
+        metrics.update(silhouette=None, calinski_harabasz=None, davies_bouldin=None)
+        log("all images give the same features: cluster-quality scores are not defined")
     timings = {"load": load_s, **pipe.timings_}
     metrics["seconds"] = time.perf_counter() - t0
     result = RunResult(ids=ids, labels=labels_pred, embedding=emb, metrics=metrics, pipeline=pipe, skipped=skipped,
@@ -155,12 +200,9 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
                        dataset=ds)
     if out is not None:
         from .nn.distributed import barrier, is_main
-        from .outputs import write_run
 
         if is_main():  # under torchrun every rank holds the same result; rank 0 writes it
-            write_run(out, result)
-            if export is not None:
-                _export(out, result, export)
+            write_outputs(out, result, export, kind="run")
         barrier()
     return result
 
@@ -173,14 +215,60 @@ def _k_part(cfg: dict) -> dict:
     return cfg.get("encoder", {}) if clu.get("type") == ENCODER_CLUSTERS else clu
 
 
+def _excluded(out) -> list:
+    """What a source scan must not read: the output folder and the earlier run kept beside it."""
+    from .rundir import prev_of
+
+    return [] if out is None else [out, prev_of(out)]
+
+
+def _inner_paths(pipe: Pipeline) -> list[tuple[str, str]]:
+    """Folders a component writes while it runs; they must lie outside the output folder, which is replaced."""
+    params = pipe.encoder.get_params(deep=False)
+    return [(f"encoder.{name}", params[name]) for name in ("checkpoint_dir", "cache_dir") if params.get(name)]
+
+
+def _expected_bytes(ds: ImageSet, export: str | None) -> int:
+    """A generous estimate of what the outputs take on disk: figures and the page, per-image rows and
+    thumbnails, and the files themselves when --export copies them."""
+    import os
+
+    need = 64 * 2**20 + 2048 * len(ds)
+    if export == "copy" and ds.paths is not None:
+        need += sum(os.path.getsize(p) for p in ds.paths if os.path.exists(p))
+    return need
+
+
+def write_outputs(out, result: RunResult, export: str | None, kind: str, extra=None) -> None:
+    """Write a command's outputs into a fresh folder that replaces ``out`` only when everything is written
+    (:mod:`imclust.rundir`); ``extra(folder)`` adds files of its own (embed's figures). Copies and links of
+    --export are made inside it; --export move runs after the swap, so no user file ever sits in a folder
+    that a failure would delete."""
+    from .outputs import write_run
+    from .rundir import RunFolder
+
+    with RunFolder(out, kind, export=export) as folder:
+        write_run(folder, result, final=out)
+        if extra is not None:
+            extra(folder)
+        if export in ("copy", "symlink"):
+            _export(folder, result, export)
+    if export == "move":
+        _export(out, result, export)
+
+
+def _check_export_mode(mode) -> None:
+    from .export import EXPORT_MODES
+
+    if mode is not None and mode not in EXPORT_MODES:
+        raise UserError(f"--export {mode!r}: choose one of {', '.join(EXPORT_MODES)}")
+
+
 def _check_export(mode, ds: ImageSet) -> None:
     """Refuse an impossible --export before any work is done."""
     if mode is None:
         return
-    from .export import EXPORT_MODES
-
-    if mode not in EXPORT_MODES:
-        raise UserError(f"--export {mode!r}: choose one of {', '.join(EXPORT_MODES)}")
+    _check_export_mode(mode)
     if ds.paths is None:
         raise UserError(f"--export puts image files into clusters/<label>/, but {ds.source or 'this source'} is an "
                         "array with no files; export works for folder sources")
@@ -207,13 +295,17 @@ def predict(model_dir, source, out=None, size=None, channels=None, image_key=Non
     t0 = time.perf_counter()
     if export is not None and out is None:
         raise UserError("--export needs an output folder (--out)")
+    _check_export_mode(export)
+    out = None if out is None else check_out(out, sources=[source, labels, model_dir])
     pipe = Pipeline.load(model_dir)
     if weights is not None:
         if "weights" not in pipe.encoder.get_params(deep=False):
             raise UserError(f"--weights: this model's encoder ({pipe.encoder.component_name}) takes no weights file")
         pipe.encoder.set_params(weights=str(weights), pretrained=False)
     ds = load_source(source, size=size, channels=channels, labels=labels, image_key=image_key,
-                     label_key=label_key, layout=layout)
+                     label_key=label_key, layout=layout, exclude=_excluded(out))
+    if out is not None:
+        check_out(out, expected_bytes=_expected_bytes(ds, export))
     _check_export(export, ds)
     lab, emb = pipe.assign(ds)
     ids, y, skipped = list(ds.ids), ds.labels, list(ds.skipped)
@@ -235,35 +327,50 @@ def predict(model_dir, source, out=None, size=None, channels=None, image_key=Non
                        k=_k_of(pipe, lab), timings={"predict": metrics["seconds"]},
                        source=str(source), source_kind=ds.kind, dataset=ds)
     if out is not None:
-        from .outputs import write_run
-
-        write_run(out, result)
-        if export is not None:
-            _export(out, result, export)
+        write_outputs(out, result, export, kind="predict")
     return result
 
 
 def report(run_dir, out=None) -> Path:
-    """Rebuild ``report.html`` from a run folder's saved outputs (nothing is refitted or re-encoded)."""
+    """Rebuild ``report.html`` from a run folder's saved outputs (nothing is refitted or re-encoded); a folder
+    that was damaged or mixes two runs' files is refused."""
     from .report.html import build_report
 
-    return build_report(run_dir, out)
+    return build_report(run_dir, out, check=True)
 
 
 def read_predictions(path) -> tuple[list[str], np.ndarray]:
+    """The ``id,label`` rows of a predictions CSV written by ``imclust run`` or ``predict``."""
     import csv
+    import io
+
+    from .data.labels import read_text
 
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such predictions file")
-    with open(path, newline="", encoding="utf-8") as fh:
-        rows = list(csv.reader(fh))
-    if not rows or [c.strip().lower() for c in rows[0][:2]] != ["id", "label"]:
-        raise UserError(f"{path}: expected a CSV with header 'id,label' (as written by imclust run)")
+    text = read_text(path, "predictions file")
     try:
-        return [r[0] for r in rows[1:]], np.array([int(r[1]) for r in rows[1:]], dtype=np.int64)
-    except (IndexError, ValueError):
-        raise UserError(f"{path}: every row needs an id and a whole-number label") from None
+        rows = [r for r in csv.reader(io.StringIO(text)) if r]
+    except csv.Error as e:
+        raise UserError(f"{path}: not a readable CSV ({e})") from None
+    if not rows or [c.strip().lower() for c in rows[0][:2]] != ["id", "label"]:
+        raise UserError(f"{path}: expected a CSV with header 'id,label' (as written by imclust run); if this is the "
+                        "labels file, give the predictions first: imclust evaluate PREDICTIONS LABELS")
+    ids, labels, first = [], [], {}
+    for n, r in enumerate(rows[1:], start=2):
+        if len(r) != 2 or not r[0].strip():
+            raise UserError(f"{path}, line {n}: expected 'id,label'")
+        try:
+            labels.append(int(r[1]))
+        except ValueError:
+            raise UserError(f"{path}, line {n}: the label {r[1]!r} is not a whole number; if this is the labels "
+                            "file, give the predictions first: imclust evaluate PREDICTIONS LABELS") from None
+        if r[0] in first:
+            raise UserError(f"{path}: {r[0]!r} appears twice (lines {first[r[0]]} and {n})")
+        first[r[0]] = n
+        ids.append(r[0])
+    if not ids:
+        raise UserError(f"{path}: no predictions (only a header)")
+    return ids, np.array(labels, dtype=np.int64)
 
 
 def evaluate_files(predictions, labels, nmi_average: str = "arithmetic") -> dict:

@@ -1,7 +1,9 @@
 """The ``imclust`` command: a thin layer over :mod:`imclust.api`.
 
-A user mistake (:class:`~imclust.errors.UserError`) prints one line, ``imclust: error: ...``, and exits 2.
-Set ``IMCLUST_DEBUG=1`` to see the traceback of an error instead.
+A user mistake (:class:`~imclust.errors.UserError`) prints one line, ``imclust: error: ...``, and exits 2; so
+does a problem of the machine (a full disk, a permission: ``OSError``) and running out of memory. Anything
+else is a bug in imclust: one line ``imclust: internal error: ...`` and exit status 1. Set ``IMCLUST_DEBUG=1``
+to see the traceback instead. Ctrl-C exits 130 and SIGTERM 143; neither leaves a half-written output folder.
 """
 
 from __future__ import annotations
@@ -47,6 +49,17 @@ def _abs(path):
     return None if path is None else str(Path(path).expanduser().absolute())
 
 
+def _source_name(source: str) -> str:
+    """The default output folder's name for a source: its file or folder name without extensions."""
+    from pathlib import Path
+
+    from .data.sources import BUILTIN_PREFIX
+
+    if source.startswith(BUILTIN_PREFIX):
+        source = source[len(BUILTIN_PREFIX):]
+    return Path(source.rstrip("/")).name.split(".")[0] or "run"
+
+
 def _size(args):
     if not args.size:
         return None
@@ -55,8 +68,36 @@ def _size(args):
     return tuple(args.size) if len(args.size) == 2 else args.size[0]
 
 
+def _print_source(spec: str, res) -> None:
+    """Say which source was used when a path shares its name with a builtin dataset."""
+    from pathlib import Path
+
+    from .data.sources import builtin_names
+
+    if spec in builtin_names() and res.source_kind != "builtin":
+        print(f"source: the {res.source_kind} {Path(spec).absolute()}, not the builtin dataset {spec!r} "
+              f"(builtin:{spec} names the builtin)")
+
+
+def _print_accounting(res, out) -> None:
+    """Files seen = images clustered + rows of skipped.csv, with the reasons (for a folder source)."""
+    from pathlib import Path
+
+    from .data.sources import summarize_skipped
+
+    seen = getattr(res.dataset, "n_seen", None)
+    if seen is not None:
+        print(f"{seen} files seen: {len(res.ids)} clustered, {len(res.skipped)} skipped"
+              + (f" ({summarize_skipped(res.skipped)}): listed in {Path(out) / 'skipped.csv'}" if res.skipped else ""))
+    elif res.skipped:
+        print(f"skipped {len(res.skipped)} unreadable item(s) ({summarize_skipped(res.skipped)}): "
+              f"listed in {Path(out) / 'skipped.csv'}")
+
+
 def _print_metrics(metrics: dict) -> None:
     keys = [k for k in ("acc", "nmi", "ari", "purity", "silhouette", "calinski_harabasz", "davies_bouldin") if metrics.get(k) is not None]
+    if not keys:
+        return
     print("  ".join(f"{k.upper() if k in ('acc', 'nmi', 'ari') else k}={metrics[k]:.4f}" for k in keys))
 
 
@@ -82,7 +123,7 @@ def _run_cmd(p: argparse.ArgumentParser):
 
         from .api import run
 
-        out = args.out or str(Path("runs") / (Path(args.source.rstrip("/")).name.split(".")[0] or "run"))
+        out = args.out or str(Path("runs") / _source_name(args.source))
         enc = {"weights": _abs(args.weights), "pretrained": args.pretrained}
         if args.feature_cache is not None:
             enc.update({"cache": False} if args.feature_cache.lower() == "off" else {"cache_dir": args.feature_cache})
@@ -94,9 +135,9 @@ def _run_cmd(p: argparse.ArgumentParser):
 
         if not is_main():  # under torchrun, rank 0 reports
             return
+        _print_source(args.source, res)
         print(f"{res.recipe_name}: {len(res.ids)} images, k={res.k}, {res.metrics['seconds']:.1f}s")
-        if res.skipped:
-            print(f"skipped {len(res.skipped)} unreadable file(s): listed in {Path(out) / 'skipped.csv'}")
+        _print_accounting(res, out)
         _print_metrics(res.metrics)
         print(f"outputs in {out}")
 
@@ -132,11 +173,12 @@ def _predict_cmd(p):
         model = Path(args.model)
         if not (model / "pipeline.json").exists() and (model / "model" / "pipeline.json").exists():
             model = model / "model"
-        out = args.out or str(Path("runs") / ("predict-" + (Path(args.source.rstrip("/")).name.split(".")[0] or "run")))
+        out = args.out or str(Path("runs") / ("predict-" + _source_name(args.source)))
         res = predict(model, args.source, out=out, size=_size(args), channels=args.channels, labels=args.labels,
                       image_key=args.image_key, label_key=args.label_key, layout=args.layout, weights=_abs(args.weights),
                       export=args.export)
         print(f"predicted {len(res.ids)} images into {res.k} clusters")
+        _print_accounting(res, out)
         _print_metrics(res.metrics)
         print(f"outputs in {out}")
 
@@ -215,7 +257,7 @@ def _embed_cmd(p):
             import torch
 
             torch.set_num_threads(args.threads)
-        out = args.out or str(Path("runs") / ("embed-" + (Path(args.source.rstrip("/")).name.split(".")[0] or "run")))
+        out = args.out or str(Path("runs") / ("embed-" + _source_name(args.source)))
         res = embed(args.source, labels=args.labels, head=args.head, dim=args.dim, net=args.net, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, test_size=args.test_size, seed=args.seed, out=out,
                     plot=not args.no_plot, gif=not args.no_gif, margin=args.margin, scale=args.scale,
@@ -250,10 +292,20 @@ def _report_cmd(p):
     return handler
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a malformed command line is one line too (what, and where to read more), exit status 2."""
+
+    def error(self, message):
+        from .io import printable
+
+        sys.stderr.write(f"imclust: error: {printable(message)} (see '{self.prog} --help')\n")
+        sys.exit(2)
+
+
 def make_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="imclust", description="Unsupervised image clustering with deep learning.")
+    parser = _Parser(prog="imclust", description="Unsupervised image clustering with deep learning.")
     parser.add_argument("--version", action="version", version=f"imclust {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_, fn) in COMMANDS.items():
@@ -262,22 +314,84 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, turned into an exception so that unfinished output folders are removed on the way out."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _one_line(e: BaseException) -> str:
+    from .io import printable
+
+    return printable(" ".join(str(e).split()))
+
+
+def _os_error_line(e: OSError) -> str:
+    import errno
+
+    where = f" {e.filename}" if getattr(e, "filename", None) else ""
+    hint = {errno.ENOSPC: "free some space, or write to another disk with --out",
+            errno.EDQUOT: "free some space, or write to another disk with --out",
+            errno.EACCES: "check the permissions, or choose another --out",
+            errno.EPERM: "check the permissions, or choose another --out",
+            errno.EROFS: "that file system is read-only; choose another --out",
+            errno.EMFILE: "too many open files; raise the limit (ulimit -n)"}.get(e.errno, "")
+    return _one_line(f"{e.strerror or e}:{where}" + (f"; {hint}" if hint else ""))
+
+
 def main(argv=None) -> int:
+    import signal
+
+    for stream in (sys.stdout, sys.stderr):  # a non-UTF-8 file name must never stop the printing of results
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (AttributeError, ValueError):
+            pass
     parser = make_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
+    debug = bool(os.environ.get("IMCLUST_DEBUG"))
+    previous = None
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread
+        pass
     try:
         args.handler(args)
     except UserError as e:
-        if os.environ.get("IMCLUST_DEBUG"):
+        if debug:
             raise
-        print(f"imclust: error: {e}", file=sys.stderr)
+        print(f"imclust: error: {_one_line(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("imclust: interrupted", file=sys.stderr)
+        print("imclust: interrupted (no output folder was changed)", file=sys.stderr)
         return 130
+    except Terminated:
+        print("imclust: terminated (no output folder was changed)", file=sys.stderr)
+        return 143
+    except MemoryError:
+        if debug:
+            raise
+        print("imclust: error: out of memory; use fewer or smaller images (--size), or a lighter recipe", file=sys.stderr)
+        return 2
+    except OSError as e:  # the machine, not the input: a full disk, a permission, a vanished file
+        if debug:
+            raise
+        print(f"imclust: error: {_os_error_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug: still one line (IMCLUST_DEBUG=1 shows where), and a distinct exit status
+        if debug:
+            raise
+        print(f"imclust: internal error: {type(e).__name__}: {_one_line(e)[:500]} (this is a bug in imclust; "
+              "IMCLUST_DEBUG=1 shows the traceback)", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

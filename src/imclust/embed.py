@@ -117,6 +117,43 @@ def write_gif(frames: list[np.ndarray], path, ms_per_frame: int = 400) -> Path:
     return write_bytes(path, buf.getvalue())
 
 
+def check_options(**opts) -> None:
+    """Refuse impossible training options before any work (one line each, naming the flag)."""
+    import math
+
+    from .recipes import check_seed
+
+    def number(name, v, lo=None, lo_open=False, whole=False, allow_none=False):
+        flag = "--" + name.replace("_", "-")
+        if v is None and allow_none:
+            return
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise UserError(f"{flag} {v!r}: give a number")
+        if not math.isfinite(float(v)):
+            raise UserError(f"{flag} {v}: give a finite number")
+        if whole and float(v) != int(v):
+            raise UserError(f"{flag} {v}: give a whole number")
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            raise UserError(f"{flag} {v}: must be {'above' if lo_open else 'at least'} {lo}")
+
+    number("dim", opts["dim"], 1, whole=True)
+    if opts["dim"] > 4096:
+        raise UserError(f"--dim {opts['dim']}: at most 4096 dimensions")
+    number("epochs", opts["epochs"], 1, whole=True)
+    number("batch_size", opts["batch_size"], 2, whole=True)  # BatchNorm trains on two images at least
+    number("lr", opts["lr"], 0, lo_open=True)
+    number("test_size", opts["test_size"], 0)
+    if not float(opts["test_size"]) < 1:
+        raise UserError(f"--test-size {opts['test_size']}: give a fraction in [0, 1), e.g. 0.2")
+    number("margin", opts["margin"], 0, allow_none=True)
+    number("scale", opts["scale"], 0, lo_open=True, allow_none=True)
+    number("margin_warmup", opts["margin_warmup"], 0, whole=True)
+    number("center_lr", opts["center_lr"], 0)
+    number("center_weight", opts["center_weight"], 0, allow_none=True)
+    number("augment_shift", opts["augment_shift"], 0, whole=True)
+    check_seed(opts["seed"])
+
+
 def embed(source, labels=None, head: str = "softmax", dim: int = 2, net: str = "auto", epochs: int = 20,
           batch_size: int = 128, lr: float = 1e-3, lr_schedule: str = "cosine", test_size: float = 0.2, seed: int = 0, out=None,
           plot: bool = True, gif: bool = True, margin=None, scale=None, easy_margin: bool = False, weight_init: str = "auto",
@@ -131,16 +168,18 @@ def embed(source, labels=None, head: str = "softmax", dim: int = 2, net: str = "
     from .pipeline import Pipeline
 
     t0 = time.perf_counter()
+    check_options(dim=dim, epochs=epochs, batch_size=batch_size, lr=lr, test_size=test_size, seed=seed,
+                  margin=margin, scale=scale, margin_warmup=margin_warmup, center_lr=center_lr,
+                  center_weight=center_weight, augment_shift=augment_shift)
     dim = int(dim)
-    if dim < 1:
-        raise UserError(f"--dim {dim}: the embedding needs at least 1 dimension")
     if plot and dim < 2:
         raise UserError(f"--dim {dim} cannot be plotted: a scatter plot needs at least 2 dimensions; "
                         "use --dim 2 (or 3), or pass --no-plot")
-    if not 0 <= float(test_size) < 1:
-        raise UserError(f"--test-size {test_size}: give a fraction in [0, 1), e.g. 0.2")
+    from .rundir import check_out
+
+    out = None if out is None else check_out(out, sources=[source, labels])
     ds = load_source(source, size=size, channels=channels, labels=labels, image_key=image_key,
-                     label_key=label_key, layout=layout)
+                     label_key=label_key, layout=layout, exclude=[] if out is None else [out])
     if ds.labels is None:
         raise UserError(f"{source}: no labels to train on; 'imclust embed' is supervised: pass --labels FILE, or use a "
                         "source that carries labels (an .npz with y, IDX images with their labels file beside them, "
@@ -209,8 +248,8 @@ def embed(source, labels=None, head: str = "softmax", dim: int = 2, net: str = "
     frames = []
     out_p = Path(out) if out is not None else None
     if out_p is not None:
+        from .api import write_outputs
         from .io import write_csv
-        from .outputs import write_run
         from .report.figures import save_png, scatter_3d
 
         cfg = {"name": f"embed-{head}", "encoder": enc.to_spec(), "reducers": [], "clusterer": clusterer.to_spec(),
@@ -219,25 +258,28 @@ def embed(source, labels=None, head: str = "softmax", dim: int = 2, net: str = "
                            skipped=list(ds.skipped), true_labels=y_all, class_names=ds.class_names,
                            recipe_name=cfg["name"], config=cfg, seed=seed, k=k, timings={"train": train_s},
                            source=str(source), source_kind=ds.kind, dataset=ds)
-        write_run(out_p, result)
-        is_te = np.zeros(len(ds), bool)
-        is_te[te] = True
-        write_csv(out_p / "split.csv", ["id", "split"],
-                  ((ds.ids[i], "heldout" if is_te[i] else "train") for i in range(len(ds))))
-        if plot:
-            part = "held-out" if len(te) else "training"
-            for e, Z in enumerate(progress(snapshots, desc="frames", unit="frame")):
-                f = render_frame(_plot_view(Z, dim), y_view, f"{head}, {part} images, epoch {e + 1}", ds.class_names)
-                save_png(f, out_p / "epochs" / f"epoch_{e + 1:03d}.png")
-                frames.append(f)
-            if gif and frames:
-                write_gif(frames, out_p / "embedding.gif")
-            if dim == 3:
-                scatter_3d(Z_all[view_idx[plot_idx]], y_view, out_p / "scatter_3d.png", f"{head} embedding (3-D)")
-            # the page was built with the run's other outputs; build it again so it shows these figures too
-            from .outputs import rebuild_report
 
-            rebuild_report(out_p)
+        def add_figures(folder: Path) -> None:
+            is_te = np.zeros(len(ds), bool)
+            is_te[te] = True
+            write_csv(folder / "split.csv", ["id", "split"],
+                      ((ds.ids[i], "heldout" if is_te[i] else "train") for i in range(len(ds))))
+            if plot:
+                part = "held-out" if len(te) else "training"
+                for e, Z in enumerate(progress(snapshots, desc="frames", unit="frame")):
+                    f = render_frame(_plot_view(Z, dim), y_view, f"{head}, {part} images, epoch {e + 1}", ds.class_names)
+                    save_png(f, folder / "epochs" / f"epoch_{e + 1:03d}.png")
+                    frames.append(f)
+                if gif and frames:
+                    write_gif(frames, folder / "embedding.gif")
+                if dim == 3:
+                    scatter_3d(Z_all[view_idx[plot_idx]], y_view, folder / "scatter_3d.png", f"{head} embedding (3-D)")
+                # the page was built with the run's other outputs; build it again so it shows these figures too
+                from .outputs import rebuild_report
+
+                rebuild_report(folder, final=out_p)
+
+        write_outputs(out_p, result, None, kind="embed", extra=add_figures)
     log(f"embed[{head}]: held-out k-means ACC={metrics.get('acc', float('nan')):.4f} in {metrics['seconds']:.1f}s")
     return EmbedResult(metrics=metrics, pipeline=pipe, embedding=Z_all, labels=lab_all, train_index=tr,
                        heldout_index=te, history=enc.history_, frames=frames, out=out_p)

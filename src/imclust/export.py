@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from .errors import UserError
-from .io import write_csv
+from .io import printable, write_csv
 from .outputs import register_output
 from .progress import log, progress
 
@@ -69,7 +69,11 @@ def export_clusters(out, ids, labels, paths, mode: str = "copy") -> dict:
     done, already, dests = 0, 0, []
     for file_id, lab, src in progress(list(zip(ids, labels, paths)), desc=f"export ({mode})", unit="file"):
         src = Path(src)
-        name = _safe_name(str(file_id))
+        tail = str(file_id).rsplit("/", 1)[-1]
+        if src.name not in ("", ".", "..") and printable(src.name) == tail:
+            name = src.name  # the file's own name: an id writes undecodable bytes as \xNN, the copy keeps them
+        else:
+            name = _safe_name(str(file_id))
         d = root / str(int(lab))
         if d.is_symlink() or (d.exists() and not d.is_dir()):
             raise UserError(f"{d} exists and is not a plain folder; remove it or export into another --out")

@@ -22,10 +22,14 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
+TMP_SUFFIX = ".imclust.tmp"
+
+
 def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    # the writer's pid is in the name, so a later process can tell the leftovers of a killed one
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=TMP_SUFFIX, dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions of a new file
         with os.fdopen(fd, "wb") as fh:
@@ -42,12 +46,73 @@ def _atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return path
 
 
+def sha256_file(path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def pid_alive(pid) -> bool:
+    """Is process ``pid`` running (on this machine)?"""
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it exists, run by someone else
+    except (OSError, ValueError, TypeError, OverflowError):
+        return False
+    return True
+
+
+def remove_stale_temps(folder) -> int:
+    """Delete the half-written temporary files a killed process left in ``folder``; returns how many."""
+    removed = 0
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return 0
+    for name in names:
+        if not (name.startswith(".") and name.endswith(TMP_SUFFIX)):
+            continue
+        pid = name[: -len(TMP_SUFFIX)].rsplit(".", 1)[-1].split("-")[0]
+        if pid.isdigit() and (int(pid) == os.getpid() or pid_alive(pid)):
+            continue  # its writer is still running
+        try:
+            os.unlink(os.path.join(folder, name))
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
 def write_bytes(path, data: bytes) -> Path:
     return _atomic_write_bytes(path, data)
 
 
+def printable(text: str) -> str:
+    """``text`` with the undecodable bytes of a file name (Python's surrogate escapes) written as ``\\xNN``.
+
+    Linux file names are bytes; Python decodes those that are not UTF-8 into lone surrogates, which no UTF-8
+    file can hold. Ids, paths and messages pass through here, so every output stays valid UTF-8.
+    """
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # surrogates that did not come from bytes
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def write_text(path, text: str) -> Path:
-    return _atomic_write_bytes(path, text.encode("utf-8"))
+    return _atomic_write_bytes(path, printable(text).encode("utf-8"))
 
 
 def write_json(path, obj: Any) -> Path:
@@ -87,7 +152,25 @@ def save_tensors(path, tensors: dict[str, np.ndarray], metadata: dict[str, str] 
     return _atomic_write_bytes(path, save(clean, metadata=metadata))
 
 
-def load_tensors(path) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
+def load_tensors(path, what: str = "file") -> dict[str, np.ndarray]:
+    """Read a safetensors file; a damaged one raises a one-line UserError naming it."""
+    return read_tensors(path, what)[0]
 
-    return dict(load_file(str(path)))
+
+def read_tensors(path, what: str = "file") -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """The arrays and the metadata of a safetensors file (a damaged one raises a UserError naming ``what``)."""
+    from safetensors import safe_open
+
+    from .errors import UserError
+
+    try:
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = dict(fh.metadata() or {})
+            return {k: fh.get_tensor(k) for k in fh.keys()}, meta
+    except FileNotFoundError:
+        raise UserError(f"{path}: the {what} is missing") from None
+    except PermissionError:
+        raise UserError(f"{path}: the {what} cannot be read (permission denied)") from None
+    except Exception as e:  # safetensors raises its own error types (and OSError, ValueError) on damaged files
+        raise UserError(f"{path}: the {what} is damaged ({type(e).__name__}: {str(e)[:160]}); "
+                        "restore it or write it again") from None

@@ -1,8 +1,10 @@
-"""Writing a run's outputs, all atomically.
+"""Writing a run's outputs.
 
 ``predictions.csv`` (id,label), ``embedding.npy``, ``metrics.json``, ``model/``, ``skipped.csv`` and
 ``run.json`` (the configuration, timings and versions that the report reads). Recipes may name extra
 writers (``outputs = [...]`` in their TOML); they are registered here with :func:`register_output`.
+Every file is written atomically (:mod:`imclust.io`), into a fresh folder that replaces ``--out`` as a whole
+only when all of them are written (:mod:`imclust.rundir`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from .io import write_csv, write_json, write_npy
+from .io import printable, write_csv, write_json, write_npy
 
 OUTPUT_WRITERS: dict[str, Callable] = {}
 
@@ -47,27 +49,11 @@ def write_skipped(path, skipped) -> Path:
     return write_csv(path, ["id", "reason"], ((s.id, s.reason) for s in skipped))
 
 
-# Outputs that only some runs write. A run into a folder that holds an earlier run's outputs removes these
-# first, so the report never shows another run's figures as this one's. Exported clusters/ are never touched.
-CONDITIONAL_OUTPUTS = ("true_labels.npy", "scatter_labels.png", "scatter_3d.png", "reconstructions.png",
-                       "loss_curve.png", "history.json", "prediction.csv", "prediction_invert.csv",
-                       "submission.csv", "deepcluster.json", "embedding.gif", "split.csv", "map2d.npy")
-CONDITIONAL_GLOBS = ("montages/montage_*.png", "epochs/epoch_*.png")
-
-
-def clear_stale(out: Path) -> None:
-    for name in CONDITIONAL_OUTPUTS:
-        (out / name).unlink(missing_ok=True)
-    for pattern in CONDITIONAL_GLOBS:
-        for p in out.glob(pattern):
-            p.unlink(missing_ok=True)
-
-
-def write_run(out, result) -> None:
-    """Write everything a run produced into ``out``."""
+def write_run(out, result, final=None) -> None:
+    """Write everything a run produced into ``out`` (a fresh folder; ``final`` is where it will end up, for
+    messages)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    clear_stale(out)
     write_predictions(out / "predictions.csv", result.ids, result.labels)
     write_npy(out / "embedding.npy", result.embedding)
     write_json(out / "metrics.json", result.metrics)
@@ -75,17 +61,20 @@ def write_run(out, result) -> None:
     if result.true_labels is not None:
         write_npy(out / "true_labels.npy", np.asarray(result.true_labels, dtype=np.int64))
     result.pipeline.save(out / "model")
+    ds = result.dataset
     write_json(out / "run.json", {
-        "source": result.source,
+        "source": printable(result.source),
         "source_kind": result.source_kind,
         "n": len(result.ids),
+        # a folder's file accounting: files seen = images clustered + rows of skipped.csv
+        "n_seen": getattr(ds, "n_seen", None) if ds is not None else None,
         "recipe": result.recipe_name,
         "config": result.config,
         "seed": result.seed,
         "k": result.k,
         "timings": result.timings,
         "versions": versions(),
-        "command": " ".join(sys.argv),
+        "command": printable(" ".join(sys.argv)),
         "class_names": result.class_names,
         "n_skipped": len(result.skipped),
         # problems a component found while fitting (e.g. a DeepCluster collapse), kept for the report
@@ -96,7 +85,7 @@ def write_run(out, result) -> None:
     write_run_figures(result, out)
     for name in result.config.get("outputs", []):
         OUTPUT_WRITERS[name](result, out)
-    write_report(result, out)
+    write_report(result, out, final)
 
 
 def _dataset_indices(result):
@@ -108,7 +97,7 @@ def _dataset_indices(result):
     return [where[i] for i in result.ids]
 
 
-def write_report(result, out) -> Path | None:
+def write_report(result, out, final=None) -> Path | None:
     """Thumbnails (``thumbs.*``) for the report's hover, then ``report.html``.
 
     Every other output is already written when this runs, so a failure here does not lose the run: it is
@@ -123,30 +112,29 @@ def write_report(result, out) -> Path | None:
     def build():
         if result.dataset is not None and len(result.ids):
             write_thumbnails(result.dataset, out, _dataset_indices(result), seed=result.seed or 0)
-        else:  # no images to draw: never let an earlier run's thumbnails stand in for this one's
-            for name in ("thumbs.json", "thumbs.png", "thumbs.jpg"):
-                (out / name).unlink(missing_ok=True)
         return build_report(out)
 
-    return _page_or_warning(build, out)
+    return _page_or_warning(build, Path(final or out))
 
 
-def rebuild_report(out) -> Path | None:
+def rebuild_report(out, final=None) -> Path | None:
     """``report.html`` again from the saved outputs (thumbnails kept), after a caller added figures to ``out``."""
     from .report.html import build_report
 
-    return _page_or_warning(lambda: build_report(Path(out)), Path(out))
+    return _page_or_warning(lambda: build_report(Path(out)), Path(final or out))
 
 
-def _page_or_warning(build, out: Path) -> Path | None:
+def _page_or_warning(build, final: Path) -> Path | None:
     import os
 
     try:
         return build()
+    except OSError:  # a full disk or a permission: the folder would be incomplete, so the run fails whole
+        raise
     except Exception as err:  # the run's results are complete; the page is an extra that must not hide them
         if os.environ.get("IMCLUST_DEBUG"):
             raise
-        print(f"imclust: warning: could not build {out / 'report.html'}: {type(err).__name__}: {err}. "
-              f"The other outputs are complete; rebuild the page with 'imclust report {out}' "
+        print(f"imclust: warning: could not build {final / 'report.html'}: {type(err).__name__}: {err}. "
+              f"The other outputs are complete; rebuild the page with 'imclust report {final}' "
               "(IMCLUST_DEBUG=1 shows the traceback).", file=sys.stderr, flush=True)
         return None

@@ -22,7 +22,7 @@ from . import __version__
 from .base import REGISTRY, Clusterer, build
 from .data import ImageSet
 from .errors import UserError
-from .io import load_tensors, save_tensors, write_json
+from .io import load_tensors, save_tensors, sha256_file, write_json
 from .progress import log
 
 FORMAT = "imclust-pipeline/1"
@@ -142,14 +142,16 @@ class Pipeline:
         self.timings_ = {}
         t = time.perf_counter()
         log(f"[{self.name}] encode with {self.encoder.component_name}")
+        self.stage_ = "encoder"  # the part at work, so an error can be traced to the options that caused it
         X = self.encoder.fit_transform(ds)
         self.timings_["encode"] = time.perf_counter() - t
-        self.features_ = np.asarray(X, dtype=np.float32)
+        self.features_ = check_finite(X, f"encode ({self.encoder.component_name})")
         X = self.features_
         for i, r in enumerate(self.reducers):
             t = time.perf_counter()
             log(f"[{self.name}] reduce with {r.component_name}")
-            X = np.asarray(r.fit_transform(X), dtype=np.float32)
+            self.stage_ = f"reducers.{i}"
+            X = check_finite(r.fit_transform(X), f"reduce.{i} ({r.component_name})")
             self.timings_[f"reduce.{i}.{r.component_name}"] = time.perf_counter() - t
         self.embedding_ = X
         if self.encoder_owns_clusters:
@@ -157,20 +159,27 @@ class Pipeline:
             log(f"[{self.name}] clusters learned by the encoder ({self.n_clusters_} of them)")
             return self
         t = time.perf_counter()
+        self.stage_ = "clusterer"
+        if self.clusterer.get_params(deep=False).get("n_clusters") == "auto":
+            distinct = n_distinct_rows(self.features_, limit=3)
+            if distinct < 3:  # a reducer may spread identical points apart; scoring that layout would be a fiction
+                self.clusterer.set_params(n_clusters=distinct)
+                log(f"[{self.name}] the images give only {distinct} distinct feature vector(s): k={distinct}")
         log(f"[{self.name}] cluster with {self.clusterer.component_name}")
         self.labels_ = np.asarray(self.clusterer.fit_predict(X), dtype=np.int64)
         self.timings_["cluster"] = time.perf_counter() - t
+        self.stage_ = None
         return self
 
     def transform(self, ds: ImageSet) -> np.ndarray:
         """The embedding of new images (encoder, then each reducer's ``transform``)."""
-        X = np.asarray(self.encoder.transform(ds), dtype=np.float32)
-        for r in self.reducers:
+        X = check_finite(self.encoder.transform(ds), f"encode ({self.encoder.component_name})")
+        for i, r in enumerate(self.reducers):
             if not hasattr(r, "transform"):
                 raise UserError(
                     f"reducer {r.component_name} cannot place new points; use a recipe whose reducers support transform"
                 )
-            X = np.asarray(r.transform(X), dtype=np.float32)
+            X = check_finite(r.transform(X), f"reduce.{i} ({r.component_name})")
         return X
 
     def predict(self, ds: ImageSet) -> np.ndarray:
@@ -199,25 +208,53 @@ class Pipeline:
             for a, v in arrays.items():
                 tensors[f"{key}.{a}"] = np.asarray(v)
             meta["parts"][key] = {"spec": part.to_spec(), "state": extra, "arrays": sorted(arrays)}
-        save_tensors(directory / "state.safetensors", tensors)
+        state = save_tensors(directory / "state.safetensors", tensors)
+        meta["state_sha256"] = sha256_file(state)  # a pipeline.json that meets another state file is refused
+        meta["checksum"] = _meta_checksum(meta)  # and one that was damaged or edited
         write_json(directory / "pipeline.json", meta)
         return directory
 
     @classmethod
     def load(cls, directory) -> "Pipeline":
+        """Rebuild a saved model; a missing, damaged or mismatched file is one UserError naming it."""
         from . import components  # noqa: F401  (registers every component a model may name)
 
         directory = Path(directory)
         cfg_path = directory / "pipeline.json"
-        if not cfg_path.exists():
+        if not directory.is_dir():
+            raise UserError(f"{directory}: no such model folder; pass a run folder or its model/ folder")
+        if not cfg_path.is_file():
             raise UserError(f"{directory}: not a saved imclust model (no pipeline.json); pass the run's model/ folder")
+        from .data.labels import read_text
+
         try:
-            meta = json.loads(cfg_path.read_text())
+            meta = json.loads(read_text(cfg_path, "model file"))
         except json.JSONDecodeError as e:
-            raise UserError(f"{cfg_path}: not valid JSON ({e})") from None
-        if meta.get("format") != FORMAT:
-            raise UserError(f"{cfg_path}: unknown model format {meta.get('format')!r}; expected {FORMAT}")
-        tensors = load_tensors(directory / "state.safetensors") if (directory / "state.safetensors").exists() else {}
+            raise UserError(f"{cfg_path}: not valid JSON ({e.msg} at line {e.lineno}); the model folder is damaged") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            fmt = meta.get("format") if isinstance(meta, dict) else None
+            raise UserError(f"{cfg_path}: unknown model format {fmt!r}; expected {FORMAT}")
+        if "checksum" in meta and meta["checksum"] != _meta_checksum(meta):
+            raise UserError(f"{cfg_path}: changed after it was written (checksum mismatch); the model folder is "
+                            "damaged: use it as the run wrote it")
+        state_path = directory / "state.safetensors"
+        if "state_sha256" in meta:
+            if not state_path.is_file():
+                raise UserError(f"{state_path}: missing; the model folder is incomplete")
+            if sha256_file(state_path) != meta["state_sha256"]:
+                raise UserError(f"{state_path}: does not match {cfg_path.name} (a damaged or mixed model folder); "
+                                "use the folder as the run wrote it")
+        tensors = load_tensors(state_path, "model state") if state_path.exists() else {}
+        try:
+            return cls._from_meta(meta, tensors, directory)
+        except UserError:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError, IndexError, RuntimeError) as e:
+            raise UserError(f"{directory}: the model folder is damaged ({type(e).__name__}: {str(e)[:200]})") from None
+
+    @classmethod
+    def _from_meta(cls, meta: dict, tensors: dict, directory: Path) -> "Pipeline":
+        cfg_path = directory / "pipeline.json"
         parts = {}
         for key, info in meta["parts"].items():
             spec = dict(info["spec"])
@@ -235,8 +272,54 @@ class Pipeline:
             extra_tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix) and k[len(prefix):] not in arrays}
             part.set_state({**arrays, **extra_tensors}, info.get("state", {}))
             parts[key] = part
+        if "encoder" not in parts:
+            raise UserError(f"{cfg_path}: no encoder in the model; the model folder is damaged")
         if meta["parts"].get("clusterer", {}).get("spec", {}).get("type") == ENCODER_CLUSTERS:
             parts["clusterer"] = _build_clusterer(meta["parts"]["clusterer"]["spec"], parts["encoder"])
+        if "clusterer" not in parts:
+            raise UserError(f"{cfg_path}: no clusterer in the model; the model folder is damaged")
         reducers = [parts[f"reducers.{i}"] for i in range(sum(k.startswith("reducers.") for k in parts))]
         pipe = cls(parts["encoder"], reducers, parts["clusterer"], name=meta.get("name", "custom"), seed=meta.get("seed"))
         return pipe
+
+
+def _meta_checksum(meta: dict) -> str:
+    """SHA-256 of pipeline.json's content as it reads back (so NumPy scalars hash as the numbers JSON holds)."""
+    import hashlib
+
+    from .io import _json_default
+
+    body = {k: v for k, v in meta.items() if k != "checksum"}
+    canon = json.dumps(json.loads(json.dumps(body, default=_json_default)), sort_keys=True)
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+MAX_ABS_FEATURE = 1e15  # squared distances of larger values overflow float32 inside k-means and faiss
+
+
+def check_finite(X, stage: str) -> np.ndarray:
+    """``X`` as float32, or a UserError naming the stage when it holds NaN, inf or values too large to cluster
+    (faiss aborts the process on them rather than raising)."""
+    X = np.asarray(X, dtype=np.float32)
+    finite = np.isfinite(X)
+    if not finite.all():
+        bad_rows = int((~finite.reshape(len(X), -1)).any(axis=1).sum()) if X.ndim else 1
+        raise UserError(f"stage {stage}: the output holds NaN or infinite values (in {bad_rows} of {len(X)} images); "
+                        "a trained encoder probably diverged: lower its learning rate (--set encoder.lr=...), or use "
+                        "another recipe")
+    if X.size and float(np.abs(X).max()) > MAX_ABS_FEATURE:
+        raise UserError(f"stage {stage}: the output holds values up to {float(np.abs(X).max()):.3g}, too large to "
+                        "cluster; a trained encoder probably diverged: lower its learning rate, or use another recipe")
+    return X
+
+
+def n_distinct_rows(X, limit: int) -> int:
+    """How many different rows ``X`` has, counted up to ``limit``."""
+    X = np.asarray(X).reshape(len(X), -1)
+    found = [X[0]] if len(X) else []
+    for row in X[1:]:
+        if len(found) >= limit:
+            break
+        if not any(np.array_equal(row, f) for f in found):
+            found.append(row)
+    return len(found)

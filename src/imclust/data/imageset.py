@@ -70,6 +70,7 @@ class ImageSet:
         self.paths = list(paths) if paths is not None else None
         self._pil_loader = pil_loader
         self.failed: dict[int, str] = {}  # index -> reason, for files that fail only when decoded in full
+        self.n_seen: int | None = None  # a folder's entries: images + skipped (the run's file accounting)
 
     # -- basic protocol -------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -128,7 +129,12 @@ class ImageSet:
                 bar.close()
 
     def to_array(self, batch_size: int = 512, desc: str | None = "decode") -> np.ndarray:
-        """All images as one ``(N, C, H, W)`` array (for sets that fit in memory)."""
+        """All images as one ``(N, C, H, W)`` array (for sets that fit in memory; checked before allocating)."""
+        from ..resources import check_memory
+
+        c, h, w = self.shape
+        check_memory(4.0 * len(self) * c * h * w, f"decoding {len(self)} images of {c}x{h}x{w}",
+                     "pass a smaller --size, or use fewer images")
         out = np.empty((len(self), *self.shape), dtype=np.float32)
         for idx, batch in self.iter_batches(batch_size, desc=desc if len(self) > 2000 else None):
             out[idx] = batch
@@ -180,7 +186,7 @@ class ImageSet:
             skipped=self.skipped, source=self.source, kind=self.kind, paths=self.paths,
             pil_loader=self._pil_loader,
         )
-        view.failed = self.failed
+        view.failed, view.n_seen = self.failed, self.n_seen
         return view
 
     def with_labels(self, labels, class_names=None) -> "ImageSet":
@@ -189,7 +195,7 @@ class ImageSet:
             skipped=self.skipped, source=self.source, kind=self.kind, paths=self.paths,
             pil_loader=self._pil_loader,
         )
-        view.failed = self.failed
+        view.failed, view.n_seen = self.failed, self.n_seen
         return view
 
 

@@ -178,7 +178,7 @@ class TrainableEncoder(Declared, Encoder):
         def bad(what, v, want):
             raise UserError(f"{name}: {what} must be {want}, got {v!r} (set it with --set encoder.{what}=...)")
 
-        for what, lo in (("epochs", self.min_epochs), ("batch_size", 1), ("checkpoint_every", 1), ("workers", 0)):
+        for what, lo in (("epochs", self.min_epochs), ("batch_size", 2), ("checkpoint_every", 1), ("workers", 0)):
             v = getattr(self, what)
             if not _whole(v) or v < lo:
                 bad(what, v, f"a whole number of at least {lo}")

@@ -45,7 +45,7 @@ from torch import nn
 
 from ..base import seed_everything
 from ..errors import UserError
-from ..io import load_tensors, save_tensors, write_json
+from ..io import read_tensors, remove_stale_temps, save_tensors, write_json
 from ..progress import log, progress
 from . import distributed as ddp
 
@@ -334,27 +334,35 @@ class Trainer:
                     scalars[f"{pid}.{k}"] = float(v.item() if isinstance(v, torch.Tensor) else v)
         for k, v in (extra_arrays or {}).items():
             arrays[f"extra.{k}"] = np.asarray(v)
-        save_tensors(d / f"{tag}.safetensors", arrays)
-        write_json(d / f"{tag}.json", {
+        state = {
             "epoch": self.epoch,
             "optimizer": {"param_groups": opt["param_groups"], "scalars": scalars},
             "fingerprint": self.fingerprint,
             "fingerprint_hash": self._fp_hash(),
             "history": self.history,
-        })
+        }
+        # one file holds the weights and the state, written atomically: a kill can never pair one epoch's
+        # weights with another epoch's optimizer state
+        save_tensors(d / f"{tag}.safetensors", arrays,
+                     metadata={CKPT_META: json.dumps(state, sort_keys=True, default=_json_scalar)})
         return d / f"{tag}.safetensors"
 
     def load_checkpoint(self, tag: str = "last") -> dict[str, np.ndarray]:
         """Restore modules, optimizer, epoch and history. Returns the checkpoint's extra arrays."""
         d = self.ckpt_dir
-        meta_path = d / f"{tag}.json"
-        state = json.loads(meta_path.read_text())
+        arrays, meta = read_tensors(d / f"{tag}.safetensors", "checkpoint")
+        try:
+            state = json.loads(meta[CKPT_META]) if CKPT_META in meta else json.loads((d / f"{tag}.json").read_text())
+            if not isinstance(state, dict) or not isinstance(state.get("optimizer"), dict):
+                raise ValueError("no optimizer state")
+        except (OSError, ValueError) as e:
+            raise UserError(f"{d / (tag + '.safetensors')}: a damaged checkpoint ({e}); start in a fresh "
+                            "checkpoint folder") from None
         if state.get("fingerprint_hash") != self._fp_hash():
             old, new = state.get("fingerprint", {}), self.fingerprint
             diff = _first_difference(old, new)
             raise UserError(f"cannot resume from {d}: the configuration changed ({diff}); "
                             "resume with the original settings or start a fresh run in another folder")
-        arrays = load_tensors(d / f"{tag}.safetensors")
         for name, m in self.modules.items():
             load_module_arrays(ddp.unwrap(m), arrays, f"module.{name}.")
             m.to(self.device)
@@ -376,7 +384,7 @@ class Trainer:
 
     def has_checkpoint(self, tag: str = "last") -> bool:
         d = self.ckpt_dir
-        return d is not None and (d / f"{tag}.json").exists() and (d / f"{tag}.safetensors").exists()
+        return d is not None and (d / f"{tag}.safetensors").exists()
 
     # -- the loop -------------------------------------------------------------------------------------
     def fit(self, train_step: Callable[[Any, "Trainer"], torch.Tensor],
@@ -390,6 +398,8 @@ class Trainer:
         ``extra_state()`` gives arrays saved with each checkpoint (back in ``trainer.resumed_extra`` on resume)."""
         c = self.config
         self.resumed_extra: dict[str, np.ndarray] = {}
+        if self.ckpt_dir is not None and self.is_main:
+            remove_stale_temps(self.ckpt_dir)  # what a killed run was writing
         if c.resume:
             if self.has_checkpoint():
                 self.resumed_extra = self.load_checkpoint()
@@ -467,6 +477,15 @@ class Trainer:
         if self.ckpt_dir is not None and self.is_main:
             write_json(self.ckpt_dir / "history.json", self.history)
         return self.history
+
+
+CKPT_META = "imclust_checkpoint"  # the safetensors metadata key that holds a checkpoint's JSON state
+
+
+def _json_scalar(o):
+    if isinstance(o, (np.generic, torch.Tensor)):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def _first_difference(a, b, path="") -> str:

@@ -512,8 +512,24 @@ def render_report(run_dir) -> str:
     )
 
 
-def build_report(run_dir, out=None) -> Path:
-    """Write ``report.html`` (or ``out``) for the run in ``run_dir``; returns its path."""
+def build_report(run_dir, out=None, check: bool = False) -> Path:
+    """Write ``report.html`` (or ``out``) for the run in ``run_dir``; returns its path.
+
+    With ``check`` (``imclust report``) the folder is first checked against the file list its run left
+    (:func:`imclust.rundir.verify`): a damaged folder, or one that mixes two runs' files, is refused.
+    Without it (a run building its own page, or a caller that added figures) the files are taken as they are.
+    """
     run_dir = Path(run_dir)
+    if check:
+        from ..io import remove_stale_temps
+        from ..rundir import verify
+
+        if not run_dir.is_dir():
+            raise UserError(f"{run_dir}: not a folder; give an output folder written by 'imclust run'")
+        verify(run_dir)
+        remove_stale_temps(run_dir)  # a page that a killed 'imclust report' was writing
     page = render_report(run_dir)
-    return write_text(Path(out) if out is not None else run_dir / "report.html", page)
+    target = Path(out) if out is not None else run_dir / "report.html"
+    if target.is_dir():
+        raise UserError(f"--out {target}: is a folder; give the path of the page to write (e.g. {target / 'report.html'})")
+    return write_text(target, page)
