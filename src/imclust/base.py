@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numbers
 import random
+import sys
 
 import numpy as np
 from sklearn.base import BaseEstimator
@@ -17,6 +18,25 @@ from sklearn.base import BaseEstimator
 from .errors import UserError
 
 REGISTRY: dict[str, type] = {}
+#: components registered by a module that is imported only when one of them is first named (name -> module);
+#: their modules import torch, which takes seconds, and most runs never need it
+LAZY: dict[str, str] = {}
+
+
+def component_class(name) -> type | None:
+    """The registered class called ``name`` (importing its module on first use), or None."""
+    if name not in REGISTRY and name in LAZY:
+        import importlib
+
+        importlib.import_module(LAZY[name])
+    return REGISTRY.get(name)
+
+
+def all_components() -> dict[str, type]:
+    """Every registered component, lazily registered ones included (their modules are imported)."""
+    for name in list(LAZY):
+        component_class(name)
+    return REGISTRY
 
 
 def register(name: str):
@@ -34,9 +54,9 @@ def build(spec: dict, **overrides):
     """Instantiate a component from ``{"type": name, **params}``."""
     spec = dict(spec)
     name = spec.pop("type", None)
-    if name not in REGISTRY:
-        raise UserError(f"unknown component type {name!r}; known: {', '.join(sorted(REGISTRY))}")
-    cls = REGISTRY[name]
+    cls = component_class(name)
+    if cls is None:
+        raise UserError(f"unknown component type {name!r}; known: {', '.join(sorted(all_components()))}")
     params = {**spec, **{k: v for k, v in overrides.items() if v is not None}}
     valid = cls._get_param_names()
     bad = [k for k in params if k not in valid]
@@ -89,9 +109,7 @@ def seed_everything(seed: int | None) -> None:
         return
     random.seed(seed)
     np.random.seed(seed % (2**32))
-    try:
-        import torch
-
+    # torch only when loaded: a component that uses torch imports it when it is built, before any fit
+    torch = sys.modules.get("torch")
+    if torch is not None:
         torch.manual_seed(seed)
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        pass

@@ -112,8 +112,11 @@ class KMeans(CentroidClusterer):
         return self
 
     def _fit_faiss(self, X):
-        import faiss
         from sklearn.cluster import kmeans_plusplus
+
+        from .threads import import_faiss
+
+        faiss = import_faiss()
 
         n, d = X.shape
         k = int(self.n_clusters)
@@ -231,7 +234,9 @@ class GaussianMixture(Component):
         _check_k(self.n_clusters, len(X))
         import warnings
 
-        with warnings.catch_warnings():
+        from .threads import single_thread_blas
+
+        with warnings.catch_warnings(), single_thread_blas():  # d×d covariances: threads only spin
             warnings.simplefilter("ignore")
             g = self._sk().fit(X.astype(np.float64))
         self.weights_ = g.weights_.astype(np.float64)
@@ -262,10 +267,16 @@ class GaussianMixture(Component):
         X = _as_2d(X)
         if X.shape[1] != self.means_.shape[1]:
             raise UserError(f"embedding has {X.shape[1]} dimensions but the model was fitted on {self.means_.shape[1]}")
-        return np.asarray(self._fitted().predict(X.astype(np.float64)), dtype=np.int64)
+        from .threads import single_thread_blas
+
+        with single_thread_blas():
+            return np.asarray(self._fitted().predict(X.astype(np.float64)), dtype=np.int64)
 
     def predict_proba(self, X):
-        return self._fitted().predict_proba(_as_2d(X).astype(np.float64))
+        from .threads import single_thread_blas
+
+        with single_thread_blas():
+            return self._fitted().predict_proba(_as_2d(X).astype(np.float64))
 
     def fit_predict(self, X, y=None):
         return self.fit(X).labels_

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .base import REGISTRY, build
+from .base import build, component_class
 from .data import ImageSet
 from .errors import UserError
 from .io import load_tensors, save_tensors, write_json
@@ -151,7 +151,7 @@ class Pipeline:
         parts = {}
         for key, info in meta["parts"].items():
             spec = dict(info["spec"])
-            if spec.get("type") not in REGISTRY:
+            if component_class(spec.get("type")) is None:
                 raise UserError(f"{cfg_path}: component {spec.get('type')!r} is not known to this imclust version")
             part = build(spec)
             arrays = {a: tensors[f"{key}.{a}"] for a in info.get("arrays", []) if f"{key}.{a}" in tensors}

@@ -15,7 +15,10 @@ def _top_eigvecs(Xc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
     Uses the eigen-decomposition of the smaller of the covariance (d×d) and Gram (n×n) matrices: one
     BLAS matrix product plus a small symmetric eigensolve, several times faster than an SVD of Xc.
+    Small problems run on one BLAS thread (:func:`imclust.threads.blas_for`).
     """
+    from .threads import blas_for
+
     n, d = Xc.shape
 
     def eigh(M, subset_by_index):
@@ -28,17 +31,18 @@ def _top_eigvecs(Xc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         return w[lo:], V[:, lo:]
 
     Xf = np.ascontiguousarray(Xc, dtype=np.float32)  # float32 product (fast BLAS), float64 eigensolve
-    if d <= n:
-        C = (Xf.T @ Xf).astype(np.float64)
-        w, V = eigh(C, subset_by_index=(d - k, d - 1))
+    with blas_for(float(n) * d * min(n, d)):
+        if d <= n:
+            C = (Xf.T @ Xf).astype(np.float64)
+            w, V = eigh(C, subset_by_index=(d - k, d - 1))
+            order = np.argsort(w)[::-1]
+            return V[:, order].T, np.maximum(w[order], 0)
+        G = (Xf @ Xf.T).astype(np.float64)
+        w, U = eigh(G, subset_by_index=(n - k, n - 1))
         order = np.argsort(w)[::-1]
-        return V[:, order].T, np.maximum(w[order], 0)
-    G = (Xf @ Xf.T).astype(np.float64)
-    w, U = eigh(G, subset_by_index=(n - k, n - 1))
-    order = np.argsort(w)[::-1]
-    w, U = np.maximum(w[order], 0), U[:, order]
-    V = (Xf.T.astype(np.float64) @ U) / np.sqrt(np.maximum(w, 1e-30))
-    return V.T, w
+        w, U = np.maximum(w[order], 0), U[:, order]
+        V = (Xf.T.astype(np.float64) @ U) / np.sqrt(np.maximum(w, 1e-30))
+        return V.T, w
 
 
 @register("pca")
@@ -438,23 +442,35 @@ def umap_available() -> bool:
         return False
 
 
+UMAP_BACKENDS = ("imclust", "umap-learn")
+
+
 @register("umap")
 class UMAP(_KNNPlacement, Component):
-    """UMAP (the optional umap-learn package; missing → NotInstalledError, never a fallback).
+    """UMAP: our own fast implementation (``backend = "imclust"``, the default) or umap-learn's.
 
-    ``n_components``, ``n_neighbors``, ``min_dist``, ``metric`` and ``n_epochs`` as in umap-learn. With a
-    ``random_state`` umap-learn runs single-threaded and is reproducible; ``random_state = -1`` lets it run
-    in parallel (faster, not reproducible). New points: k-nearest-neighbour placement (see the base).
+    ``backend = "imclust"`` (:mod:`imclust.manifold`): faiss neighbour graph, UMAP's fuzzy simplicial set,
+    spectral start and a vectorised numpy layout; nothing is compiled at run time, and a seed gives the
+    same embedding every time. ``backend = "umap-learn"``: the umap-learn package (the optional ``umap``
+    extra; missing → NotInstalledError, never a fallback), with numba's on-disk cache switched on where
+    numba allows it (:func:`imclust.numba_cache.enable_umap_cache`).
+
+    ``n_components``, ``n_neighbors``, ``min_dist``, ``metric`` (euclidean or cosine with our backend; any
+    umap-learn metric with its backend) and ``n_epochs`` (None: 500 up to 10,000 points, 200 above, as in
+    umap-learn) mean the same for both. With a ``random_state`` umap-learn runs single-threaded and is
+    reproducible; ``random_state = -1`` lets it run in parallel (faster, not reproducible); our backend is
+    reproducible either way. New points: k-nearest-neighbour placement (see the base).
     """
 
     def __init__(self, n_components: int = 10, n_neighbors: int = 15, min_dist: float = 0.0, metric: str = "euclidean",
-                 n_epochs: int | None = None, out_of_sample: str = "knn", placement_neighbors: int = 10,
-                 random_state: int | None = 0):
+                 n_epochs: int | None = None, backend: str = "imclust", out_of_sample: str = "knn",
+                 placement_neighbors: int = 10, random_state: int | None = 0):
         self.n_components = n_components
         self.n_neighbors = n_neighbors
         self.min_dist = min_dist
         self.metric = metric
         self.n_epochs = n_epochs
+        self.backend = backend
         self.out_of_sample = out_of_sample
         self.placement_neighbors = placement_neighbors
         self.random_state = random_state
@@ -464,19 +480,49 @@ class UMAP(_KNNPlacement, Component):
         return self
 
     def fit_transform(self, X, y=None):
-        if not umap_available():
+        if self.backend not in UMAP_BACKENDS:
+            raise UserError(f"umap backend {self.backend!r}: use {' or '.join(UMAP_BACKENDS)}")
+        if self.backend == "umap-learn" and not umap_available():
             from .errors import NotInstalledError
 
-            raise NotInstalledError("umap-learn", "the umap reducer", extra="umap")
-        import warnings
-
-        import umap
-
+            raise NotInstalledError("umap-learn", "the umap reducer with backend 'umap-learn'", extra="umap")
         X = _as_2d(X)
         _check_finite(X, "UMAP")
         n = len(X)
         if n < 3:
             raise UserError(f"UMAP needs at least 3 samples, got {n}")
+        if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
+            raise UserError(f"umap n_components must be a whole number of at least 1, got {self.n_components!r}")
+        if not isinstance(self.n_neighbors, (int, np.integer)) or self.n_neighbors < 2:
+            raise UserError(f"umap n_neighbors must be a whole number of at least 2, got {self.n_neighbors!r}")
+        if self.n_epochs is not None and (not isinstance(self.n_epochs, (int, np.integer)) or self.n_epochs < 1):
+            raise UserError(f"umap n_epochs must be a whole number of at least 1 (or None), got {self.n_epochs!r}")
+        if self.backend == "imclust":
+            emb = self._fit_imclust(X)
+        else:
+            emb = self._fit_umap_learn(X)
+        self._store_for_placement(X, emb)
+        return emb
+
+    def _fit_imclust(self, X):
+        from .manifold import umap_embedding
+
+        if self.metric not in ("euclidean", "cosine"):
+            raise UserError(f"umap metric {self.metric!r}: the imclust backend takes euclidean or cosine; "
+                            "other metrics need backend = 'umap-learn'")
+        seed = None if self.random_state in (None, -1) else int(self.random_state)
+        return umap_embedding(X, n_components=int(self.n_components), n_neighbors=int(self.n_neighbors),
+                              min_dist=float(self.min_dist), n_epochs=self.n_epochs, metric=self.metric, seed=seed)
+
+    def _fit_umap_learn(self, X):
+        import warnings
+
+        from .numba_cache import enable_umap_cache
+
+        enable_umap_cache()
+        import umap
+
+        n = len(X)
         rs = None if self.random_state in (None, -1) else int(self.random_state)
         # numba's parallel layer shares torch's OpenMP runtime and leaves torch's intra-op thread count at the
         # core count; keep the caller's choice (e.g. `imclust run --threads 1`) for the torch work after UMAP
@@ -488,9 +534,7 @@ class UMAP(_KNNPlacement, Component):
                             min_dist=float(self.min_dist), metric=self.metric, n_epochs=self.n_epochs,
                             random_state=rs, verbose=False)
             try:
-                emb = np.asarray(est.fit_transform(X), dtype=np.float32)
+                return np.asarray(est.fit_transform(X), dtype=np.float32)
             finally:
                 if torch_threads is not None and torch.get_num_threads() != torch_threads:
                     torch.set_num_threads(torch_threads)
-        self._store_for_placement(X, emb)
-        return emb
