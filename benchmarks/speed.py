@@ -107,6 +107,7 @@ def child(args) -> None:
     data = np.load(args.features)
     X, y, k = data["X"], data["y"], int(len(np.unique(data["y"])))
     sys.path.insert(0, str(SRC))
+    from imclust import components  # noqa: F401  (registers the umap reducer and the gmm clusterer)
     from imclust.base import build
     from imclust.metrics import evaluate
 

@@ -161,12 +161,13 @@ def test_components_are_sklearn_estimators(name):
     assert build(est.to_spec()).get_params() == params
 
 
-@pytest.mark.skipif(not umap_available(), reason="umap-learn not installed")
-def test_umap_leaves_the_torch_thread_count_as_it_was(one_torch_thread):
+@pytest.mark.parametrize("backend", ["imclust", pytest.param("umap-learn", marks=pytest.mark.skipif(
+    not umap_available(), reason="umap-learn not installed"))])
+def test_umap_leaves_the_torch_thread_count_as_it_was(one_torch_thread, backend):
     import torch
 
     assert torch.get_num_threads() == 1
     X = np.random.RandomState(0).rand(60, 5).astype(np.float32)
-    Z = UMAP(n_components=2, n_neighbors=5, n_epochs=20).fit_transform(X)
+    Z = UMAP(n_components=2, n_neighbors=5, n_epochs=20, backend=backend).fit_transform(X)
     assert Z.shape == (60, 2)
     assert torch.get_num_threads() == 1  # numba's parallel layer would leave it at the core count

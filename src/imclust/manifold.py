@@ -260,18 +260,55 @@ def _clip_columns(g: np.ndarray, bound_sq: np.ndarray, clip_sq: float) -> None:
         g[:, big] = np.clip(g[:, big], -c, c)
 
 
+def _forces(YT, i, j, neg, a, b, two_ab, two_gb):
+    """The summed SGD step of every moving point of ``i`` (sorted): its pulls along the edges (i, j) and its
+    pushes from the points ``neg`` (n_neg, m). Returns (moving points, (dim, points) steps)."""
+    # attraction; (i, j) and (j, i) are both sampled, so i gets the pull twice
+    Yi = np.take(YT, i, axis=1)
+    step = Yi - np.take(YT, j, axis=1)
+    d2 = np.einsum("ij,ij->j", step, step)
+    d2b = d2**b
+    coef = d2b * a
+    coef += 1
+    coef *= np.maximum(d2, np.float32(1e-30))  # d2 = 0: the difference is 0 and so is its pull
+    np.divide(-two_ab * d2b, coef, out=coef)
+    step *= coef
+    _clip_columns(step, coef * coef * d2, 64.0)  # each direction's pull clipped to ±4 (8 for both)
+    if len(neg):  # repulsion from uniformly drawn points (only the sampled end moves)
+        diff = Yi[:, None, :] - np.take(YT, neg, axis=1)  # (dim, n_neg, m)
+        d2 = np.einsum("ijk,ijk->jk", diff, diff)
+        coef = d2**b
+        coef *= a
+        coef += 1
+        coef *= d2 + np.float32(0.001)
+        np.divide(two_gb, coef, out=coef)  # finite at d2 = 0, where the difference is 0
+        diff *= coef
+        big = coef * coef * d2 > 16
+        if big.any():
+            diff[:, big] = np.clip(diff[:, big], -4, 4)
+        step += diff.sum(axis=1)
+    starts = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])
+    return i[starts], np.add.reduceat(step, starts, axis=1)
+
+
 def optimize_layout(Y: np.ndarray, G, n_epochs: int, a: float, b: float, seed: int | None = 0,
                     negative_sample_rate: int = 5, repulsion_strength: float = 1.0,
-                    learning_rate: float = 1.0, n_batches: int = 1, desc: str = "UMAP layout") -> np.ndarray:
+                    learning_rate: float = 0.35, threads: int | None = None, desc: str = "UMAP layout") -> np.ndarray:
     """UMAP's SGD on the symmetric fuzzy graph ``G`` (float32, a new array is returned).
 
     Edge (i, j) with membership w is sampled about ``n_epochs·w/max(w)`` times; each sample pulls i and j
     together and pushes i away from ``negative_sample_rate`` uniformly drawn points (umap-learn draws that
     many on average; here exactly that many, so the negatives of a sample form one block of an array).
     Per-sample gradients are clipped to ±4 per coordinate, as in UMAP; the learning rate falls linearly to 0.
-    ``G`` holds each edge in both directions with the same weight, so both are sampled in the same epochs:
-    the pull that UMAP applies to j from edge (i, j) is the one computed for edge (j, i), and every update is
-    summed by the moving point, which comes sorted from the CSR order (a segment sum, no scatter).
+
+    umap-learn applies every sample's update at once; here an epoch's updates are summed per point and
+    applied together. ``G`` holds each edge in both directions with the same weight, so both are sampled in
+    the same epochs: the pull that UMAP applies to j from edge (i, j) is the one computed for edge (j, i), and
+    every update is summed by the moving point, which comes sorted from the CSR order (a segment sum, no
+    scatter). Applied together, the updates need a smaller step than umap-learn's 1.0 to give the clusters
+    umap-learn's layout gives (``benchmarks/RESULTS.md``, block fast-umap-accuracy). ``threads`` (default: the
+    thread policy's) split each epoch by moving point; the negatives are drawn before the split, so the
+    layout does not depend on the thread count.
     """
     rng = np.random.default_rng(seed)
     n, dim = Y.shape
@@ -281,60 +318,53 @@ def optimize_layout(Y: np.ndarray, G, n_epochs: int, a: float, b: float, seed: i
     YT = np.array(np.asarray(Y, dtype=np.float32).T, order="C")  # (dim, n): every step works along rows
     coo = G.tocoo()
     keep = coo.data >= coo.data.max() / float(n_epochs)  # edges too weak to be sampled even once
-    head = coo.row[keep].astype(np.int64)
-    tail = coo.col[keep].astype(np.int64)
-    w = coo.data[keep].astype(np.float64)
+    order = np.lexsort((coo.col[keep], coo.row[keep]))
+    head = coo.row[keep][order].astype(np.int64)
+    tail = coo.col[keep][order].astype(np.int64)
+    w = coo.data[keep][order].astype(np.float64)
     if len(w) == 0:
         return np.ascontiguousarray(YT.T)
-    order = np.lexsort((tail, head))
-    head, tail, w = head[order], tail[order], w[order]
     eps = w.max() / w  # epochs per sample
     next_sample = eps.copy()
     a, b = np.float32(a), np.float32(b)
     two_ab, two_gb = np.float32(4.0 * a * b), np.float32(2.0 * repulsion_strength * b)  # 4ab: both directions
-    for epoch in progress(range(n_epochs), total=n_epochs, desc=desc, unit="epoch"):
-        alpha = np.float32(learning_rate * (1.0 - epoch / float(n_epochs)))
-        act = np.flatnonzero(next_sample <= epoch)
-        if len(act) == 0:
-            continue
-        next_sample[act] += eps[act]
-        for part in (np.array_split(act, n_batches) if n_batches > 1 else (act,)):
-            if len(part) == 0:
+    if threads is None:
+        from .threads import get_threads
+
+        threads = get_threads()
+    pool = None
+    if threads > 1 and len(w) >= 20_000:  # numpy releases the GIL in its loops; small graphs are not worth it
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(int(threads))
+    try:
+        for epoch in progress(range(n_epochs), total=n_epochs, desc=desc, unit="epoch"):
+            alpha = np.float32(learning_rate * (1.0 - epoch / float(n_epochs)))
+            act = np.flatnonzero(next_sample <= epoch)
+            if len(act) == 0:
                 continue
-            i, j = head[part], tail[part]
-            # attraction along the sampled edges; (i, j) and (j, i) are both sampled, so i gets the pull twice
-            Yi = np.take(YT, i, axis=1)
-            step = Yi - np.take(YT, j, axis=1)
-            d2 = np.einsum("ij,ij->j", step, step)
-            d2b = d2**b
-            coef = d2b * a
-            coef += 1
-            coef *= np.maximum(d2, np.float32(1e-30))  # d2 = 0: the difference is 0 and so is its pull
-            np.divide(-two_ab * d2b, coef, out=coef)
-            step *= coef
-            _clip_columns(step, coef * coef * d2, 64.0)  # each direction's pull clipped to ±4 (8 for both)
-            if n_neg:  # repulsion from uniformly drawn points (only the sampled end moves)
-                diff = Yi[:, None, :] - np.take(YT, rng.integers(0, n, (n_neg, len(i))), axis=1)  # (dim, n_neg, m)
-                d2 = np.einsum("ijk,ijk->jk", diff, diff)
-                coef = d2**b
-                coef *= a
-                coef += 1
-                coef *= d2 + np.float32(0.001)
-                np.divide(two_gb, coef, out=coef)  # finite at d2 = 0, where the difference is 0
-                diff *= coef
-                big = coef * coef * d2 > 16
-                if big.any():
-                    diff[:, big] = np.clip(diff[:, big], -4, 4)
-                step += diff.sum(axis=1)
-            starts = np.flatnonzero(np.r_[True, i[1:] != i[:-1]])
-            YT[:, i[starts]] += alpha * np.add.reduceat(step, starts, axis=1)
+            next_sample[act] += eps[act]
+            i, j = head[act], tail[act]
+            neg = rng.integers(0, n, (n_neg, len(act)))
+            if pool is None:
+                results = [_forces(YT, i, j, neg, a, b, two_ab, two_gb)]
+            else:  # split at moving-point boundaries: every part moves its own points
+                cuts = np.searchsorted(i, i[np.linspace(0, len(i), int(threads) + 1, dtype=np.int64)[1:-1]])
+                parts = [p for p in np.split(np.arange(len(i)), cuts) if len(p)]
+                results = list(pool.map(lambda p: _forces(YT, i[p], j[p], neg[:, p], a, b, two_ab, two_gb), parts))
+            for moving, total in results:
+                total *= alpha
+                YT[:, moving] += total
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return np.ascontiguousarray(YT.T)
 
 
 def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15, min_dist: float = 0.1,
                    spread: float = 1.0, n_epochs: int | None = None, negative_sample_rate: int = 5,
                    metric: str = "euclidean", seed: int | None = 0, exact_max: int = 200_000,
-                   n_batches: int = 1, learning_rate: float = 1.0) -> np.ndarray:
+                   desc: str = "UMAP layout") -> np.ndarray:
     """UMAP of ``X`` (n, d) → (n, n_components) float32 through the four steps of this module.
 
     ``metric``: ``euclidean``, or ``cosine`` (1 - cos, found as Euclidean neighbours of the unit vectors).
@@ -359,4 +389,20 @@ def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15,
     lo, hi = Y.min(0), Y.max(0)
     Y = 10.0 * (Y - lo) / np.maximum(hi - lo, 1e-12)
     a, b = find_ab_params(spread, min_dist)
-    return optimize_layout(Y, G, epochs, a, b, seed, negative_sample_rate, n_batches=n_batches, learning_rate=learning_rate)
+    return optimize_layout(Y, G, epochs, a, b, seed, negative_sample_rate, desc=desc)
+
+
+def place_by_neighbours(X_train: np.ndarray, emb_train: np.ndarray, X_new: np.ndarray, k: int = 10) -> np.ndarray:
+    """Place new points at the inverse-distance-weighted mean of the embeddings of their ``k`` nearest
+    training points (found by faiss, exactly)."""
+    from .threads import import_faiss
+
+    faiss = import_faiss()
+    X_train = np.ascontiguousarray(X_train, dtype=np.float32)
+    k = int(min(k, len(X_train)))
+    index = faiss.IndexFlatL2(X_train.shape[1])
+    index.add(X_train)
+    d2, idx = index.search(np.ascontiguousarray(X_new, dtype=np.float32), k)
+    w = 1.0 / np.maximum(np.sqrt(np.maximum(d2, 0)), 1e-6)
+    w /= w.sum(1, keepdims=True)
+    return np.einsum("nk,nkd->nd", w, np.asarray(emb_train, dtype=np.float32)[idx]).astype(np.float32)

@@ -10,39 +10,53 @@ from .base import Component, register
 from .errors import UserError
 
 
-def _top_eigvecs(Xc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k right singular vectors of centred Xc and their squared singular values.
+#: rows per block when PCA reads its input (a memory-mapped feature file is never read whole)
+PCA_BLOCK_ROWS = 8192
 
-    Uses the eigen-decomposition of the smaller of the covariance (d×d) and Gram (n×n) matrices: one
-    BLAS matrix product plus a small symmetric eigensolve, several times faster than an SVD of Xc.
-    Small problems run on one BLAS thread (:func:`imclust.threads.blas_for`).
+
+class _Scatter:
+    """The scatter matrix of the centred rows of X: Xcᵀ·Xc (d×d) when d ≤ n, else the Gram matrix Xc·Xcᵀ (n×n).
+
+    The d×d case is accumulated over row blocks in float64 (BLAS float32 products), so ``X`` may be a
+    memory-mapped array that never sits in memory whole; small problems run on one BLAS thread
+    (:func:`imclust.threads.blas_for`). :meth:`top` then takes the leading eigenvectors, several times
+    faster than an SVD of Xc.
     """
-    from .threads import blas_for
 
-    n, d = Xc.shape
+    def __init__(self, X: np.ndarray, mean: np.ndarray):
+        from .threads import blas_for
 
-    def eigh(M, subset_by_index):
-        lo, hi = subset_by_index
-        if hi - lo + 1 < len(M) // 4:  # few components: LAPACK's subset solver
-            from scipy.linalg import eigh as sp_eigh
+        n, d = X.shape
+        self.n, self.d, self.Xc = n, d, None
+        self._blas = lambda: blas_for(float(n) * d * min(n, d))
+        with self._blas():
+            if d <= n:
+                M = np.zeros((d, d))
+                for s in range(0, n, PCA_BLOCK_ROWS):
+                    B = np.asarray(X[s : s + PCA_BLOCK_ROWS], dtype=np.float32) - mean
+                    M += B.T @ B
+            else:  # fewer samples than features: a small set, held in memory
+                self.Xc = np.ascontiguousarray(X - mean, dtype=np.float32)
+                M = (self.Xc @ self.Xc.T).astype(np.float64)
+        self.M = M
+        self.total = float(np.trace(M))  # the sum of squares of Xc
 
-            return sp_eigh(M, subset_by_index=subset_by_index)
-        w, V = np.linalg.eigh(M)  # many: the full divide-and-conquer solver is faster
-        return w[lo:], V[:, lo:]
+    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k right singular vectors of Xc (rows) and their squared singular values."""
+        m = len(self.M)
+        with self._blas():
+            if k < m // 4:  # few components: LAPACK's subset solver
+                from scipy.linalg import eigh
 
-    Xf = np.ascontiguousarray(Xc, dtype=np.float32)  # float32 product (fast BLAS), float64 eigensolve
-    with blas_for(float(n) * d * min(n, d)):
-        if d <= n:
-            C = (Xf.T @ Xf).astype(np.float64)
-            w, V = eigh(C, subset_by_index=(d - k, d - 1))
+                w, V = eigh(self.M, subset_by_index=(m - k, m - 1))
+            else:  # many: the full divide-and-conquer solver is faster
+                w, V = np.linalg.eigh(self.M)
+                w, V = w[m - k:], V[:, m - k:]
             order = np.argsort(w)[::-1]
-            return V[:, order].T, np.maximum(w[order], 0)
-        G = (Xf @ Xf.T).astype(np.float64)
-        w, U = eigh(G, subset_by_index=(n - k, n - 1))
-        order = np.argsort(w)[::-1]
-        w, U = np.maximum(w[order], 0), U[:, order]
-        V = (Xf.T.astype(np.float64) @ U) / np.sqrt(np.maximum(w, 1e-30))
-        return V.T, w
+            w, V = np.maximum(w[order], 0), V[:, order]
+            if self.Xc is None:
+                return V.T, w
+            return ((self.Xc.T.astype(np.float64) @ V) / np.sqrt(np.maximum(w, 1e-30))).T, w
 
 
 @register("pca")
@@ -50,8 +64,9 @@ class PCA(Component):
     """Principal component analysis with optional whitening.
 
     ``n_components`` is a count, a variance fraction in (0, 1), or None for all. It is clipped to
-    min(n_samples, n_features) with a note. Uses a randomized SVD when few components are asked of many
-    features (much faster than a full SVD, same result to float precision on the leading components).
+    min(n_samples, n_features) with a note. The components are the leading eigenvectors of the scatter
+    matrix, read from the input in row blocks (:class:`_Scatter`), so the input may be a memory-mapped
+    feature file larger than memory.
     """
 
     def __init__(self, n_components=50, whiten: bool = False, random_state: int | None = 0, eps: float = 1e-8):
@@ -65,8 +80,9 @@ class PCA(Component):
         n, d = X.shape
         if n < 2:
             raise UserError("PCA needs at least 2 samples")
-        self.mean_ = X.mean(axis=0)
-        Xc = X - self.mean_
+        self.mean_ = (sum(np.asarray(X[s : s + PCA_BLOCK_ROWS], dtype=np.float64).sum(0)
+                          for s in range(0, n, PCA_BLOCK_ROWS)) / n).astype(np.float32)
+        scatter = _Scatter(X, self.mean_)
         nc = self.n_components
         full = min(n, d)
         if nc is None or (isinstance(nc, float) and 0 < nc < 1):
@@ -75,14 +91,14 @@ class PCA(Component):
             k = min(int(nc), full)
             if k < 1:
                 raise UserError(f"PCA n_components must be at least 1, got {nc}")
-        total = float((Xc.astype(np.float64) ** 2).sum() / max(n - 1, 1))
+        total = scatter.total / max(n - 1, 1)
         if isinstance(nc, float) and 0 < nc < 1 and full > 1024:
             # A variance fraction rarely needs the whole spectrum: try the leading eighth first.
-            Vt, var = _top_eigvecs(Xc, max(256, full // 8))
+            Vt, var = scatter.top(max(256, full // 8))
             if var.sum() / max(n - 1, 1) < nc * total:
-                Vt, var = _top_eigvecs(Xc, k)
+                Vt, var = scatter.top(k)
         else:
-            Vt, var = _top_eigvecs(Xc, k)
+            Vt, var = scatter.top(k)
         # sign convention: largest |loading| positive, so results do not flip between solvers
         signs = np.sign(Vt[np.arange(len(Vt)), np.abs(Vt).argmax(axis=1)])
         signs[signs == 0] = 1
@@ -98,10 +114,12 @@ class PCA(Component):
 
     def transform(self, X):
         X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
-        Z = (X - self.mean_) @ self.components_.T
+        Z = np.empty((len(X), len(self.components_)), np.float32)
+        for s in range(0, len(X), PCA_BLOCK_ROWS):  # in blocks: X may be a memory-mapped feature file
+            Z[s : s + PCA_BLOCK_ROWS] = (X[s : s + PCA_BLOCK_ROWS] - self.mean_) @ self.components_.T
         if self.whiten:
-            Z = Z / np.sqrt(self.explained_variance_ + self.eps)
-        return Z.astype(np.float32)
+            Z /= np.sqrt(self.explained_variance_ + self.eps)
+        return Z
 
     def fit_transform(self, X, y=None):
         return self.fit(X).transform(X)
@@ -326,13 +344,9 @@ class _KNNPlacement:
         if X.shape[1] != self.train_X_.shape[1]:
             raise UserError(f"{self.component_name}: input has {X.shape[1]} dimensions, the model was fitted on "
                             f"{self.train_X_.shape[1]}")
-        from sklearn.neighbors import NearestNeighbors
+        from .manifold import place_by_neighbours
 
-        k = min(int(self.placement_neighbors), len(self.train_X_))
-        dist, idx = NearestNeighbors(n_neighbors=k).fit(self.train_X_).kneighbors(X)
-        w = 1.0 / np.maximum(dist, 1e-6)
-        w /= w.sum(1, keepdims=True)
-        return np.einsum("nk,nkd->nd", w, self.train_embedding_[idx]).astype(np.float32)
+        return place_by_neighbours(self.train_X_, self.train_embedding_, X, int(self.placement_neighbors))
 
 
 def opentsne_available() -> bool:

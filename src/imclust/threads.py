@@ -74,10 +74,12 @@ def get_threads() -> int:
 
 
 def import_faiss():
-    """faiss, running on the policy's thread count."""
+    """faiss, running on the policy's thread count once :func:`set_threads` has chosen one (before that it
+    keeps OpenMP's, which torch may share: setting it here would change torch's thread count)."""
     import faiss
 
-    faiss.omp_set_num_threads(get_threads())
+    if _current is not None:
+        faiss.omp_set_num_threads(_current)
     return faiss
 
 
