@@ -33,6 +33,8 @@ def restore_policy(monkeypatch):
 
 def test_default_is_the_usable_cores_or_the_environment(restore_policy, monkeypatch):
     assert threads.default_threads() == threads.usable_cores() >= 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert threads.default_threads() == 5
     monkeypatch.setenv(threads.ENV, "3")
     assert threads.default_threads() == 3
     monkeypatch.setenv(threads.ENV, "many")

@@ -42,7 +42,8 @@ def _cnn_args(p: argparse.ArgumentParser) -> None:
 
 def _threads_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, metavar="N",
-                   help="threads for torch, faiss and BLAS (default: $IMCLUST_THREADS, else the cores this process may use)")
+                   help="threads for torch, faiss and BLAS (default: $IMCLUST_THREADS, else $OMP_NUM_THREADS, "
+                        "else the cores this process may use)")
 
 
 def _abs(path):

@@ -1,7 +1,8 @@
 """One thread policy for every library that runs work in parallel: torch, faiss (OpenMP) and BLAS.
 
-The default is the number of CPU cores this process may use (its affinity mask), or ``IMCLUST_THREADS``
-when that is set; ``imclust ... --threads N`` and :func:`set_threads` choose another. The count goes to
+The default is ``IMCLUST_THREADS`` when that is set, else ``OMP_NUM_THREADS`` when that is set, else the number
+of CPU cores this process may use (its affinity mask); ``imclust ... --threads N`` and :func:`set_threads`
+choose another. The count goes to
 torch's intra-op pool, to faiss and to the BLAS library (through threadpoolctl) when they are loaded, and
 into ``OMP_NUM_THREADS``, ``OPENBLAS_NUM_THREADS`` and ``MKL_NUM_THREADS`` so that libraries loaded later and
 child processes (DataLoader workers) start with it.
@@ -43,10 +44,11 @@ def _check(n, where: str) -> int:
 
 
 def default_threads() -> int:
-    """``IMCLUST_THREADS`` when set, else the number of cores this process may use."""
-    env = os.environ.get(ENV)
-    if env not in (None, ""):
-        return _check(env, ENV)
+    """``IMCLUST_THREADS`` when set, else ``OMP_NUM_THREADS`` when set, else the cores this process may use."""
+    for var in (ENV, "OMP_NUM_THREADS"):
+        value = os.environ.get(var)
+        if value not in (None, ""):
+            return _check(value, var)
     return usable_cores()
 
 
