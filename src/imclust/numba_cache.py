@@ -56,7 +56,7 @@ def enable_umap_cache() -> list[str]:
         module = importlib.import_module(module_name)
         for name in functions:
             dispatcher = getattr(module, name)
-            options = {k: v for k, v in dispatcher.targetoptions.items() if k != "cache"}
+            options = {k: v for k, v in dispatcher.targetoptions.items() if k not in ("cache", "nopython")}
             setattr(module, name, numba.njit(cache=True, **options)(dispatcher.py_func))
     _done = True
     return names
