@@ -13,9 +13,10 @@ time, images per second and the peak resident memory of the whole process tree (
 
 ``synthetic``: 1,000,000 points of 128 dimensions drawn from 100 Gaussian clusters (seeded), each stage in a
 fresh process: the neighbour graph (15 neighbours through a faiss IVF index, as ``imclust.manifold`` does
-beyond 200,000 points, then UMAP's fuzzy graph) and faiss k-means on all points (k = 100, k-means++ start,
-one run). Time and peak memory per stage; the recall of the IVF neighbours is measured on 2,000 points
-against exact search.
+beyond 200,000 points, then UMAP's fuzzy graph), faiss k-means on all points (k = 100, k-means++ start,
+one run), an IVF-PQ index (the compressed index ``docs/SCALE.md`` needs at 100M points), and the manifold
+stage on a 20,000-point sample with every other point placed by its neighbours. Time and peak memory per
+stage; recalls are measured against exact search.
 
     flock /tmp/imclust-bench.lock python benchmarks/scale.py cifar --write
     flock /tmp/imclust-bench.lock python benchmarks/scale.py synthetic --write
@@ -163,13 +164,57 @@ def synthetic_child(stage: str, n: int, d: int, out: str) -> None:
         exact.add(X)
         _, true = exact.search(X[sample], 15)
         res["recall@15"] = float(np.mean([len(set(a) & set(b)) / 15 for a, b in zip(idx[sample], true)]))
-    else:
+    elif stage == "kmeans":
         from imclust.cluster import KMeans
         from imclust.metrics import evaluate
 
         t = time.perf_counter()
         labels = KMeans(100, n_init=1, max_iter=20, random_state=0).fit_predict(X)
         res["k-means s"] = time.perf_counter() - t
+        res["ACC"] = evaluate(labels, y)["acc"]
+    elif stage == "ivfpq":
+        import faiss
+
+        nlist, m = int(4 * np.sqrt(n)), 32
+        t = time.perf_counter()
+        index = faiss.IndexIVFPQ(faiss.IndexFlatL2(d), d, nlist, m, 8)
+        index.cp.seed = 0
+        index.train(X[np.sort(rs.choice(n, min(n, 64 * nlist), replace=False))])
+        index.add(X)
+        res["build s"] = time.perf_counter() - t
+        index.nprobe = 16
+        queries = np.sort(rs.choice(n, 10_000, replace=False))
+        t = time.perf_counter()
+        _, found = index.search(X[queries], 15)
+        res["search s per 1M queries"] = (time.perf_counter() - t) * 1e6 / len(queries)
+        exact = faiss.IndexFlatL2(d)
+        exact.add(X)
+        _, true = exact.search(X[queries], 15)
+        res["recall@15"] = float(np.mean([len(set(a) & set(b)) / 15 for a, b in zip(found, true)]))
+        res["code bytes per point"] = m
+    else:  # the manifold stage on a sample, the rest placed by their neighbours
+        from imclust.cluster import GaussianMixture
+        from imclust.manifold import place_by_neighbours, umap_embedding
+        from imclust.metrics import evaluate
+
+        sample = np.sort(rs.choice(n, 20_000, replace=False))
+        rest = np.setdiff1d(np.arange(n), sample)
+        t = time.perf_counter()
+        emb = umap_embedding(X[sample], n_components=10, n_neighbors=15, min_dist=0.0, seed=0)
+        res["UMAP of 20k sample s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        gmm = GaussianMixture(100, n_init=1, random_state=0).fit(emb)
+        res["GMM fit s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        placed = np.empty((n, emb.shape[1]), np.float32)
+        placed[sample] = emb
+        for s in range(0, len(rest), 100_000):
+            part = rest[s:s + 100_000]
+            placed[part] = place_by_neighbours(X[sample], emb, X[part], 10)
+        res["place the rest s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        labels = gmm.predict(placed)
+        res["GMM predict all s"] = time.perf_counter() - t
         res["ACC"] = evaluate(labels, y)["acc"]
     res["peak RSS GiB"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 2**30
     res["data GiB"] = base / 2**30
@@ -179,7 +224,7 @@ def synthetic_child(stage: str, n: int, d: int, out: str) -> None:
 def synthetic(args) -> str:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for stage in ("graph", "kmeans"):
+        for stage in ("graph", "kmeans", "ivfpq", "sample"):
             out = Path(tmp) / f"{stage}.json"
             load = load_average()
             wall, _, _ = run_measured([sys.executable, __file__, "--child", stage, "--n", str(args.n), "--out", str(out)])
@@ -197,8 +242,11 @@ def synthetic(args) -> str:
             "Synthetic features: 100 Gaussian clusters in 128 dimensions (seeded). graph: 15 neighbours through "
             "`imclust.manifold.nearest_neighbors` (faiss IVF with 4·√n lists, 16 probed, beyond 200,000 points) and "
             "UMAP's fuzzy graph; recall against exact search on 2,000 points. kmeans: our `kmeans` component "
-            "(faiss Lloyd on all points after a k-means++ start; k = 100, 20 iterations, one run). Each stage in "
-            "its own process.\n\n" + table(rows, header))
+            "(faiss Lloyd on all points after a k-means++ start; k = 100, 20 iterations, one run). ivfpq: a faiss "
+            "IVF-PQ index (4·√n lists, 32 bytes per point), 10,000 queries, 16 lists probed, recall against exact "
+            "search. sample: our 10-D UMAP of a 20,000-point sample, a GMM (k = 100) fitted on it, every other "
+            "point placed at the weighted mean of its 10 nearest sample points (exact faiss search) and assigned by "
+            "the GMM. Each stage in its own process.\n\n" + table(rows, header))
 
 
 def main(argv=None):
@@ -206,7 +254,7 @@ def main(argv=None):
     ap.add_argument("what", nargs="?", choices=("cifar", "synthetic"))
     ap.add_argument("--n", type=int, default=1_000_000, help="synthetic points")
     ap.add_argument("--write", action="store_true", help="replace this benchmark's block in RESULTS.md")
-    ap.add_argument("--child", choices=("graph", "kmeans"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("graph", "kmeans", "ivfpq", "sample"), help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
