@@ -19,7 +19,14 @@ DATASETS = {
     "mnist-test": DATA / "mnist-test" / "t10k-images-idx3-ubyte.gz",
     "usps": DATA / "usps" / "usps.npz",
     "fashion-1k": DATA / "fashion-mnist-1k" / "fashion_mnist_test_1k.npz",
+    "umist": DATA / "umist" / "umist.npz",
+    "pie27": DATA / "pie27" / "pie27.npz",
+    "mednist": DATA / "mednist" / "mednist.npz",
 }
+
+
+def load_average() -> float:
+    return os.getloadavg()[0]
 
 
 def available(names):

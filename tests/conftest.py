@@ -64,10 +64,13 @@ def image_folder(tmp_path):
 
 @pytest.fixture
 def one_torch_thread():
-    """Tiny networks: one intra-op thread (two contended threads make each tiny op many times slower)."""
+    """Tiny networks: one intra-op thread (two contended threads make each tiny op many times slower), set
+    through the project's thread policy so that faiss, which shares torch's OpenMP runtime, agrees."""
     import torch
 
+    from imclust.threads import set_threads
+
     n = torch.get_num_threads()
-    torch.set_num_threads(1)
+    set_threads(1)
     yield
-    torch.set_num_threads(n)
+    set_threads(n)

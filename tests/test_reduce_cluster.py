@@ -102,7 +102,7 @@ def test_umap_missing_is_not_installed_error(monkeypatch):
 
     monkeypatch.setattr(R, "umap_available", lambda: False)
     with pytest.raises(NotInstalledError, match="umap-learn"):
-        UMAP().fit(np.zeros((10, 3), np.float32))
+        UMAP(backend="umap-learn").fit(np.zeros((10, 3), np.float32))
 
 
 def test_gmm_fit_predict_and_state():
@@ -159,21 +159,22 @@ def test_bad_options_are_user_errors():
 def test_components_round_trip_through_their_spec(name):
     from sklearn.base import clone
 
-    from imclust.base import REGISTRY
+    from imclust.base import component_class
 
-    est = REGISTRY[name]()
+    est = component_class(name)()
     params = est.get_params()
     twin = clone(est)
     assert twin.get_params() == params and twin is not est
     assert build(est.to_spec()).get_params() == params
 
 
-@pytest.mark.skipif(not umap_available(), reason="umap-learn not installed")
-def test_umap_leaves_the_torch_thread_count_as_it_was(one_torch_thread):
+@pytest.mark.parametrize("backend", ["imclust", pytest.param("umap-learn", marks=pytest.mark.skipif(
+    not umap_available(), reason="umap-learn not installed"))])
+def test_umap_leaves_the_torch_thread_count_as_it_was(one_torch_thread, backend):
     import torch
 
     assert torch.get_num_threads() == 1
     X = np.random.RandomState(0).rand(60, 5).astype(np.float32)
-    Z = UMAP(n_components=2, n_neighbors=5, n_epochs=20).fit_transform(X)
+    Z = UMAP(n_components=2, n_neighbors=5, n_epochs=20, backend=backend).fit_transform(X)
     assert Z.shape == (60, 2)
     assert torch.get_num_threads() == 1  # numba's parallel layer would leave it at the core count

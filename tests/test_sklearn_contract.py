@@ -22,8 +22,13 @@ CHECK_PARAMS: dict[str, tuple[dict, str]] = {
                                            "test the contract, not the quality of the layout"),
     "umap": ({"n_epochs": 50}, "as for tsne: fewer optimisation epochs per fit"),
 }
-#: checks expected to fail, by component name: {check name: why}. Empty: every component passes every check.
-EXPECTED_FAILURES: dict[str, dict[str, str]] = {}
+#: checks expected to fail, by component name: {check name: why}
+EXPECTED_FAILURES: dict[str, dict[str, str]] = {
+    "pca": {"check_methods_sample_order_invariance": (
+        "PCA works in float32 (features can be larger than memory); a float32 matrix product may round a row "
+        "1 ULP differently with its place in the block (seen after other tests had loaded torch's BLAS), and the "
+        "check's rtol of 1e-7 is below float32's 1.2e-7 step")},
+}
 #: components whose checks take more than a few seconds
 SLOW = {"tsne", "umap"}
 

@@ -89,10 +89,11 @@ def build_pipeline(recipe: str | None = None, overrides=(), seed: int | None = 0
     check_recipe(cfg)
     opts = {k: v for k, v in (encoder_options or {}).items() if v is not None}
     if opts:
-        from .base import REGISTRY
+        from .base import component_class
 
         etype = cfg["encoder"].get("type")
-        valid = REGISTRY[etype]._get_param_names() if etype in REGISTRY else []
+        cls = component_class(etype)
+        valid = cls._get_param_names() if cls is not None else []
         flags = {"weights": "--weights", "pretrained": "--pretrained", "cache": "--feature-cache",
                  "cache_dir": "--feature-cache"}
         bad = [flags.get(k, k) for k in opts if k not in valid]
@@ -199,7 +200,7 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
                        k=_k_of(pipe, labels_pred), timings=timings, source=str(source), source_kind=ds.kind,
                        dataset=ds)
     if out is not None:
-        from .nn.distributed import barrier, is_main
+        from .nn.launch import barrier, is_main
 
         if is_main():  # under torchrun every rank holds the same result; rank 0 writes it
             write_outputs(out, result, export, kind="run")

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import inspect
 import numbers
+import random
+import sys
 import typing
 
 import numpy as np
@@ -28,6 +30,25 @@ KINDS = ("encoder", "reducer", "clusterer")
 
 #: every registered component by name (names are unique across kinds, so a saved model names its parts)
 REGISTRY: dict[str, type] = {}
+#: components registered by a module that is imported only when one of them is first named (name -> module);
+#: their modules import torch, which takes seconds, and most runs never need it
+LAZY: dict[str, str] = {}
+
+
+def component_class(name) -> type | None:
+    """The registered class called ``name`` (importing its module on first use), or None."""
+    if name not in REGISTRY and name in LAZY:
+        import importlib
+
+        importlib.import_module(LAZY[name])
+    return REGISTRY.get(name)
+
+
+def all_components() -> dict[str, type]:
+    """Every registered component, lazily registered ones included (their modules are imported)."""
+    for name in list(LAZY):
+        component_class(name)
+    return REGISTRY
 
 
 def register(name: str):
@@ -49,10 +70,10 @@ def register(name: str):
 
 
 def registered(kind: str) -> dict[str, type]:
-    """The registered components of one kind, by name."""
+    """The registered components of one kind, by name (lazily registered ones included: their modules are imported)."""
     if kind not in KINDS:
         raise ValueError(f"unknown component kind {kind!r}; use one of {', '.join(KINDS)}")
-    return {n: c for n, c in sorted(REGISTRY.items()) if c.kind == kind}
+    return {n: c for n, c in sorted(all_components().items()) if c.kind == kind}
 
 
 def _article(word: str) -> str:
@@ -64,10 +85,10 @@ def build(spec: dict, kind: str | None = None, **overrides):
     spec = dict(spec)
     name = spec.pop("type", None)
     what = kind or "component"
-    if name not in REGISTRY:
-        known = registered(kind) if kind else REGISTRY
+    cls = component_class(name)
+    if cls is None:
+        known = registered(kind) if kind else all_components()
         raise UserError(f"unknown {what} type {name!r}; known {what}s: {', '.join(sorted(known))}")
-    cls = REGISTRY[name]
     if kind is not None and cls.kind != kind:
         raise UserError(f"{name!r} is {_article(cls.kind)} {cls.kind}, not {_article(kind)} {kind}: it cannot stand "
                         f"in the {kind}'s place; name {_article(kind)} {kind} there "
@@ -232,9 +253,7 @@ def seed_everything(seed: int | None) -> None:
 
     random.seed(seed)
     np.random.seed(seed % (2**32))
-    try:
-        import torch
-
+    # torch only when loaded: a component that uses torch imports it when it is built, before any fit
+    torch = sys.modules.get("torch")
+    if torch is not None:
         torch.manual_seed(seed)
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        pass

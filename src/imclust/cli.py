@@ -42,6 +42,12 @@ def _cnn_args(p: argparse.ArgumentParser) -> None:
                    help="put a folder's image files into OUT/clusters/<label>/ (keeps names, never overwrites)")
 
 
+def _threads_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="threads for torch, faiss and BLAS (default: $IMCLUST_THREADS, else $OMP_NUM_THREADS, "
+                        "else the cores this process may use)")
+
+
 def _abs(path):
     """A path given on the command line, made absolute so a saved model still finds it from elsewhere."""
     from pathlib import Path
@@ -117,6 +123,7 @@ def _run_cmd(p: argparse.ArgumentParser):
                    help="CNN recipes: download torchvision's ImageNet weights (cached under ~/.cache/imclust)")
     p.add_argument("--feature-cache", metavar="DIR|off",
                    help="CNN recipes: folder of the feature cache (default ~/.cache/imclust/features), or 'off'")
+    _threads_arg(p)
 
     def handler(args):
         from pathlib import Path
@@ -131,7 +138,7 @@ def _run_cmd(p: argparse.ArgumentParser):
                   overrides=args.overrides, size=_size(args), channels=args.channels, image_key=args.image_key,
                   label_key=args.label_key, layout=args.layout, nmi_average=args.nmi, encoder_options=enc,
                   export=args.export)
-        from .nn.distributed import is_main
+        from .nn.launch import is_main
 
         if not is_main():  # under torchrun, rank 0 reports
             return
@@ -164,6 +171,7 @@ def _predict_cmd(p):
     p.add_argument("--out", default=None, help="output folder (default: runs/predict-<source name>)")
     _source_args(p)
     _cnn_args(p)
+    _threads_arg(p)
 
     def handler(args):
         from pathlib import Path
@@ -240,7 +248,7 @@ def _embed_cmd(p):
     p.add_argument("--device", default="auto")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    _threads_arg(p)
     _source_args(p)
     for a in p._actions:
         if a.dest == "labels":
@@ -251,12 +259,6 @@ def _embed_cmd(p):
 
         from .embed import embed
 
-        if args.threads is not None:
-            if args.threads < 1:
-                raise UserError(f"--threads {args.threads}: give at least 1")
-            import torch
-
-            torch.set_num_threads(args.threads)
         out = args.out or str(Path("runs") / ("embed-" + _source_name(args.source)))
         res = embed(args.source, labels=args.labels, head=args.head, dim=args.dim, net=args.net, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, test_size=args.test_size, seed=args.seed, out=out,
@@ -302,7 +304,9 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; with ``command``, only that subcommand's options are built (some import torch to list
+    their choices, which a run without torch should not pay for)."""
     from . import __version__
 
     parser = _Parser(prog="imclust", description="Unsupervised image clustering with deep learning.")
@@ -310,7 +314,8 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (help_, fn) in COMMANDS.items():
         sp = sub.add_parser(name, help=help_, description=help_)
-        sp.set_defaults(handler=fn(sp))
+        if command is None or command == name:
+            sp.set_defaults(handler=fn(sp))
     return parser
 
 
@@ -349,7 +354,9 @@ def main(argv=None) -> int:
             stream.reconfigure(errors="backslashreplace")
         except (AttributeError, ValueError):
             pass
-    parser = make_parser()
+    words = sys.argv[1:] if argv is None else list(argv)
+    first = next((w for w in words if not w.startswith("-")), None)
+    parser = make_parser(first if first in COMMANDS else None)
     args = parser.parse_args(argv)
     if not getattr(args, "handler", None):
         parser.print_help()
@@ -361,6 +368,9 @@ def main(argv=None) -> int:
     except ValueError:  # not the main thread
         pass
     try:
+        from .threads import set_threads
+
+        set_threads(getattr(args, "threads", None))  # the thread policy, before torch, faiss or BLAS start
         args.handler(args)
     except UserError as e:
         if debug:

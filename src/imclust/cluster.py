@@ -145,8 +145,11 @@ class KMeans(CentroidClusterer):
         return self
 
     def _fit_faiss(self, X, k: int):
-        import faiss
         from sklearn.cluster import kmeans_plusplus
+
+        from .threads import import_faiss
+
+        faiss = import_faiss()
 
         n, d = X.shape
         rs = np.random.RandomState(self.random_state)
@@ -247,7 +250,9 @@ class GaussianMixture(Clusterer):
         self.n_clusters_ = resolve_n_clusters(self.n_clusters, X, self.random_state)
         import warnings
 
-        with warnings.catch_warnings():
+        from .threads import single_thread_blas
+
+        with warnings.catch_warnings(), single_thread_blas():  # d×d covariances: threads only spin
             warnings.simplefilter("ignore")
             g = self._sk().fit(X.astype(np.float64))
         self.weights_ = g.weights_.astype(np.float64)
@@ -277,11 +282,18 @@ class GaussianMixture(Clusterer):
     def predict(self, X):
         check_is_fitted(self)
         X = check_input(self, X, reset=False)
-        return np.asarray(self._fitted().predict(X.astype(np.float64)), dtype=np.int64)
+        from .threads import single_thread_blas
+
+        with single_thread_blas():
+            return np.asarray(self._fitted().predict(X.astype(np.float64)), dtype=np.int64)
 
     def predict_proba(self, X):
         check_is_fitted(self)
-        return self._fitted().predict_proba(check_input(self, X, reset=False).astype(np.float64))
+        X = check_input(self, X, reset=False)
+        from .threads import single_thread_blas
+
+        with single_thread_blas():
+            return self._fitted().predict_proba(X.astype(np.float64))
 
     def fit_predict(self, X, y=None):
         return self.fit(X).labels_

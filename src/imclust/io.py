@@ -174,3 +174,24 @@ def read_tensors(path, what: str = "file") -> tuple[dict[str, np.ndarray], dict[
     except Exception as e:  # safetensors raises its own error types (and OSError, ValueError) on damaged files
         raise UserError(f"{path}: the {what} is damaged ({type(e).__name__}: {str(e)[:160]}); "
                         "restore it or write it again") from None
+
+def scratch_array(shape: tuple[int, ...], dtype=np.float32, max_memory_bytes: int = 512 * 2**20) -> np.ndarray:
+    """A zeroed work array: in memory when it is at most ``max_memory_bytes``, else memory-mapped from a
+    temporary file (in ``TMPDIR``), so features larger than memory stream to disk and are read back in blocks.
+
+    The file is unlinked at once where the system allows it (it lives as long as the mapping does).
+    """
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape)) * dtype.itemsize
+    if size <= max_memory_bytes:
+        return np.zeros(shape, dtype)
+    fd, path = tempfile.mkstemp(prefix="imclust-features-", suffix=".npy")
+    os.close(fd)
+    arr = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=tuple(shape))
+    try:
+        os.unlink(path)
+    except OSError:  # pragma: no cover - systems that cannot unlink an open file: remove it when done
+        import weakref
+
+        weakref.finalize(arr, lambda p=path: Path(p).unlink(missing_ok=True))
+    return arr

@@ -62,6 +62,9 @@ def write_run(out, result, final=None) -> None:
         write_npy(out / "true_labels.npy", np.asarray(result.true_labels, dtype=np.int64))
     result.pipeline.save(out / "model")
     ds = result.dataset
+    from .report.figures import map_layout, write_run_figures
+
+    m2, how = map_layout(result.embedding, seed=result.seed or 0)
     write_json(out / "run.json", {
         "source": printable(result.source),
         "source_kind": result.source_kind,
@@ -79,10 +82,9 @@ def write_run(out, result, final=None) -> None:
         "n_skipped": len(result.skipped),
         # problems a component found while fitting (e.g. a DeepCluster collapse), kept for the report
         "warnings": list(getattr(result.pipeline.encoder, "warnings_", None) or []),
+        "map": how,  # how map2d.npy was made, for the report
     })
-    from .report.figures import write_run_figures
-
-    write_run_figures(result, out)
+    write_run_figures(result, out, m2)
     for name in result.config.get("outputs", []):
         OUTPUT_WRITERS[name](result, out)
     write_report(result, out, final)

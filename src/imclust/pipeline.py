@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .base import REGISTRY, Clusterer, build
+from .base import Clusterer, build, component_class
 from .data import ImageSet
 from .errors import UserError
 from .io import load_tensors, save_tensors, sha256_file, write_json
@@ -261,7 +261,7 @@ class Pipeline:
             kind = "reducer" if key.startswith("reducers.") else key
             if key == "clusterer" and spec.get("type") == ENCODER_CLUSTERS:
                 continue  # made below, once the encoder is loaded
-            if spec.get("type") not in REGISTRY:
+            if component_class(spec.get("type")) is None:
                 raise UserError(f"{cfg_path}: component {spec.get('type')!r} is not known to this imclust version")
             part = build(spec, kind=kind)
             arrays = {a: tensors[f"{key}.{a}"] for a in info.get("arrays", []) if f"{key}.{a}" in tensors}

@@ -18,35 +18,53 @@ from .base import Reducer, check_input, register
 from .errors import InvalidInputError, UserError
 
 
-def _top_eigvecs(Xc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k right singular vectors of centred Xc and their squared singular values.
+#: rows per block when PCA reads its input (a memory-mapped feature file is never read whole)
+PCA_BLOCK_ROWS = 8192
 
-    Uses the eigen-decomposition of the smaller of the covariance (d×d) and Gram (n×n) matrices: one
-    BLAS matrix product plus a small symmetric eigensolve, several times faster than an SVD of Xc.
+
+class _Scatter:
+    """The scatter matrix of the centred rows of X: Xcᵀ·Xc (d×d) when d ≤ n, else the Gram matrix Xc·Xcᵀ (n×n).
+
+    The d×d case is accumulated over row blocks in float64 (BLAS float32 products), so ``X`` may be a
+    memory-mapped array that never sits in memory whole; small problems run on one BLAS thread
+    (:func:`imclust.threads.blas_for`). :meth:`top` then takes the leading eigenvectors, several times
+    faster than an SVD of Xc.
     """
-    n, d = Xc.shape
 
-    def eigh(M, subset_by_index):
-        lo, hi = subset_by_index
-        if hi - lo + 1 < len(M) // 4:  # few components: LAPACK's subset solver
-            from scipy.linalg import eigh as sp_eigh
+    def __init__(self, X: np.ndarray, mean: np.ndarray):
+        from .threads import blas_for
 
-            return sp_eigh(M, subset_by_index=subset_by_index)
-        w, V = np.linalg.eigh(M)  # many: the full divide-and-conquer solver is faster
-        return w[lo:], V[:, lo:]
+        n, d = X.shape
+        self.n, self.d, self.Xc = n, d, None
+        self._blas = lambda: blas_for(float(n) * d * min(n, d))
+        with self._blas():
+            if d <= n:
+                M = np.zeros((d, d))
+                for s in range(0, n, PCA_BLOCK_ROWS):
+                    B = np.asarray(X[s : s + PCA_BLOCK_ROWS], dtype=np.float32) - mean
+                    M += B.T @ B
+            else:  # fewer samples than features: a small set, held in memory
+                self.Xc = np.ascontiguousarray(X - mean, dtype=np.float32)
+                M = (self.Xc @ self.Xc.T).astype(np.float64)
+        self.M = M
+        self.total = float(np.trace(M))  # the sum of squares of Xc
 
-    Xf = np.ascontiguousarray(Xc, dtype=np.float32)  # float32 product (fast BLAS), float64 eigensolve
-    if d <= n:
-        C = (Xf.T @ Xf).astype(np.float64)
-        w, V = eigh(C, subset_by_index=(d - k, d - 1))
-        order = np.argsort(w)[::-1]
-        return V[:, order].T, np.maximum(w[order], 0)
-    G = (Xf @ Xf.T).astype(np.float64)
-    w, U = eigh(G, subset_by_index=(n - k, n - 1))
-    order = np.argsort(w)[::-1]
-    w, U = np.maximum(w[order], 0), U[:, order]
-    V = (Xf.T.astype(np.float64) @ U) / np.sqrt(np.maximum(w, 1e-30))
-    return V.T, w
+    def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k right singular vectors of Xc (rows) and their squared singular values."""
+        m = len(self.M)
+        with self._blas():
+            if k < m // 4:  # few components: LAPACK's subset solver
+                from scipy.linalg import eigh
+
+                w, V = eigh(self.M, subset_by_index=(m - k, m - 1))
+            else:  # many: the full divide-and-conquer solver is faster
+                w, V = np.linalg.eigh(self.M)
+                w, V = w[m - k:], V[:, m - k:]
+            order = np.argsort(w)[::-1]
+            w, V = np.maximum(w[order], 0), V[:, order]
+            if self.Xc is None:
+                return V.T, w
+            return ((self.Xc.T.astype(np.float64) @ V) / np.sqrt(np.maximum(w, 1e-30))).T, w
 
 
 @register("pca")
@@ -54,8 +72,9 @@ class PCA(Reducer):
     """Principal component analysis with optional whitening.
 
     ``n_components`` is a count, a variance fraction in (0, 1), or None for all. It is clipped to
-    min(n_samples, n_features) with a note. Uses a randomized SVD when few components are asked of many
-    features (much faster than a full SVD, same result to float precision on the leading components).
+    min(n_samples, n_features) with a note. The components are the leading eigenvectors of the scatter
+    matrix, read from the input in row blocks (:class:`_Scatter`), so the input may be a memory-mapped
+    feature file larger than memory.
     """
 
     def __init__(self, n_components=50, whiten: bool = False, random_state: int | None = 0, eps: float = 1e-8):
@@ -67,8 +86,9 @@ class PCA(Reducer):
     def fit(self, X, y=None):
         X = check_input(self, X, reset=True, min_samples=2)
         n, d = X.shape
-        self.mean_ = X.mean(axis=0)
-        Xc = X - self.mean_
+        self.mean_ = (sum(np.asarray(X[s : s + PCA_BLOCK_ROWS], dtype=np.float64).sum(0)
+                          for s in range(0, n, PCA_BLOCK_ROWS)) / n).astype(np.float32)
+        scatter = _Scatter(X, self.mean_)
         nc = self.n_components
         full = min(n, d)
         if nc is None or (isinstance(nc, float) and 0 < nc < 1):
@@ -77,14 +97,14 @@ class PCA(Reducer):
             k = min(int(nc), full)
             if k < 1:
                 raise InvalidInputError(f"PCA n_components must be at least 1, got {nc}")
-        total = float((Xc.astype(np.float64) ** 2).sum() / max(n - 1, 1))
+        total = scatter.total / max(n - 1, 1)
         if isinstance(nc, float) and 0 < nc < 1 and full > 1024:
             # A variance fraction rarely needs the whole spectrum: try the leading eighth first.
-            Vt, var = _top_eigvecs(Xc, max(256, full // 8))
+            Vt, var = scatter.top(max(256, full // 8))
             if var.sum() / max(n - 1, 1) < nc * total:
-                Vt, var = _top_eigvecs(Xc, k)
+                Vt, var = scatter.top(k)
         else:
-            Vt, var = _top_eigvecs(Xc, k)
+            Vt, var = scatter.top(k)
         # sign convention: largest |loading| positive, so results do not flip between solvers
         signs = np.sign(Vt[np.arange(len(Vt)), np.abs(Vt).argmax(axis=1)])
         signs[signs == 0] = 1
@@ -101,10 +121,15 @@ class PCA(Reducer):
     def transform(self, X):
         check_is_fitted(self)
         X = check_input(self, X, reset=False)
-        Z = (X - self.mean_) @ self.components_.T
+        from .threads import blas_for
+
+        Z = np.empty((len(X), len(self.components_)), np.float32)
+        with blas_for(2.0 * X.size * len(self.components_)):  # the project's rule for small products
+            for s in range(0, len(X), PCA_BLOCK_ROWS):  # in blocks: X may be a memory-mapped feature file
+                Z[s : s + PCA_BLOCK_ROWS] = (X[s : s + PCA_BLOCK_ROWS] - self.mean_) @ self.components_.T
         if self.whiten:
-            Z = Z / np.sqrt(self.explained_variance_ + self.eps)
-        return Z.astype(np.float32)
+            Z /= np.sqrt(self.explained_variance_ + self.eps)
+        return Z
 
     def fit_transform(self, X, y=None):
         return self.fit(X).transform(X)
@@ -317,13 +342,9 @@ class _KNNPlacement:
         if getattr(self, "train_X_", None) is None:
             raise UserError(f"{self.component_name} cannot place new points: it was fitted with out_of_sample = 'none'; "
                             "refit with out_of_sample = 'knn'")
-        from sklearn.neighbors import NearestNeighbors
+        from .manifold import place_by_neighbours
 
-        k = min(int(self.placement_neighbors), len(self.train_X_))
-        dist, idx = NearestNeighbors(n_neighbors=k).fit(self.train_X_).kneighbors(X)
-        w = 1.0 / np.maximum(dist, 1e-6)
-        w /= w.sum(1, keepdims=True)
-        return np.einsum("nk,nkd->nd", w, self.train_embedding_[idx]).astype(np.float32)
+        return place_by_neighbours(self.train_X_, self.train_embedding_, X, int(self.placement_neighbors))
 
 
 def opentsne_available() -> bool:
@@ -430,25 +451,35 @@ def umap_available() -> bool:
         return False
 
 
+UMAP_BACKENDS = ("imclust", "umap-learn")
+
+
 @register("umap")
 class UMAP(_KNNPlacement, Reducer):
-    """UMAP (the optional umap-learn package; missing → NotInstalledError, never a fallback).
+    """UMAP: our own fast implementation (``backend = "imclust"``, the default) or umap-learn's.
 
-    ``n_components``, ``n_neighbors``, ``min_dist``, ``metric`` and ``n_epochs`` as in umap-learn. With a
-    ``random_state`` umap-learn runs single-threaded and is reproducible; ``random_state = -1`` lets it run
-    in parallel (faster, not reproducible). With no more points than ``n_components + 1`` the spectral
-    initialisation is impossible and the layout starts from random positions. New points: k-nearest-neighbour
-    placement (see the base).
+    ``backend = "imclust"`` (:mod:`imclust.manifold`): faiss neighbour graph, UMAP's fuzzy simplicial set,
+    spectral start and a vectorised numpy layout; nothing is compiled at run time, and a seed gives the
+    same embedding every time. ``backend = "umap-learn"``: the umap-learn package (the optional ``umap``
+    extra; missing → NotInstalledError, never a fallback), with numba's on-disk cache switched on where
+    numba allows it (:func:`imclust.numba_cache.enable_umap_cache`).
+
+    ``n_components``, ``n_neighbors``, ``min_dist``, ``metric`` (euclidean or cosine with our backend; any
+    umap-learn metric with its backend) and ``n_epochs`` (None: 500 up to 10,000 points, 200 above, as in
+    umap-learn) mean the same for both. With a ``random_state`` umap-learn runs single-threaded and is
+    reproducible; ``random_state = -1`` lets it run in parallel (faster, not reproducible); our backend is
+    reproducible either way. New points: k-nearest-neighbour placement (see the base).
     """
 
     def __init__(self, n_components: int = 10, n_neighbors: int = 15, min_dist: float = 0.0, metric: str = "euclidean",
-                 n_epochs: int | None = None, out_of_sample: str = "knn", placement_neighbors: int = 10,
-                 random_state: int | None = 0):
+                 n_epochs: int | None = None, backend: str = "imclust", out_of_sample: str = "knn",
+                 placement_neighbors: int = 10, random_state: int | None = 0):
         self.n_components = n_components
         self.n_neighbors = n_neighbors
         self.min_dist = min_dist
         self.metric = metric
         self.n_epochs = n_epochs
+        self.backend = backend
         self.out_of_sample = out_of_sample
         self.placement_neighbors = placement_neighbors
         self.random_state = random_state
@@ -458,15 +489,44 @@ class UMAP(_KNNPlacement, Reducer):
         return self
 
     def fit_transform(self, X, y=None):
-        if not umap_available():
+        if self.backend not in UMAP_BACKENDS:
+            raise UserError(f"umap backend {self.backend!r}: use {' or '.join(UMAP_BACKENDS)}")
+        if self.backend == "umap-learn" and not umap_available():
             from .errors import NotInstalledError
 
-            raise NotInstalledError("umap-learn", "the umap reducer", extra="umap")
+            raise NotInstalledError("umap-learn", "the umap reducer with backend 'umap-learn'", extra="umap")
+        X = check_input(self, X, reset=True, min_samples=3)
+        if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
+            raise UserError(f"umap n_components must be a whole number of at least 1, got {self.n_components!r}")
+        if not isinstance(self.n_neighbors, (int, np.integer)) or self.n_neighbors < 2:
+            raise UserError(f"umap n_neighbors must be a whole number of at least 2, got {self.n_neighbors!r}")
+        if self.n_epochs is not None and (not isinstance(self.n_epochs, (int, np.integer)) or self.n_epochs < 1):
+            raise UserError(f"umap n_epochs must be a whole number of at least 1 (or None), got {self.n_epochs!r}")
+        if self.backend == "imclust":
+            emb = self._fit_imclust(X)
+        else:
+            emb = self._fit_umap_learn(X)
+        self._store_for_placement(X, emb)
+        return emb
+
+    def _fit_imclust(self, X):
+        from .manifold import umap_embedding
+
+        if self.metric not in ("euclidean", "cosine"):
+            raise UserError(f"umap metric {self.metric!r}: the imclust backend takes euclidean or cosine; "
+                            "other metrics need backend = 'umap-learn'")
+        seed = None if self.random_state in (None, -1) else int(self.random_state)
+        return umap_embedding(X, n_components=int(self.n_components), n_neighbors=int(self.n_neighbors),
+                              min_dist=float(self.min_dist), n_epochs=self.n_epochs, metric=self.metric, seed=seed)
+
+    def _fit_umap_learn(self, X):
         import warnings
 
+        from .numba_cache import enable_umap_cache
+
+        enable_umap_cache()
         import umap
 
-        X = check_input(self, X, reset=True, min_samples=3)
         n = len(X)
         rs = None if self.random_state in (None, -1) else int(self.random_state)
         # numba's parallel layer shares torch's OpenMP runtime and leaves torch's intra-op thread count at the
@@ -481,9 +541,7 @@ class UMAP(_KNNPlacement, Reducer):
                             init="spectral" if n > int(self.n_components) + 1 else "random",
                             random_state=rs, verbose=False)
             try:
-                emb = np.asarray(est.fit_transform(X), dtype=np.float32)
+                return np.asarray(est.fit_transform(X), dtype=np.float32)
             finally:
                 if torch_threads is not None and torch.get_num_threads() != torch_threads:
                     torch.set_num_threads(torch_threads)
-        self._store_for_placement(X, emb)
-        return emb

@@ -1,13 +1,19 @@
-"""Encoders, imported here so that each registers its name."""
+"""Encoders. The torch-free ones are imported here; the others on first use (``imclust.components``)."""
 
 from .base import Encoder
-from .embedding import EmbeddingEncoder, SelfLabelEncoder
-from .pixels import PixelEncoder
 from .hog import HOGEncoder
-from .pretrained import PretrainedEncoder
-from .deepcluster import DeepClusterEncoder
-from .autoencoder import AutoencoderEncoder
-from .dec import DECEncoder, IDECEncoder
+from .pixels import PixelEncoder
 
-__all__ = ["Encoder", "AutoencoderEncoder", "DECEncoder", "IDECEncoder", "DeepClusterEncoder", "EmbeddingEncoder", "HOGEncoder", "PixelEncoder",
-           "PretrainedEncoder", "SelfLabelEncoder"]
+_TORCH_ENCODERS = {"AutoencoderEncoder": "autoencoder", "DeepClusterEncoder": "deepcluster",
+                   "EmbeddingEncoder": "embedding", "SelfLabelEncoder": "embedding", "PretrainedEncoder": "pretrained",
+                   "DECEncoder": "dec", "IDECEncoder": "dec"}
+
+__all__ = ["Encoder", "HOGEncoder", "PixelEncoder", *_TORCH_ENCODERS]
+
+
+def __getattr__(name):  # imports torch only when a torch encoder is asked for
+    if name in _TORCH_ENCODERS:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_TORCH_ENCODERS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

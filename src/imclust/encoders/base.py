@@ -29,7 +29,6 @@ import numpy as np
 from ..base import Component, Declared
 from ..data import ImageSet
 from ..errors import UserError
-from ..nn.train import Callback
 from ..progress import log
 
 
@@ -227,7 +226,7 @@ class TrainableEncoder(Declared, Encoder):
         self.epochs_ = int(self.planned_epochs(self.n_train_))
         trainer = Trainer(modules, self.train_config(self.epochs_), optimizer_factory=self.configure_optimizer,
                           fingerprint=self.resume_fingerprint(self.n_train_), desc=self.component_name,
-                          callbacks=[_ResumeHook(self), *self.callbacks()])
+                          callbacks=[_resume_hook(self), *self.callbacks()])
         self.device_ = trainer.device
         what = self.describe()
         log(f"{self.component_name}: {self.n_train_} images {tuple(getattr(self, 'input_shape_', ()))}, {self.epochs_} epochs"
@@ -324,15 +323,17 @@ class TrainableEncoder(Declared, Encoder):
         self.device_ = None
 
 
-class _ResumeHook(Callback):
-    """Hands a resumed checkpoint's extra arrays to the encoder before the first epoch."""
+def _resume_hook(encoder):
+    """A Trainer callback that hands a resumed checkpoint's extra arrays to ``encoder`` before the first epoch
+    (made here, not at import: the Trainer's module imports torch, which a torch-free run never needs)."""
+    from ..nn.train import Callback
 
-    def __init__(self, encoder):
-        self.encoder = encoder
+    class ResumeHook(Callback):
+        def on_fit_start(self, trainer):
+            if getattr(trainer, "resumed_extra", None):
+                encoder.on_resume(trainer.resumed_extra)
 
-    def on_fit_start(self, trainer):
-        if getattr(trainer, "resumed_extra", None):
-            self.encoder.on_resume(trainer.resumed_extra)
+    return ResumeHook()
 
 
 class ClusteringEncoder(Declared, Encoder):

@@ -31,19 +31,9 @@ import torch
 import torch.distributed as dist
 
 from ..errors import UserError
+from .launch import barrier, env_world_size, is_distributed, is_main  # noqa: F401  (re-exported)
 
 _BACKEND: str | None = None
-
-
-def env_world_size() -> int:
-    try:
-        return int(os.environ.get("WORLD_SIZE", "1"))
-    except ValueError:
-        raise UserError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not a whole number; launch with torchrun") from None
-
-
-def is_distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def rank() -> int:
@@ -52,14 +42,6 @@ def rank() -> int:
 
 def world_size() -> int:
     return dist.get_world_size() if is_distributed() else 1
-
-
-def is_main() -> bool:
-    """Rank 0 of the process group; before (or without) one, the process torchrun started as RANK 0, so that
-    a torchrun launch of a recipe with nothing to train still writes its outputs once."""
-    if is_distributed():
-        return dist.get_rank() == 0
-    return os.environ.get("RANK", "0") == "0" if env_world_size() > 1 else True
 
 
 def local_rank() -> int:
@@ -107,11 +89,6 @@ def device_for_rank(device: torch.device) -> torch.device:
 
 def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if _BACKEND == "nccl" else torch.device("cpu")
-
-
-def barrier() -> None:
-    if is_distributed():
-        dist.barrier()
 
 
 def mean_scalar(value: float) -> float:

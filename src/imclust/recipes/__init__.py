@@ -225,7 +225,7 @@ def _check_option(cls, part: str, option: str, value, shipped, where: str):
 def check_recipe(recipe: dict) -> None:
     """Check every part's type and options (names, and the types of the values --set gave) before anything
     runs; a typo gets a suggestion. Raises UserError naming the --set that caused it when one did."""
-    from ..base import REGISTRY, _article, registered
+    from ..base import _article, component_class, registered
     from .. import components  # noqa: F401  (registers every component)
     from ..pipeline import ENCODER_CLUSTERS
 
@@ -249,14 +249,13 @@ def check_recipe(recipe: dict) -> None:
         kind = part.split(".")[0].rstrip("s")
         if kind == "clusterer" and ctype == ENCODER_CLUSTERS:
             continue  # the encoder's own clusters: checked against the encoder when the pipeline is built
-        known = registered(kind)
-        if ctype not in known:
+        cls = component_class(ctype) if isinstance(ctype, str) else None
+        if cls is None or cls.kind != kind:
             where = f"--set {given[part + '.type']}" if part + ".type" in given else f"recipe {recipe.get('name')!r}"
-            other = REGISTRY[ctype].kind if ctype in REGISTRY else None
-            what = (f"{ctype!r} is {_article(other)} {other}, not {_article(kind)} {kind}" if other
+            known = registered(kind)
+            what = (f"{ctype!r} is {_article(cls.kind)} {cls.kind}, not {_article(kind)} {kind}" if cls is not None
                     else f"unknown {kind} type {ctype!r}{_suggest(str(ctype), known)}")
             raise UserError(f"{where}: {what} (known: {', '.join(sorted(known))})")
-        cls = REGISTRY[ctype]
         valid = cls._get_param_names()
         same_type = ship.get("type") == ctype
         if part + ".type" in given and not same_type:  # a new type: the old type's options go, --set ones stay

@@ -302,8 +302,18 @@ def _map_section(r: _Run, data: dict, n_drawn: int) -> str:
         return _section("map", "Map of the embedding", "",
                         "<p class=\"small\">This run saved no 2-D map (<code>map2d.npy</code>), so there is nothing to draw.</p>")
     dim = r.emb_dim
+    made = r.info.get("map") or {}
     if dim is None or dim <= 2:
         how = "by the 2-D embedding the clusters were found in"
+    elif made.get("method") == "umap":
+        how = (f"by a 2-D UMAP layout of the {dim}-dimensional embedding the clusters were found in "
+               f"(imclust's UMAP: {made.get('n_neighbors')} neighbours, min_dist {made.get('min_dist')}, "
+               f"{made.get('n_epochs')} epochs, made in "
+               f"{float(made.get('seconds', 0)):.1f} s), so groups apart in the embedding are apart here; "
+               "distances between far-apart groups are not to scale")
+        if made.get("placed"):
+            how += (f"; {made['laid_out']:,} images were laid out and the other {made['placed']:,} placed at the "
+                    "weighted mean of their 10 nearest laid-out images")
     else:
         how = (f"by the first two principal components of the {dim}-dimensional embedding the clusters were found in; "
                "groups that overlap on this flat view may still be apart in the full embedding")

@@ -1,0 +1,170 @@
+"""The fast manifold path (imclust.manifold) and the umap reducer's backends, on small synthetic data."""
+
+import numpy as np
+import pytest
+
+from imclust import manifold as M
+from imclust.errors import NotInstalledError, UserError
+from imclust.metrics import evaluate
+from imclust.reduce import UMAP
+
+
+def _blobs(n_per=60, k=4, d=8, sep=8.0, seed=0):
+    rs = np.random.RandomState(seed)
+    centres = rs.randn(k, d) * sep
+    X = np.concatenate([c + rs.randn(n_per, d) for c in centres]).astype(np.float32)
+    return X, np.repeat(np.arange(k), n_per)
+
+
+def _brute_knn(X, k):
+    D = ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1)
+    idx = np.argsort(D, axis=1, kind="stable")[:, :k]
+    return idx, np.sqrt(np.take_along_axis(D, idx, 1))
+
+
+def test_exact_neighbours_match_brute_force_with_self_first():
+    X = np.random.RandomState(1).rand(300, 5).astype(np.float32)
+    idx, dist = M.nearest_neighbors(X, 7)
+    ref_idx, ref_dist = _brute_knn(X.astype(np.float64), 7)
+    assert (idx[:, 0] == np.arange(300)).all() and (dist[:, 0] == 0).all()
+    np.testing.assert_allclose(dist, ref_dist, atol=1e-4)
+    assert (np.sort(idx, 1) == np.sort(ref_idx, 1)).mean() > 0.99  # ties may swap
+
+
+def test_duplicates_keep_each_point_itself_in_column_zero():
+    X = np.repeat(np.random.RandomState(2).rand(20, 3).astype(np.float32), 5, axis=0)  # each point 5 times
+    idx, dist = M.nearest_neighbors(X, 4)
+    assert (idx[:, 0] == np.arange(len(X))).all()
+    assert (dist[:, 1:] == 0).all()  # the other copies
+
+
+def test_ivf_neighbours_beyond_exact_max_find_most_true_neighbours():
+    X, _ = _blobs(n_per=500, k=4, d=6, sep=3.0)
+    idx, dist = M.nearest_neighbors(X, 10, exact_max=100, nprobe=8)
+    ref, _ = M.nearest_neighbors(X, 10)
+    assert (idx[:, 0] == np.arange(len(X))).all()
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(idx, ref)])
+    assert recall > 0.9, recall
+
+
+def test_smooth_knn_memberships_sum_to_log2_k():
+    X = np.random.RandomState(3).rand(200, 4).astype(np.float32)
+    idx, dist = M.nearest_neighbors(X, 15)
+    sigma, rho = M.smooth_knn_dist(dist)
+    np.testing.assert_allclose(rho, dist[:, 1], rtol=1e-6)  # distance to the nearest other point
+    memb = np.exp(-np.maximum(dist[:, 1:] - rho[:, None], 0) / sigma[:, None]).sum(1)
+    np.testing.assert_allclose(memb, np.log2(15), rtol=1e-3)
+
+
+def test_fuzzy_graph_is_symmetric_without_self_loops():
+    X = np.random.RandomState(4).rand(150, 4).astype(np.float32)
+    G = M.fuzzy_simplicial_set(*M.nearest_neighbors(X, 10))
+    assert abs(G - G.T).max() == 0
+    assert G.diagonal().max() == 0
+    assert 0 < G.data.min() and G.data.max() <= 1
+    # every point's nearest neighbour is joined with membership 1
+    idx, _ = M.nearest_neighbors(X, 2)
+    np.testing.assert_allclose(np.asarray(G[np.arange(150), idx[:, 1]]).ravel(), 1.0, rtol=1e-6)
+
+
+def test_ab_params_fit_the_target_curve():
+    for min_dist in (0.0, 0.1, 0.5):
+        a, b = M.find_ab_params(1.0, min_dist)
+        x = np.linspace(0, 3, 300)
+        target = np.where(x < min_dist, 1.0, np.exp(-(x - min_dist)))
+        fitted = 1 / (1 + a * x ** (2 * b))
+        assert np.abs(fitted - target).mean() < 0.05, (min_dist, a, b)
+    a0, b0 = M.find_ab_params(1.0, 0.0)
+    a1, b1 = M.find_ab_params(1.0, 0.5)
+    assert a1 < a0  # a wider plateau needs a flatter curve
+
+
+def test_spectral_init_places_disconnected_components_apart():
+    X, y = _blobs(n_per=40, k=3, sep=30.0)
+    G = M.fuzzy_simplicial_set(*M.nearest_neighbors(X, 8))
+    from scipy.sparse.csgraph import connected_components
+
+    assert connected_components(G)[0] == 3
+    Y = M.spectral_init(G, 2, seed=0, X=X)
+    assert np.abs(Y).max() == pytest.approx(10, rel=1e-3)
+    from imclust.cluster import KMeans
+
+    assert evaluate(KMeans(3).fit_predict(Y), y)["acc"] == 1.0
+    np.testing.assert_array_equal(Y, M.spectral_init(G, 2, seed=0, X=X))
+
+
+def test_embedding_separates_blobs_and_a_seed_repeats_it():
+    X, y = _blobs()
+    Z = M.umap_embedding(X, n_components=2, n_neighbors=10, min_dist=0.0, n_epochs=100, seed=0)
+    assert Z.shape == (len(X), 2) and Z.dtype == np.float32 and np.isfinite(Z).all()
+    from imclust.cluster import KMeans
+
+    assert evaluate(KMeans(4).fit_predict(Z), y)["acc"] > 0.95
+    np.testing.assert_array_equal(Z, M.umap_embedding(X, 2, 10, 0.0, n_epochs=100, seed=0))
+    assert not np.array_equal(Z, M.umap_embedding(X, 2, 10, 0.0, n_epochs=100, seed=1))
+
+
+def test_layout_pulls_neighbours_together():
+    """After the SGD, graph neighbours are closer than random pairs, far more than in the random start."""
+    X, _ = _blobs(n_per=50, k=3, sep=2.0)
+    G = M.fuzzy_simplicial_set(*M.nearest_neighbors(X, 10)).tocoo()
+    rng = np.random.default_rng(0)
+    Y0 = rng.uniform(0, 10, (len(X), 2)).astype(np.float32)
+    a, b = M.find_ab_params(1.0, 0.1)
+    Y = M.optimize_layout(Y0, G.tocsr(), 200, a, b, seed=0)
+
+    def ratio(Y):
+        near = np.linalg.norm(Y[G.row] - Y[G.col], axis=1).mean()
+        far = np.linalg.norm(Y[rng.integers(0, len(Y), 2000)] - Y[rng.integers(0, len(Y), 2000)], axis=1).mean()
+        return near / far
+
+    assert ratio(Y0) > 0.8 and ratio(Y) < 0.3, (ratio(Y0), ratio(Y))
+
+
+def test_cosine_metric_uses_directions_only():
+    X, y = _blobs(n_per=40, k=3, d=6, sep=1.0)
+    X = X + 20 * np.eye(6, dtype=np.float32)[y]  # classes differ by direction
+    scale = np.random.RandomState(5).uniform(0.5, 3, (len(X), 1)).astype(np.float32)
+    Z = UMAP(n_components=2, n_neighbors=10, metric="cosine", n_epochs=100).fit_transform(X * scale)
+    from imclust.cluster import KMeans
+
+    assert evaluate(KMeans(3).fit_predict(Z), y)["acc"] > 0.95
+
+
+def test_umap_reducer_default_backend_needs_no_umap_learn(monkeypatch):
+    import imclust.reduce as R
+
+    monkeypatch.setattr(R, "umap_available", lambda: False)
+    X, y = _blobs(n_per=30, k=3)
+    red = UMAP(n_components=3, n_neighbors=8, n_epochs=100)
+    assert red.backend == "imclust"
+    Z = red.fit_transform(X)
+    near = red.transform(X[:5] + 0.01)  # new points: placed by their nearest training points
+    assert np.linalg.norm(near - Z[:5], axis=1).max() < np.ptp(Z, axis=0).max() * 0.1
+    with pytest.raises(NotInstalledError, match="umap-learn"):
+        UMAP(backend="umap-learn").fit(X)
+
+
+def test_umap_reducer_refuses_bad_options():
+    X, _ = _blobs(n_per=10, k=2)
+    with pytest.raises(UserError, match="backend"):
+        UMAP(backend="bogus").fit(X)
+    with pytest.raises(UserError, match="metric"):
+        UMAP(metric="manhattan").fit(X)
+    with pytest.raises(UserError, match="n_neighbors"):
+        UMAP(n_neighbors=1).fit(X)
+    with pytest.raises(UserError, match="n_epochs"):
+        UMAP(n_epochs=0).fit(X)
+    with pytest.raises(UserError, match="minimum of 3"):
+        UMAP().fit(X[:2])
+
+
+def test_umap_reducer_state_roundtrip_places_points_the_same():
+    from imclust.base import build
+
+    X, _ = _blobs(n_per=20, k=3)
+    red = UMAP(n_components=2, n_neighbors=6, n_epochs=50).fit(X)
+    arrays, extra = red.get_state()
+    twin = build(red.to_spec())
+    twin.set_state(arrays, extra)
+    np.testing.assert_array_equal(twin.transform(X[:7]), red.transform(X[:7]))
