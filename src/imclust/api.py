@@ -14,7 +14,7 @@ from .errors import UserError
 from .metrics import evaluate
 from .pipeline import Pipeline
 from .progress import log
-from .recipes import apply_override, default_recipe, load_recipe
+from .recipes import apply_override, choose_default, load_recipe
 
 
 @dataclass
@@ -98,11 +98,14 @@ def fit_pipeline(pipe: Pipeline, ds: ImageSet, k) -> Pipeline:
 def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = None, labels=None, overrides=(),
         size=None, channels=None, image_key=None, label_key=None, layout: str = "auto",
         nmi_average: str = "arithmetic", encoder_options: dict | None = None,
-        export: str | None = None) -> RunResult:
+        export: str | None = None, weightless: bool = False) -> RunResult:
     """Load ``source``, fit the recipe's pipeline, evaluate, and (with ``out``) write every output.
 
     ``seed=None`` uses the recipe's seed (0 when it names none). ``export`` (copy, symlink or move) puts a
-    folder's files into ``out/clusters/<label>/`` after everything else is written.
+    folder's files into ``out/clusters/<label>/`` after everything else is written. With no recipe named,
+    colour images get the pretrained-feature default when its weights are installed (``imclust[photos]``),
+    else the default that needs no weights; ``weightless=True`` asks for the latter even when the weights are
+    installed (:func:`imclust.recipes.choose_default`).
     """
     t0 = time.perf_counter()
     if export is not None and out is None:
@@ -113,10 +116,12 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
     log(f"loaded {ds}")
     _check_export(export, ds)
     if recipe is None:
-        recipe, grey_default = default_recipe(ds.channels), default_recipe()
-        if recipe != grey_default:
-            log(f"colour images: recipe {recipe!r}, the default for colour (pass --recipe to choose another; "
-                f"{grey_default!r} reads them as grey)")
+        recipe, why = choose_default(ds.channels, weightless)
+        if why:
+            log(why)
+    elif weightless:
+        raise UserError(f"--weightless chooses the default recipe that needs no pretrained weights; it cannot be "
+                        f"combined with --recipe {recipe} (drop one of the two)")
     pipe, cfg = build_pipeline(recipe, overrides, seed, encoder_options)
     seed = pipe.seed
     if size is not None and "preprocess" in pipe.encoder.get_params(deep=False):
