@@ -16,6 +16,9 @@ only to score. The table gives the mean (± sd) over seeds and the ratio of ACC 
 
     python benchmarks/photo_pretrained.py --features-only                 # fill the feature cache first
     python benchmarks/photo_pretrained.py --seeds 0 1 2 --update          # the table, into RESULTS.md
+
+The datasets may run as separate processes at the same time (``--datasets X --rows X.jsonl`` each), then
+``--summarise *.jsonl --update`` builds the one table from their rows.
 """
 
 from __future__ import annotations
@@ -160,6 +163,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     ap.add_argument("--update", action="store_true", help="write the table into benchmarks/RESULTS.md")
     ap.add_argument("--section", default="photo-pretrained", help="name of the RESULTS.md block")
+    ap.add_argument("--rows", metavar="PATH", help="also write every measured row to this JSON-lines file")
+    ap.add_argument("--summarise", nargs="+", metavar="PATH", help="build the table from JSON-lines files of rows")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
@@ -174,8 +179,18 @@ def main(argv=None):
                 print(f"{name} {bb}: {X.shape} in {secs:.0f}s", flush=True)
         return
     rows = []
-    for name in args.datasets:
-        rows += measure(name, args.backbones, args.seeds, args.stages, not args.no_peers)
+    if args.summarise:
+        for path in args.summarise:
+            rows += [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        order = {n: i for i, n in enumerate(SOURCES)}
+        rows.sort(key=lambda r: order.get(r["dataset"], 99))
+    else:
+        for name in args.datasets:
+            new = measure(name, args.backbones, args.seeds, args.stages, not args.no_peers)
+            rows += new
+            if args.rows:
+                with open(args.rows, "a", encoding="utf-8") as fh:
+                    fh.writelines(json.dumps(r) + "\n" for r in new)
     body = summarise(rows)
     print(body)
     if args.update:

@@ -82,6 +82,8 @@ def build_pipeline(recipe: str | None = None, overrides=(), seed: int | None = 0
             raise UserError(f"{', '.join(dict.fromkeys(bad))}: recipe {cfg['name']!r} uses the {etype!r} encoder, "
                             "which takes no such option; use a recipe with a pretrained CNN (e.g. --recipe vgg-kmeans)")
         cfg["encoder"].update(opts)
+        if opts.get("weights") and "pretrained" not in opts and cfg["encoder"].get("pretrained"):
+            cfg["encoder"]["pretrained"] = False  # --weights replaces the weights the recipe would load
     if seed is None:
         seed = int(cfg.get("seed", 0))
     spec = {"encoder": cfg["encoder"], "reducers": cfg.get("reducers", []), "clusterer": cfg["clusterer"]}

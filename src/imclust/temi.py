@@ -144,7 +144,7 @@ class TEMI(Component):
     random_state : seed of the initialisation, the batches and the neighbour draws.
     """
 
-    def __init__(self, n_clusters: int = 8, n_heads: int = 8, knn: int = 25, steps: int = 2000,
+    def __init__(self, n_clusters: int = 8, n_heads: int = 8, knn: int = 25, steps: int = 1000,
                  batch_size: int = 256, lr: float = 1e-4, weight_decay: float = 1e-4, hidden: int = 256,
                  bottleneck: int = 128, beta: float = 0.6, student_temp: float = 0.1, teacher_temp: float = 0.04,
                  teacher_momentum: float = 0.996, prior_momentum: float = 0.996, center: bool = True,
