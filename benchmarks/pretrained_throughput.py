@@ -1,14 +1,17 @@
-"""Images per second of the pretrained-CNN encoder on this machine: ResNet-18 and VGG16, fp32 against
-bf16 autocast + channels_last.
+"""Images per second of the pretrained-CNN encoder on this machine: by default ResNet-18 and VGG16 (``--archs``
+chooses others, e.g. the EfficientNet-Lite models against ResNet-50), fp32 against bf16 autocast +
+channels_last.
 
 Two measurements per configuration:
-- ``forward``: the network alone on preprocessed 224x224 batches (random weights and inputs; the speed
-  does not depend on the values);
-- ``end-to-end``: ``PretrainedEncoder.transform`` on real JPEGs (decode, Resize 256, CenterCrop 224,
-  normalise, forward), feature cache off.
+- ``forward``: the network alone on preprocessed batches at the model's own input size (224x224; 240 and
+  260 for EfficientNet-Lite1 and -Lite2), random weights and inputs (the speed does not depend on the values);
+- ``end-to-end``: ``PretrainedEncoder.transform`` on real JPEGs (decode, the model's own resize and centre
+  crop, normalise, forward), feature cache off.
 
 Run (serialised with the other benchmarks):
     flock /tmp/imclust-bench.lock python benchmarks/pretrained_throughput.py --append
+    flock /tmp/imclust-bench.lock python benchmarks/pretrained_throughput.py --threads 1 \
+        --archs efficientnet-lite0 efficientnet-lite1 efficientnet-lite2 resnet50 --update photo-throughput
 """
 
 from __future__ import annotations
@@ -32,6 +35,12 @@ from imclust.nn import backbones as bb  # noqa: E402
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
+def input_size(arch: str) -> int:
+    from imclust.nn import efficientnet
+
+    return efficientnet.native_size(arch) if efficientnet.is_lite(arch) else 224
+
+
 @torch.no_grad()
 def forward_rate(arch: str, fast: bool, batch: int, seconds: float) -> float:
     torch.manual_seed(0)
@@ -39,7 +48,8 @@ def forward_rate(arch: str, fast: bool, batch: int, seconds: float) -> float:
     m = bb.build_backbone(arch, materialize=False)
     bb.truncate(m, layer)
     bb.initialize(m).eval()
-    x = torch.randn(batch, 3, 224, 224)
+    s = input_size(arch)
+    x = torch.randn(batch, 3, s, s)
     if fast:
         m = m.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
@@ -77,13 +87,19 @@ def main():
     ap.add_argument("--seconds", type=float, default=15.0, help="timed seconds per forward measurement")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--archs", nargs="+", default=["resnet18", "vgg16"])
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     ap.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    ap.add_argument("--update", metavar="SECTION", help="write the table into the named block of benchmarks/RESULTS.md")
     args = ap.parse_args()
     os.environ.setdefault("IMCLUST_QUIET", "1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
     full = load_source(args.data)
     rows = []
-    for arch in ("resnet18", "vgg16"):
-        n = args.n or (96 if arch == "resnet18" else 24)
+    for arch in args.archs:
+        n = args.n or (24 if arch.startswith("vgg") else 96)
         ds = full.subset(np.random.RandomState(0).choice(len(full), n, replace=False))
         res = {}
         for fast in (False, True):
@@ -93,13 +109,29 @@ def main():
             print(f"{arch} {'bf16+channels_last' if fast else 'fp32'}: forward {f:.1f} img/s, end-to-end {e:.1f} img/s ({n} images)",
                   flush=True)
         rows.append((arch, n, res))
-    lines = ["| model (layer) | fp32 forward | bf16+CL forward | ratio | fp32 end-to-end | bf16+CL end-to-end | ratio |",
+    lines = ["| model (layer, input) | fp32 forward | bf16+CL forward | ratio | fp32 end-to-end | bf16+CL end-to-end | ratio |",
              "|---|---|---|---|---|---|---|"]
     for arch, n, res in rows:
         (f0, e0), (f1, e1) = res[False], res[True]
-        lines.append(f"| {arch} ({bb.default_layer(arch)}) | {f0:.1f} | {f1:.1f} | {f1 / f0:.2f}x | {e0:.1f} | {e1:.1f} | {e1 / e0:.2f}x |")
+        lines.append(f"| {arch} ({bb.default_layer(arch)}, {input_size(arch)} px) | {f0:.1f} | {f1:.1f} | {f1 / f0:.2f}x | "
+                     f"{e0:.1f} | {e1:.1f} | {e1 / e0:.2f}x |")
+    if len(rows) > 1:
+        ref = rows[-1]
+        lines += ["", f"Relative to {ref[0]} (last row), forward img/s: " + ", ".join(
+            f"{arch} {res[False][0] / ref[2][False][0]:.2f}x fp32 / {res[True][0] / ref[2][True][0]:.2f}x bf16+CL"
+            for arch, n, res in rows[:-1]) + "."]
     table = "\n".join(lines)
     print(table)
+    if args.update:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _common import machine, today, update_section
+
+        cmd = "flock /tmp/imclust-bench.lock python benchmarks/pretrained_throughput.py " + " ".join(sys.argv[1:])
+        update_section(args.update, f"Command: `{cmd}`  \nMachine: {machine()}; {today()}; 1-min load average "
+                       f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end (a shared machine: other jobs ran "
+                       f"alongside). Images per second; random weights; batch {args.batch}, {args.workers} DataLoader "
+                       f"worker(s); forward: {args.seconds:.0f} s timed per cell; end-to-end: {args.data}, a random subset "
+                       f"(96 images per model).\n\n{table}")
     if args.append:
         cmd = "flock /tmp/imclust-bench.lock python benchmarks/pretrained_throughput.py " + " ".join(sys.argv[1:])
         with open(RESULTS, "a", encoding="utf-8") as fh:

@@ -26,7 +26,9 @@ def test_recipes_listed_and_one_default():
     marked = [n for n, r in rec.items() if r.get("default")]
     assert len(marked) == 1 and default_recipe() == marked[0]
     colour = [n for n, r in rec.items() if r.get("default_for") == "colour"]
-    assert len(colour) == 1 and default_recipe(channels=3) == colour[0] != marked[0]
+    weightless = default_recipe(channels=3, weightless=True)
+    assert len(colour) == 2 and weightless in colour and weightless != marked[0]  # one with weights, one without
+    assert default_recipe(channels=3) in colour
     assert default_recipe(channels=1) == marked[0]
     hw9 = load_recipe("hw9")
     assert hw9["encoder"]["arch"] == "conv_hw9" and hw9["encoder"]["lr"] == 1e-5 and hw9["encoder"]["epochs"] == 100
@@ -41,6 +43,9 @@ class _Chosen(Exception):
 @pytest.mark.parametrize("channels,recipe,want", [(3, None, "photo-umap"), (1, None, "hog-umap"),
                                                   (3, "baseline", "baseline"), (1, "photo-umap", "photo-umap")])
 def test_run_picks_the_default_by_colour_unless_a_recipe_is_named(monkeypatch, tmp_path, capsys, channels, recipe, want):
+    from imclust.nn import efficientnet
+
+    monkeypatch.setattr(efficientnet, "weights_installed", lambda name="efficientnet-lite0": False)  # as without imclust[photos]
     x = np.random.RandomState(0).rand(6, channels, 8, 8).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     seen = []

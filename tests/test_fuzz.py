@@ -465,12 +465,12 @@ def test_set_assignments_are_checked_before_any_work(data):
             assert "did you mean" in msg, msg
         return
     # accepted: a real part, an option its component has, a value of a kind it takes
-    from imclust.base import REGISTRY
+    from imclust.base import component_class
 
     event("accepted")
     assert key_part in real_parts, assignment
     chosen = dict(pipe.parts())[key_part]
-    assert key_opt in REGISTRY[chosen.component_name]._get_param_names() or key_opt == "type", assignment
+    assert key_opt == "type" or key_opt in component_class(chosen.component_name)._get_param_names(), assignment
     if value in ("abc", "nan", "inf") and isinstance(spec.get(option), (int, float)) and key_opt == option:
         raise AssertionError(f"{assignment}: a number option took {value!r}")
 

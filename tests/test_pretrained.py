@@ -507,7 +507,7 @@ def test_cli_export_and_bad_flags(tmp_path, capsys):
                   for p in (tmp_path / "o" / "clusters").rglob("*.png")) == exported
     capsys.readouterr()
     for bad, msg in [
-        (["run", str(root), "--weights", str(tmp_path / "w.pth"), "--out", str(tmp_path / "x")],
+        (["run", str(root), "--weightless", "--weights", str(tmp_path / "w.pth"), "--out", str(tmp_path / "x")],
          "uses the 'hog' encoder"),
         (["run", str(root), "--recipe", "cnn-kmeans", "--weights", str(tmp_path / "w.pth"), "--out", str(tmp_path / "x")],
          "does not exist"),

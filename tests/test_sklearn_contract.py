@@ -21,6 +21,8 @@ CHECK_PARAMS: dict[str, tuple[dict, str]] = {
     "tsne": ({"n_iter": 260, "n_jobs": 1}, "1,000 iterations on every thread per fit make the checks take minutes; they "
                                            "test the contract, not the quality of the layout"),
     "umap": ({"n_epochs": 50}, "as for tsne: fewer optimisation epochs per fit"),
+    "temi": ({"steps": 60, "n_heads": 2, "hidden": 32, "bottleneck": 16, "knn": 5, "device": "cpu"},
+             "a smaller, shorter head training per fit (1,000 steps of 8 heads per fit make the checks take minutes)"),
 }
 #: checks expected to fail, by component name: {check name: why}
 EXPECTED_FAILURES: dict[str, dict[str, str]] = {

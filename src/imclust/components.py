@@ -18,4 +18,5 @@ LAZY.update({
     "pretrained": "imclust.encoders.pretrained",
     "dec": "imclust.encoders.dec",
     "idec": "imclust.encoders.dec",
+    "temi": "imclust.temi",
 })

