@@ -9,7 +9,7 @@ from sklearn.base import clone
 
 from imclust import components  # noqa: F401
 from imclust.api import build_pipeline, run
-from imclust.cluster import KMeans, MiniBatchKMeans, choose_k, faiss_available
+from imclust.cluster import KMeans, MiniBatchKMeans, faiss_available
 from imclust.data import load_source
 from imclust.errors import UserError
 from imclust.metrics import cluster_acc
@@ -78,12 +78,6 @@ def test_components_are_sklearn_estimators():
     for est in (PCA(3, whiten=True), KMeans(3), MiniBatchKMeans(3)):
         c = clone(est)
         assert c.get_params() == est.get_params()
-
-
-def test_choose_k_finds_blobs():
-    X, _ = _gauss(n_per=100, k=3, d=4)
-    k, scores = choose_k(X, 2, 6)
-    assert k == 3 and set(scores) == {2, 3, 4, 5, 6}
 
 
 def test_pipeline_save_load_predicts_same_without_pickle(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ import numpy as np
 from . import components  # noqa: F401  (registers every component)
 from .data import ImageSet, Skipped, load_source, read_labels_file
 from .errors import UserError
+from .kselect import is_auto, parse_auto
 from .metrics import evaluate
 from .pipeline import Pipeline
 from .progress import log
@@ -38,12 +39,15 @@ class RunResult:
 
 
 def _k_of(pipe: Pipeline, labels) -> int:
-    k = pipe.clusterer.get_params(deep=False).get("n_clusters")
+    k = getattr(pipe.clusterer, "n_clusters_", None)  # the fitted k (chosen, when --k auto)
+    if k is None:
+        k = pipe.clusterer.get_params(deep=False).get("n_clusters")
     return int(k) if isinstance(k, (int, np.integer)) else int(len(np.unique(labels)))
 
 
 def resolve_k(k, ds: ImageSet) -> int | str:
-    """--k as given; else the number of classes when evaluation labels exist (only their count is read); else auto."""
+    """--k as given ('auto' and 'auto:MIN-MAX' are checked against the number of images); else the number
+    of classes when evaluation labels exist (only their count is read); else auto."""
     if k is None:
         if ds.labels is not None:
             n_classes = len(np.unique(ds.labels))
@@ -51,12 +55,13 @@ def resolve_k(k, ds: ImageSet) -> int | str:
             return n_classes
         return "auto"
     if isinstance(k, str):
-        if k == "auto":
-            return k
+        if is_auto(k):
+            parse_auto(k, len(ds))  # a bad range fails here, before any work
+            return k.strip().lower()
         try:
             k = int(k)
         except ValueError:
-            raise UserError(f"--k {k!r}: give a whole number or 'auto'") from None
+            raise UserError(f"--k {k!r}: give a whole number, 'auto' or 'auto:MIN-MAX' (for example auto:2-30)") from None
     if k < 1 or k > len(ds):
         raise UserError(f"--k {k}: must be between 1 and the number of images ({len(ds)})")
     return int(k)
@@ -89,9 +94,9 @@ def build_pipeline(recipe: str | None = None, overrides=(), seed: int | None = 0
 
 
 def fit_pipeline(pipe: Pipeline, ds: ImageSet, k) -> Pipeline:
-    """Fit with ``k`` clusters; ``k='auto'`` chooses k by silhouette on the embedding."""
+    """Fit with ``k`` clusters; ``k='auto'`` or ``'auto:MIN-MAX'`` chooses k on the embedding (:mod:`.kselect`)."""
     if "n_clusters" in pipe.clusterer.get_params(deep=False):
-        pipe.clusterer.set_params(n_clusters=k if k == "auto" else int(k))
+        pipe.clusterer.set_params(n_clusters=k if is_auto(k) else int(k))
     return pipe.fit(ds)
 
 
@@ -101,6 +106,8 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
         export: str | None = None) -> RunResult:
     """Load ``source``, fit the recipe's pipeline, evaluate, and (with ``out``) write every output.
 
+    ``k``: a number; ``"auto"`` or ``"auto:MIN-MAX"`` (k chosen on the embedding between MIN and MAX, see
+    :mod:`imclust.kselect`); or ``None`` (the recipe's k, else the number of classes when labels exist, else auto).
     ``seed=None`` uses the recipe's seed (0 when it names none). ``export`` (copy, symlink or move) puts a
     folder's files into ``out/clusters/<label>/`` after everything else is written.
     """

@@ -158,28 +158,6 @@ class MiniBatchKMeans(CentroidClusterer):
         return self
 
 
-def choose_k(X, k_min: int = 2, k_max: int = 15, random_state: int = 0, sample: int = 5000) -> tuple[int, dict[int, float]]:
-    """Pick k by the silhouette of k-means on (a sample of) X. Returns the best k and the score per k."""
-    from sklearn.metrics import silhouette_score
-
-    X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
-    n = len(X)
-    if n < 3:
-        raise UserError(f"cannot choose k automatically for {n} images; pass --k")
-    rs = np.random.RandomState(random_state)
-    Xs = X[rs.choice(n, sample, replace=False)] if n > sample else X
-    k_max = min(k_max, len(Xs) - 1)
-    scores = {}
-    for k in progress(range(k_min, k_max + 1), desc="choose k", unit="k"):
-        lab = KMeans(k, n_init=3, random_state=random_state).fit_predict(Xs)
-        if len(np.unique(lab)) < 2:
-            continue
-        scores[k] = float(silhouette_score(Xs, lab, random_state=random_state))
-    best = max(scores, key=scores.get)
-    log(f"chose k={best} by silhouette (scores: " + ", ".join(f"{k}:{s:.3f}" for k, s in scores.items()) + ")")
-    return best, scores
-
-
 def _as_2d(X) -> np.ndarray:
     X = np.asarray(X, dtype=np.float32)
     X = X.reshape(len(X), -1)

@@ -51,7 +51,8 @@ def write_skipped(path, skipped) -> Path:
 # first, so the report never shows another run's figures as this one's. Exported clusters/ are never touched.
 CONDITIONAL_OUTPUTS = ("true_labels.npy", "scatter_labels.png", "scatter_3d.png", "reconstructions.png",
                        "loss_curve.png", "history.json", "prediction.csv", "prediction_invert.csv",
-                       "submission.csv", "deepcluster.json", "embedding.gif", "split.csv", "map2d.npy")
+                       "submission.csv", "deepcluster.json", "embedding.gif", "split.csv", "map2d.npy",
+                       "k_selection.json")
 CONDITIONAL_GLOBS = ("montages/montage_*.png", "epochs/epoch_*.png")
 
 
@@ -90,13 +91,34 @@ def write_run(out, result) -> None:
         "n_skipped": len(result.skipped),
         # problems a component found while fitting (e.g. a DeepCluster collapse), kept for the report
         "warnings": list(getattr(result.pipeline.encoder, "warnings_", None) or []),
+        **_k_selection_summary(result),
     })
+    write_k_selection(out, result)
     from .report.figures import write_run_figures
 
     write_run_figures(result, out)
     for name in result.config.get("outputs", []):
         OUTPUT_WRITERS[name](result, out)
     write_report(result, out)
+
+
+def _k_selection_summary(result) -> dict:
+    sel = getattr(result.pipeline, "k_selection_", None)
+    if sel is None:
+        return {}
+    return {"k_selection": {"criterion": sel.criterion, "k": sel.k, "runner_up": sel.runner_up,
+                            "k_min": sel.k_min, "k_max": sel.k_max, "scores": {str(k): v for k, v in sel.scores().items()}}}
+
+
+def write_k_selection(out: Path, result) -> None:
+    """``k_selection.json`` (the whole curve the report draws and the command that reruns with another k)
+    when k was chosen automatically."""
+    from .kselect import rerun_template
+
+    sel = getattr(result.pipeline, "k_selection_", None)
+    if sel is not None:
+        rerun = rerun_template(sys.argv, result.source, result.recipe_name, result.seed, out)
+        write_json(out / "k_selection.json", {**sel.to_dict(), "rerun": rerun})
 
 
 def _dataset_indices(result):

@@ -18,6 +18,7 @@ from .base import REGISTRY, build
 from .data import ImageSet
 from .errors import UserError
 from .io import load_tensors, save_tensors, write_json
+from .kselect import is_auto, select_k
 from .progress import log
 
 FORMAT = "imclust-pipeline/1"
@@ -27,7 +28,9 @@ class Pipeline:
     """An encoder, a chain of reducers and a clusterer, fitted together.
 
     After ``fit``: ``features_`` (encoder output), ``embedding_`` (what the clusterer saw), ``labels_``
-    and ``timings_`` (seconds per stage).
+    and ``timings_`` (seconds per stage). When the clusterer's ``n_clusters`` is ``"auto"`` or
+    ``"auto:MIN-MAX"``, k is chosen on the embedding (:mod:`imclust.kselect`): ``k_selection_`` holds the
+    evidence and the clusterer's ``n_clusters_`` the chosen k, while its ``n_clusters`` stays as asked.
     """
 
     def __init__(self, encoder, reducers=(), clusterer=None, name: str = "custom", seed: int | None = 0):
@@ -90,14 +93,21 @@ class Pipeline:
             X = np.asarray(r.fit_transform(X), dtype=np.float32)
             self.timings_[f"reduce.{i}.{r.component_name}"] = time.perf_counter() - t
         self.embedding_ = X
+        asked = self.clusterer.get_params(deep=False).get("n_clusters")
+        if is_auto(asked):  # choose k on the embedding, fit with it, keep the clusterer's n_clusters as asked
+            t = time.perf_counter()
+            self.k_selection_ = select_k(X, asked, random_state=self.seed)
+            self.timings_["choose_k"] = time.perf_counter() - t
+            self.clusterer.set_params(n_clusters=self.k_selection_.k)
         t = time.perf_counter()
-        if self.clusterer.get_params(deep=False).get("n_clusters") == "auto":
-            from .cluster import choose_k
-
-            best, self.k_scores_ = choose_k(X, random_state=self.seed or 0)
-            self.clusterer.set_params(n_clusters=best)
         log(f"[{self.name}] cluster with {self.clusterer.component_name}")
-        self.labels_ = np.asarray(self.clusterer.fit_predict(X), dtype=np.int64)
+        try:
+            self.labels_ = np.asarray(self.clusterer.fit_predict(X), dtype=np.int64)
+        finally:
+            if is_auto(asked):
+                self.clusterer.set_params(n_clusters=asked)
+        if is_auto(asked):
+            self.clusterer.n_clusters_ = int(self.k_selection_.k)
         self.timings_["cluster"] = time.perf_counter() - t
         return self
 
