@@ -6,10 +6,12 @@ adjusted Rand index (ARI): a k that matches real groups gives the same partition
 was fitted on. Some k are stable on any data (k-means cuts an elongated cloud the same way every time),
 so the same measurement is repeated on a reference sample that has no clusters, a Gaussian with the
 embedding's mean and covariance, and the score of k is the difference: how much more stable the data's
-partition is than a structureless cloud's. The curve is smoothed over neighbouring candidates and the
-chosen k is the smallest candidate whose score reaches :data:`PLATEAU` of the best one: among the k the
-data support about equally well, the coarsest. The runner-up is the best-scoring candidate clearly apart
-from the chosen one.
+partition is than a structureless cloud's. A cloud only gets less stable as k grows, so the reference curve
+is replaced by its best non-increasing fit (this removes the luck of single fits at small k). The score
+is the difference, floored at 0 (a k less stable than the cloud gets no credit) and smoothed with weights
+1-2-1 over neighbouring candidates; the chosen k is the smallest candidate whose score reaches
+:data:`PLATEAU` of the best one: among the k the data support about equally well, the coarsest.
+The runner-up is the best-scoring candidate clearly apart from the chosen one.
 
 Nothing here reads labels, and nothing refits the encoder: only the embedding the clusterer sees is used.
 Candidates are every k up to 20, then steps of about 10 % (the grid the report draws).
@@ -35,8 +37,9 @@ POINTS_PER_CLUSTER = 20  # the sample holds at least this many points per cluste
 REPEATS = 5  # k-means fits per candidate (pairs compared: REPEATS * (REPEATS - 1) / 2)
 N_INIT = 2  # k-means++ starts per fit
 SUBSAMPLE = 0.8  # share of the sample each fit sees
-PLATEAU = 0.95  # chosen: the smallest k whose smoothed score reaches this share of the best
+PLATEAU = 0.9  # chosen: the smallest k whose smoothed score reaches this share of the best
 APART = 1.25  # the runner-up differs from the chosen k by at least this factor
+WEAK = 0.1  # a best score below this: the groups are barely more reproducible than in a cloud without any
 
 _AUTO = re.compile(r"auto(?::(\d+)-(\d+))?")
 
@@ -79,7 +82,7 @@ def parse_auto(text: str, n: int | None = None) -> tuple[int, int]:
 
 def candidates(k_min: int, k_max: int) -> list[int]:
     """Every k up to 20, then steps of about 10 % up to ``k_max`` (always included)."""
-    ks = list(range(k_min, min(k_max, 20) + 1))
+    ks = list(range(k_min, min(k_max, 20) + 1)) or [k_min]
     k = max(20, k_min)
     while k < k_max:
         k = min(k_max, int(np.ceil(k * 1.1)))
@@ -96,10 +99,10 @@ class KSelection:
     k_min: int
     k_max: int
     candidates: list
-    score: list  # the criterion: the smoothed stability gap
+    score: list  # the criterion: the stability gap, floored at 0 and smoothed
     gap: list  # stability - reference, before smoothing
     stability: list  # mean ARI between fits on the embedding
-    reference: list  # the same on the structureless reference sample
+    reference: list  # the same on the structureless reference sample (its non-increasing fit)
     stability_sd: list
     criterion: str = CRITERION
     plateau: float = PLATEAU
@@ -113,6 +116,11 @@ class KSelection:
 
     def scores(self) -> dict[int, float]:
         return dict(zip(self.candidates, self.score))
+
+    @property
+    def weak(self) -> bool:
+        """True when no candidate scored :data:`WEAK` or more: the embedding shows no clear groups."""
+        return len(self.candidates) > 1 and max(self.score) < WEAK
 
 
 def _stability(X: np.ndarray, ks, subsets, seed: int, bar) -> tuple[np.ndarray, np.ndarray]:
@@ -135,9 +143,17 @@ def _stability(X: np.ndarray, ks, subsets, seed: int, bar) -> tuple[np.ndarray, 
     return mean, sd
 
 
+def _non_increasing(ks: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """The least-squares non-increasing fit of ``v`` over ``ks`` (pool adjacent violators)."""
+    from sklearn.isotonic import IsotonicRegression
+
+    return IsotonicRegression(increasing=False).fit(ks, v).predict(ks)
+
+
 def _smooth(v: np.ndarray) -> np.ndarray:
-    """Mean over each candidate and its neighbours on the grid (the ends average two values)."""
-    return np.array([v[max(0, i - 1): i + 2].mean() for i in range(len(v))])
+    """Weights 1-2-1 over each candidate and its neighbours on the grid (an end counts itself twice)."""
+    p = np.concatenate([v[:1], v, v[-1:]])
+    return (p[:-2] + 2 * p[1:-1] + p[2:]) / 4
 
 
 def select_k(X, k="auto", random_state: int | None = 0) -> KSelection:
@@ -164,13 +180,14 @@ def select_k(X, k="auto", random_state: int | None = 0) -> KSelection:
     with progress(total=2 * len(ks), desc="choose k", unit="fit-set") as bar:
         stab, stab_sd = _stability(sample, ks, subsets, seed, bar)
         ref, _ = _stability(reference, ks, subsets, seed, bar)
+    ref = _non_increasing(np.asarray(ks, dtype=float), ref)
     gap = stab - ref
-    score = _smooth(gap)
+    score = _smooth(np.maximum(gap, 0.0))
     best = float(score.max())
     if best > 0:
         chosen = int(ks[int(np.flatnonzero(score >= PLATEAU * best)[0])])
     else:  # nothing is more stable than a structureless cloud: take the least bad
-        chosen = int(ks[int(np.argmax(score))])
+        chosen = int(ks[int(np.argmax(gap))])
     apart = [j for j, kk in enumerate(ks) if max(kk, chosen) / min(kk, chosen) >= APART]
     runner_up = int(ks[max(apart, key=lambda j: score[j])]) if apart else None
     sel = KSelection(chosen, runner_up, k_min, k_max, [int(v) for v in ks], _round(score), _round(gap),
@@ -178,7 +195,8 @@ def select_k(X, k="auto", random_state: int | None = 0) -> KSelection:
                      seconds=time.perf_counter() - t0)
     log(f"chose k={chosen} by the {CRITERION} among {k_min}-{k_max}" +
         (f" (runner-up k={runner_up})" if runner_up is not None else "") + (
-            "; no k was more stable than a cloud without clusters, so this choice is weak" if best <= 0 else ""))
+            "; no k gave groups clearly more reproducible than a cloud without clusters, so this choice is weak"
+            if sel.weak else ""))
     return sel
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..io import write_text
+from ..kselect import WEAK
 from ..metrics import METRIC_HELP, aligned_confusion
 
 MAX_MAP_POINTS = 50_000
@@ -369,9 +370,10 @@ def _k_section(r: _Run) -> str:
     if sel.get("seconds") is not None:
         rows.append(("Time to choose", e(_fmt_seconds(float(sel["seconds"])))))
     warn = ""
-    if max(float(v) for v in sel["score"]) <= 0:
-        warn = ("<p class=\"warn\">No k gave clusters more reproducible than a cloud without clusters: the embedding shows "
-                "no clear groups, so this choice of k is weak. Try the runner-up or a k you expect.</p>")
+    if len(ks) > 1 and max(float(v) for v in sel["score"]) < WEAK:
+        warn = ("<p class=\"warn\">No k gave groups clearly more reproducible than a cloud without clusters (every score "
+                f"is below {WEAK}): the embedding shows no clear groups, so this choice of k is weak. Try the runner-up or "
+                "a k you expect.</p>")
     legend = ("<p class=\"small k-legend\"><span style=\"color:#2f6fd6\">━ score</span> · "
               "<span style=\"color:#9aa3b2\">╌ stability on the embedding</span> · "
               "<span style=\"color:#c9a66b\">┈ stability on the reference</span> · hover a point for its values</p>")
