@@ -1,7 +1,8 @@
 """Writing a run's outputs, all atomically.
 
-``predictions.csv`` (id,label), ``embedding.npy``, ``metrics.json``, ``model/``, ``skipped.csv`` and
-``run.json`` (the configuration, timings and versions that the report reads). Recipes may name extra
+``predictions.csv`` (id,label), ``embedding.npy``, ``metrics.json``, ``model/``, ``skipped.csv``,
+``run.json`` (the configuration, timings and versions that the report reads) and, when k was chosen
+automatically, ``k_selection.json`` (the curve over the candidate k and the command that reruns with another k). Recipes may name extra
 writers (``outputs = [...]`` in their TOML); they are registered here with :func:`register_output`.
 """
 
