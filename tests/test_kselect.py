@@ -14,7 +14,7 @@ from imclust import components  # noqa: F401
 from imclust.api import run
 from imclust.data import ImageSet
 from imclust.errors import UserError
-from imclust.kselect import candidates, default_k_max, parse_auto, rerun_template, select_k
+from imclust.kselect import adjusted_rand, candidates, default_k_max, parse_auto, rerun_template, select_k
 from imclust.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -62,6 +62,11 @@ def test_structureless_cloud_gives_a_weak_choice():
     assert not select_k(_blobs(k=4), "auto:2-10", random_state=0).weak
 
 
+def test_tiny_input_has_one_candidate():
+    sel = select_k(np.random.RandomState(0).randn(12, 3), "auto", random_state=0)  # 12 images: range 2-2
+    assert sel.k == 2 and sel.candidates == [2] and sel.runner_up is None
+
+
 def test_bounds_are_respected():
     X = _blobs(k=3, seed=1)
     sel = select_k(X, "auto:5-8", random_state=0)
@@ -85,6 +90,17 @@ def test_default_range_scales_with_n():
     assert parse_auto(" AUTO:5-40 ", 1000) == (5, 40)
 
 
+def test_adjusted_rand_matches_scikit_learn():
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.RandomState(0)
+    for ka, kb, n in ((2, 2, 10), (5, 9, 300), (40, 3, 1000), (1, 1, 20), (1, 4, 50)):
+        a, b = rng.randint(0, ka, n), rng.randint(0, kb, n)
+        b[: n // 2] = a[: n // 2] % kb  # partly agreeing
+        assert adjusted_rand(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
+    assert adjusted_rand(np.array([0, 0, 1, 1]), np.array([1, 1, 0, 0])) == 1.0
+
+
 def test_candidate_grid():
     ks = candidates(2, 100)
     assert ks[:19] == list(range(2, 21)) and ks[-1] == 100
@@ -98,7 +114,7 @@ def test_candidate_grid():
     ("auto:1-10", 1000, "MIN must be at least 2"),
     ("auto:5", 1000, "write a whole number, 'auto', or 'auto:MIN-MAX'"),
     ("auto:a-b", 1000, "write a whole number, 'auto', or 'auto:MIN-MAX'"),
-    ("auto:2-5000", 1797, "MAX (5000) must be below the number of images (1797)"),
+    ("auto:2-5000", 1797, "MAX (5000) must be at most half the number of images (1797 images, so at most 898"),
     ("auto", 2, "cannot choose k automatically for 2 image(s)"),
 ])
 def test_bad_bounds_one_line(text, n, message):
@@ -114,7 +130,7 @@ def _cli(*args):
 
 
 @pytest.mark.parametrize("k, message", [("auto:40-5", "write --k auto:5-40"), ("auto:1-9", "at least 2"),
-                                        ("auto:3-9999", "below the number of images (1797)"),
+                                        ("auto:3-9999", "at most half the number of images (1797 images"),
                                         ("auto:x", "'auto:MIN-MAX'")])
 def test_cli_bad_bounds_exit_2_with_one_line(tmp_path, k, message):
     code, err = _cli("run", "digits", "--recipe", "baseline", "--k", k, "--out", tmp_path / "o")
