@@ -7,10 +7,10 @@ was fitted on. Some k are stable on any data (k-means cuts an elongated cloud th
 so the same measurement is repeated on a reference sample that has no clusters, a Gaussian with the
 embedding's mean and covariance, and the score of k is the difference: how much more stable the data's
 partition is than a structureless cloud's. A cloud only gets less stable as k grows, so the reference curve
-is replaced by its best non-increasing fit (this removes the luck of single fits at small k). The score
-is the difference, floored at 0 (a k less stable than the cloud gets no credit) and smoothed with weights
-1-2-1 over neighbouring candidates; the chosen k is the smallest candidate whose score reaches
-:data:`PLATEAU` of the best one: among the k the data support about equally well, the coarsest.
+is replaced by its best non-increasing fit (this removes the luck of single fits at small k). The score is
+this gap smoothed with weights 1-2-1 over neighbouring candidates that have a positive gap (a k less stable
+than the cloud scores 0); the chosen k is the smallest candidate whose score reaches :data:`PLATEAU` of the
+best one: among the k the data support about equally well, the coarsest.
 The runner-up is the best-scoring candidate clearly apart from the chosen one.
 
 Nothing here reads labels, and nothing refits the encoder: only the embedding the clusterer sees is used.
@@ -100,7 +100,7 @@ class KSelection:
     k_min: int
     k_max: int
     candidates: list
-    score: list  # the criterion: the stability gap, floored at 0 and smoothed
+    score: list  # the criterion: the stability gap, smoothed over candidates with a positive gap
     gap: list  # stability - reference, before smoothing
     stability: list  # mean ARI between fits on the embedding
     reference: list  # the same on the structureless reference sample (its non-increasing fit)
@@ -166,10 +166,16 @@ def _non_increasing(ks: np.ndarray, v: np.ndarray) -> np.ndarray:
     return IsotonicRegression(increasing=False).fit(ks, v).predict(ks)
 
 
-def _smooth(v: np.ndarray) -> np.ndarray:
-    """Weights 1-2-1 over each candidate and its neighbours on the grid (an end counts itself twice)."""
-    p = np.concatenate([v[:1], v, v[-1:]])
-    return (p[:-2] + 2 * p[1:-1] + p[2:]) / 4
+def _smooth(gap: np.ndarray) -> np.ndarray:
+    """The score: each candidate's gap averaged with weights 1-2-1 with its neighbours on the grid, counting only
+    candidates with a positive gap (one less stable than the cloud is no support, and must not drag down a sharp
+    peak next to it); a candidate with no positive gap scores 0."""
+    w = (gap > 0).astype(float)
+    v = np.concatenate([[0.0], gap * w, [0.0]])
+    c = np.concatenate([[0.0], w, [0.0]])
+    total = v[:-2] + 2 * v[1:-1] + v[2:]
+    weight = c[:-2] + 2 * c[1:-1] + c[2:]
+    return np.where(w > 0, total / np.maximum(weight, 1e-12), 0.0)
 
 
 def select_k(X, k="auto", random_state: int | None = 0) -> KSelection:
@@ -200,7 +206,7 @@ def select_k(X, k="auto", random_state: int | None = 0) -> KSelection:
         ref, _ = _stability(reference, ks, subsets, seed, bar)
     ref = _non_increasing(np.asarray(ks, dtype=float), ref)
     gap = stab - ref
-    score = _smooth(np.maximum(gap, 0.0))
+    score = _smooth(gap)
     best = float(score.max())
     if best > 0:
         chosen = int(ks[int(np.flatnonzero(score >= PLATEAU * best)[0])])
