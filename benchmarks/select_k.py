@@ -85,6 +85,75 @@ def silhouette_choice(X, seed: int, k_min: int = 2, k_max: int = 15, sample: int
     return int(max(scores, key=scores.get))
 
 
+# -- the other candidates studied (``--study``): each one's k on the same embedding --------------------------
+def _sample(X, seed: int, m: int = 3000):
+    rs = np.random.RandomState(seed)
+    return X[rs.choice(len(X), m, replace=False)] if len(X) > m else X
+
+
+def bic_choice(X, ks, seed: int) -> int:
+    """The GMM's BIC (full covariance, as the recipe's clusterer), lowest over the candidates."""
+    import warnings
+
+    from sklearn.mixture import GaussianMixture
+
+    Xs = _sample(X, seed).astype(np.float64)
+    bic = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for k in ks:
+            bic[k] = GaussianMixture(k, covariance_type="full", random_state=seed, max_iter=100).fit(Xs).bic(Xs)
+    return int(min(bic, key=bic.get))
+
+
+def eigengap_choice(X, ks, seed: int, neighbours: int = 15) -> int:
+    """The largest gap between consecutive eigenvalues of the normalised Laplacian of the kNN graph."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import eigsh
+    from sklearn.neighbors import NearestNeighbors
+
+    Xs = _sample(X, seed).astype(np.float64)
+    n = len(Xs)
+    d, idx = NearestNeighbors(n_neighbors=neighbours + 1).fit(Xs).kneighbors(Xs)
+    w = np.exp(-(d[:, 1:] / (d[:, -1:] + 1e-12)) ** 2)
+    W = sp.csr_matrix((w.ravel(), (np.repeat(np.arange(n), neighbours), idx[:, 1:].ravel())), shape=(n, n))
+    W = W.maximum(W.T)
+    deg = np.asarray(W.sum(1)).ravel()
+    A = sp.diags(1 / np.sqrt(deg)) @ W @ sp.diags(1 / np.sqrt(deg))
+    top = min(max(ks) + 2, n - 2)
+    lam = np.sort(1 - eigsh(A, k=top, which="LA", v0=np.random.RandomState(seed).rand(n))[0])
+    return int(max((k for k in ks if k < len(lam)), key=lambda k: lam[k] - lam[k - 1]))
+
+
+def gap_statistic_choice(X, ks, seed: int, references: int = 5) -> int:
+    """Tibshirani's gap statistic (k-means, uniform reference in the principal-axes box, the 1-SE rule)."""
+    from sklearn.cluster import KMeans
+
+    Xs = _sample(X, seed).astype(np.float64)
+    rs = np.random.RandomState(seed)
+    mu = Xs.mean(0)
+    vt = np.linalg.svd(Xs - mu, full_matrices=False)[2]
+    z = (Xs - mu) @ vt.T
+    refs = [rs.uniform(z.min(0), z.max(0), size=z.shape) @ vt + mu for _ in range(references)]
+    gap, se = {}, {}
+    for k in ks:
+        log_w = np.log(KMeans(k, n_init=3, random_state=seed).fit(Xs).inertia_)
+        log_ref = np.array([np.log(KMeans(k, n_init=1, random_state=seed).fit(r).inertia_) for r in refs])
+        gap[k], se[k] = log_ref.mean() - log_w, log_ref.std() * np.sqrt(1 + 1 / references)
+    for a, b in zip(ks, ks[1:]):
+        if gap[a] >= gap[b] - se[b]:
+            return int(a)
+    return int(ks[-1])
+
+
+def study(X, sel, seed: int) -> dict:
+    """k by each studied candidate on the embedding, over the same candidates as ours (BIC up to 60 for time)."""
+    ks = sel.candidates
+    stability_only = int(ks[int(np.argmax(sel.stability))])
+    return {"stability (no reference)": stability_only, "GMM BIC": bic_choice(X, [k for k in ks if k <= 60], seed),
+            "eigengap": eigengap_choice(X, ks, seed), "gap statistic": gap_statistic_choice(X, ks, seed)}
+
+
 def reference_run(name: str, seed: int, cache: Path | None) -> dict:
     """The default recipe with k = number of classes: embedding, labels, scores and seconds per stage."""
     path = cache / f"{name}-seed{seed}.npz" if cache else None
@@ -144,7 +213,7 @@ def clustimage_run(python: str, name: str, seed: int) -> dict:
     return {**out["auto"], "true": out["true"]}
 
 
-def measure(name: str, seed: int, cache: Path | None, peer_python: str | None) -> dict:
+def measure(name: str, seed: int, cache: Path | None, peer_python: str | None, studied: bool = False) -> dict:
     ref = reference_run(name, seed, cache)
     X, y, recipe = ref["embedding"], ref["y"], ref["recipe"]
     k_true = int(len(np.unique(y)))
@@ -156,6 +225,8 @@ def measure(name: str, seed: int, cache: Path | None, peer_python: str | None) -
     t = time.perf_counter()
     k_sil = silhouette_choice(X, seed)
     row["silhouette"] = {"k": k_sil, "seconds": time.perf_counter() - t, **scores(cluster_at(X, k_sil, recipe, seed), y)}
+    if studied:
+        row["study"] = study(X, sel, seed)
     if peer_python:
         try:
             row["clustimage"] = clustimage_run(peer_python, name, seed)
@@ -218,6 +289,31 @@ def summarise(rows: list[dict], methods: list[str]) -> tuple[str, str]:
     return table(lines, header), "\n".join(goal)
 
 
+def study_table(rows: list[dict], seeds) -> str:
+    names = list(rows[0]["study"])
+    sets = list(dict.fromkeys(r["set"] for r in rows))
+    lines, hits = [], {m: 0 for m in ["stability gap (ours)", "silhouette", *names]}
+    for s in sets:
+        rs = [r for r in rows if r["set"] == s]
+        truth = rs[0]["k_true"]
+        picks = {"stability gap (ours)": [r["ours"]["k"] for r in rs], "silhouette": [r["silhouette"]["k"] for r in rs],
+                 **{m: [r["study"][m] for r in rs] for m in names}}
+        for m, ks in picks.items():
+            hits[m] += sum(within(k, truth) for k in ks)
+        lines.append([s, truth, *["/".join(map(str, picks[m])) for m in hits]])
+    runs = len(rows)
+    lines.append(["**k within ±25 %**", "", *[f"{hits[m]} of {runs}" for m in hits]])
+    return (f"## Choosing k: the candidates studied (issue 18)\n\nCommand: `{command()}`  \nMachine: {machine()}  \n"
+            f"Date: {today()}\n\nSeeds {list(seeds)}; k per seed. Every candidate reads the same embedding (the default "
+            "recipe's, from the run with k given) and the same candidate k (plain `--k auto`; BIC up to 60 to bound its "
+            "time). GMM BIC: full covariance on a 3,000-point sample, lowest BIC. Eigengap: normalised Laplacian of the "
+            "15-nearest-neighbour graph (Gaussian weights scaled by each point's 15th distance), largest gap. Gap "
+            "statistic: Tibshirani et al., k-means, 5 uniform references in the principal-axes box, 1-SE rule. "
+            "Stability without the reference: the k with the highest mean ARI between subsample fits (ours before "
+            "subtracting the structureless cloud). Silhouette: the previous `--k auto`.\n\n"
+            + table(lines, ["set", "true k", *hits]) + "\n")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sets", nargs="+", default=list(SUITE), choices=list(SUITE))
@@ -225,6 +321,9 @@ def main(argv=None):
     ap.add_argument("--cache", type=Path, default=None, help="folder for the embeddings (outside the repository)")
     ap.add_argument("--clustimage", metavar="PYTHON", default=None,
                     help="the python of a virtual environment with clustimage installed (run as the peer)")
+    ap.add_argument("--study", action="store_true",
+                    help="also the other candidates studied (GMM BIC, eigengap, gap statistic, stability without the "
+                         "reference): their k only, written as its own block")
     ap.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
     missing = [s for s in args.sets if not (SUITE[s] == "digits" or Path(SUITE[s]).exists())]
@@ -235,8 +334,14 @@ def main(argv=None):
     torch.set_num_threads(1)
     load_start = os.getloadavg()[0]
     # clustimage (PCA + Ward) is deterministic: once per set
-    rows = [measure(s, seed, args.cache, args.clustimage if seed == args.seeds[0] else None)
+    rows = [measure(s, seed, args.cache, args.clustimage if seed == args.seeds[0] else None, args.study)
             for s in args.sets for seed in args.seeds]
+    if args.study:
+        text = study_table(rows, args.seeds)
+        print(text)
+        if args.write:
+            update_section("select_k-study", text)
+        return
     methods = ["ours", "silhouette"] + (["clustimage"] if any("clustimage" in r for r in rows) else [])
     body, goal = summarise(rows, methods)
     cached = any(r["cached"] for r in rows)
