@@ -184,6 +184,10 @@ def test_run_writes_the_evidence_and_the_report_shows_it(tmp_path):
     assert sel["rerun"].startswith("imclust run digits --recipe baseline --seed 0 --k {k} --out ")
     model = json.loads((out / "model" / "pipeline.json").read_text())["parts"]["clusterer"]
     assert model["spec"]["n_clusters"] == "auto:6-14" and model["state"]["n_clusters_"] == res.k
+    from imclust.data import load_source
+
+    # the saved model places images with the chosen k, without choosing again
+    assert np.array_equal(Pipeline.load(out / "model").predict(load_source("digits")), res.labels)
     page = (out / "report.html").read_text()
     assert 'id="k-choice"' in page and f"chosen k={res.k}" in page and f"runner-up k={sel['runner_up']}" in page
     assert page.count('class="k-point"') == len(sel["candidates"])
