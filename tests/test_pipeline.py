@@ -8,7 +8,7 @@ import pytest
 
 from imclust import components  # noqa: F401
 from imclust.api import build_pipeline, run
-from imclust.cluster import KMeans, MiniBatchKMeans, choose_k, faiss_available
+from imclust.cluster import KMeans, MiniBatchKMeans, faiss_available
 from imclust.data import load_source
 from imclust.errors import UserError
 from imclust.metrics import cluster_acc
@@ -78,10 +78,6 @@ def test_pca_whiten_and_variance_fraction():
     np.testing.assert_allclose(np.abs(ours), np.abs(ref), atol=1e-3)
 
 
-def test_choose_k_finds_blobs():
-    X, _ = _gauss(n_per=100, k=3, d=4)
-    k, scores = choose_k(X, 2, 6)
-    assert k == 3 and set(scores) == {2, 3, 4, 5, 6}
 
 
 def test_pipeline_save_load_predicts_same_without_pickle(tmp_path, monkeypatch):

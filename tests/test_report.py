@@ -492,3 +492,59 @@ def test_predict_output_gets_a_report(labelled_run, tmp_path):
     check_html(text)
     assert {"run", "metrics", "map", "clusters", "skipped"} <= _section_ids(text)
     assert len(_data_of(text)["ids"]) == 37 and (out / "thumbs.json").exists()
+
+
+# -- how k was chosen ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def auto_k_run(tmp_path_factory):
+    from imclust.api import run
+
+    base = tmp_path_factory.mktemp("rep_autok")
+    src = _folder(base / "imgs", labelled=True)
+    out = base / "run"
+    run(str(src), recipe="baseline", k="auto:2-6", out=str(out), seed=0)
+    return out
+
+
+def test_k_choice_section_is_built_from_k_selection_json(auto_k_run, tmp_path):
+    text = (auto_k_run / "report.html").read_text(encoding="utf-8")
+    check_html(text)
+    sel = json.loads((auto_k_run / "k_selection.json").read_text())
+    section = re.search(r'<section id="k-choice">(.*?)</section>', text, re.S).group(1)
+    assert section.count('class="k-point"') == len(sel["candidates"]) == 5
+    assert f'class="k-chosen" data-k="{sel["k"]}"' in section and f"chosen k={sel['k']}" in section
+    assert f'class="k-runner-up" data-k="{sel["runner_up"]}"' in section
+    # the page is drawn from the folder's file alone: another curve in k_selection.json, another page
+    run_dir = tmp_path / "copy"
+    shutil.copytree(auto_k_run, run_dir)
+    sel2 = {**sel, "k": 6, "runner_up": 2, "score": [0.1, 0.2, 0.3, 0.4, 0.5]}
+    (run_dir / "k_selection.json").write_text(json.dumps(sel2))
+    section2 = re.search(r'<section id="k-choice">(.*?)</section>', build_report(run_dir).read_text(), re.S).group(1)
+    assert 'class="k-chosen" data-k="6"' in section2 and "chosen k=6" in section2
+    # a broken file is one clear error, not a traceback
+    (run_dir / "k_selection.json").write_text(json.dumps({**sel, "score": [0.1]}))
+    assert main(["report", str(run_dir)]) == 2
+
+
+def test_browser_k_choice_section(browser, auto_k_run):
+    page = auto_k_run / "report.html"
+    _open(browser, page)
+    _assert_loaded_cleanly(browser, page)
+    sel = json.loads((auto_k_run / "k_selection.json").read_text())
+    present = browser.eval("Array.from(document.querySelectorAll('section')).map(s => s.id)")
+    assert present[:3] == ["run", "metrics", "k-choice"]
+    assert browser.eval("document.getElementById('k-chart').getBoundingClientRect().width") > 300
+    assert browser.eval("document.querySelectorAll('#k-chart .k-point').length") == len(sel["candidates"])
+    # the chosen point is drawn where the score curve passes through it
+    chosen = browser.eval("(() => { const c = document.querySelector('#k-chart .k-chosen'); return [c.getAttribute('data-k'), +c.getAttribute('cx'), +c.getAttribute('cy')]; })()")
+    same = browser.eval(f"(() => {{ const p = document.querySelector('#k-chart .k-point[data-k=\"{sel['k']}\"]'); return [+p.getAttribute('cx'), +p.getAttribute('cy')]; }})()")
+    assert int(chosen[0]) == sel["k"] and chosen[1:] == same
+    # the rerun command starts with the runner-up and follows the k typed in
+    code = "document.getElementById('k-rerun').textContent"
+    assert f"--k {sel['runner_up']} --out" in browser.eval(code)
+    browser.eval("(() => { const i = document.getElementById('k-rerun-k'); i.value = '5'; i.dispatchEvent(new Event('input')); })()")
+    text = browser.eval(code)
+    assert "--k 5 --out" in text and text.endswith("run-k5") and "{k}" not in text
+    browser.eval("document.getElementById('k-choice').scrollIntoView()")
+    browser.screenshot(ARTIFACTS / "report_k_choice.png")
+    assert browser.errors() == []

@@ -11,6 +11,7 @@ import numpy as np
 from . import components  # noqa: F401  (registers every component)
 from .data import ImageSet, Skipped, load_source, read_labels_file
 from .errors import UserError
+from .kselect import is_auto, parse_auto
 from .metrics import evaluate
 from .pipeline import Pipeline, n_distinct_rows
 from .progress import log
@@ -43,8 +44,12 @@ def _k_of(pipe: Pipeline, labels) -> int:
     return int(k) if k is not None else int(len(np.unique(labels)))
 
 
+K_FORMS = "give a whole number, 'auto' or 'auto:MIN-MAX' (for example auto:2-30)"
+
+
 def resolve_k(k, ds: ImageSet) -> int | str:
-    """--k as given; else the number of classes when evaluation labels exist (only their count is read); else auto."""
+    """--k as given ('auto' and 'auto:MIN-MAX' are checked against the number of images); else the number
+    of classes when evaluation labels exist (only their count is read); else auto."""
     if k is None:
         if ds.labels is not None:
             n_classes = len(np.unique(ds.labels))
@@ -52,14 +57,15 @@ def resolve_k(k, ds: ImageSet) -> int | str:
             return n_classes
         return "auto"
     if isinstance(k, str):
-        if k == "auto":
-            return k
+        if is_auto(k):
+            parse_auto(k, len(ds))  # a bad range fails here, before any work
+            return k.strip().lower()
         try:
             k = int(k)
         except ValueError:
-            raise UserError(f"--k {k!r}: give a whole number or 'auto'") from None
+            raise UserError(f"--k {k!r}: {K_FORMS}") from None
     if isinstance(k, bool) or not hasattr(k, "__index__"):
-        raise UserError(f"--k {k!r}: give a whole number or 'auto'")
+        raise UserError(f"--k {k!r}: {K_FORMS}")
     if k < 1 or k > len(ds):
         raise UserError(f"--k {k}: must be between 1 and the number of images ({len(ds)})")
     return int(k)
@@ -67,14 +73,14 @@ def resolve_k(k, ds: ImageSet) -> int | str:
 
 def check_k(k) -> None:
     """Refuse a malformed --k before any work (its upper bound, the number of images, is checked after loading)."""
-    if k is None or k == "auto":
-        return
+    if k is None or (isinstance(k, str) and is_auto(k)):
+        return  # an auto range is checked against the number of images once they are loaded
     try:
         value = int(k) if isinstance(k, str) else k
     except ValueError:
-        raise UserError(f"--k {k!r}: give a whole number or 'auto'") from None
+        raise UserError(f"--k {k!r}: {K_FORMS}") from None
     if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise UserError(f"--k {k!r}: give a whole number or 'auto'")
+        raise UserError(f"--k {k!r}: {K_FORMS}")
     if value < 1:
         raise UserError(f"--k {value}: must be between 1 and the number of images")
 
@@ -112,7 +118,7 @@ def build_pipeline(recipe: str | None = None, overrides=(), seed: int | None = 0
 
 def fit_pipeline(pipe: Pipeline, ds: ImageSet, k, overrides=()) -> Pipeline:
     """Fit with ``k`` clusters (given to the clusterer, or to the encoder when it owns the clusters); ``k='auto'``
-    lets that part choose k (its choice lands in ``n_clusters_``).
+    or ``'auto:MIN-MAX'`` lets that part choose k (its choice lands in ``n_clusters_``; :mod:`.kselect`).
 
     A part that fails on an option the user set (``--set reducers.1.n_neighbors=1``: the library raises
     ValueError) gives one line naming that ``--set``; the same error with the recipe's own options is a bug
@@ -137,6 +143,8 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
         export: str | None = None, weightless: bool = False) -> RunResult:
     """Load ``source``, fit the recipe's pipeline, evaluate, and (with ``out``) write every output.
 
+    ``k``: a number; ``"auto"`` or ``"auto:MIN-MAX"`` (k chosen on the embedding between MIN and MAX, see
+    :mod:`imclust.kselect`); or ``None`` (the recipe's k, else the number of classes when labels exist, else auto).
     ``seed=None`` uses the recipe's seed (0 when it names none). ``export`` (copy, symlink or move) puts a
     folder's files into ``out/clusters/<label>/`` after everything else is written. With no recipe named,
     colour images get the pretrained-feature default when its weights are installed (``imclust[photos]``),

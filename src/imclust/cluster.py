@@ -7,8 +7,9 @@ otherwise. Both give the same interface and the same saved state (``cluster_cent
 Every clusterer passes scikit-learn's estimator checks (``tests/test_sklearn_contract.py``): input is
 checked by :func:`imclust.base.check_input` (bad arrays raise an error that is both a UserError and a
 ValueError; nothing is reshaped), ``n_features_in_`` is recorded, and ``n_clusters = "auto"`` makes the
-clusterer choose k itself (:func:`resolve_n_clusters`): the choice goes to ``n_clusters_`` and the
-``n_clusters`` parameter stays "auto".
+clusterer choose k itself (:func:`resolve_n_clusters`, by :mod:`imclust.kselect`; ``"auto:MIN-MAX"``
+bounds it): the choice goes to ``n_clusters_``, the evidence to ``k_selection_``, and the ``n_clusters``
+parameter stays as asked.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from .base import Clusterer, check_input, register
 from .errors import InvalidInputError, UserError
+from .kselect import is_auto, select_k
 from .progress import log, progress
 
 
@@ -40,13 +42,20 @@ def _check_k(k, n):
                                 f"choose k between 1 and {n}")
 
 
-def resolve_n_clusters(n_clusters, X, random_state=0) -> int:
+def resolve_n_clusters(n_clusters, X, random_state=0, owner=None) -> int:
     """The number of clusters to fit: ``n_clusters`` itself (checked against the number of rows), or for
-    ``"auto"`` the k chosen on ``X`` by :func:`choose_k`."""
-    if isinstance(n_clusters, str) and n_clusters == "auto":
-        return int(choose_k(X, random_state=0 if random_state is None else int(random_state))[0])
-    _check_k(n_clusters, len(X))
-    return int(n_clusters)
+    ``"auto"`` / ``"auto:MIN-MAX"`` the k chosen on ``X`` by :func:`imclust.kselect.select_k`, whose evidence
+    goes to ``owner.k_selection_`` (None when k was given)."""
+    selection = None
+    if is_auto(n_clusters):
+        selection = select_k(X, n_clusters, random_state=0 if random_state is None else int(random_state))
+        k = selection.k
+    else:
+        _check_k(n_clusters, len(X))
+        k = int(n_clusters)
+    if owner is not None:
+        owner.k_selection_ = selection
+    return k
 
 
 def nearest_centre(X: np.ndarray, centres: np.ndarray, batch: int = 65536) -> tuple[np.ndarray, np.ndarray]:
@@ -122,7 +131,7 @@ class KMeans(CentroidClusterer):
 
     def fit(self, X, y=None):
         X = check_input(self, X, reset=True)
-        k = self.n_clusters_ = resolve_n_clusters(self.n_clusters, X, self.random_state)
+        k = self.n_clusters_ = resolve_n_clusters(self.n_clusters, X, self.random_state, owner=self)
         for what in ("n_init", "max_iter"):
             v = getattr(self, what)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
@@ -187,7 +196,7 @@ class MiniBatchKMeans(CentroidClusterer):
         from sklearn.cluster import MiniBatchKMeans as SKMB
 
         X = check_input(self, X, reset=True)
-        k = self.n_clusters_ = resolve_n_clusters(self.n_clusters, X, self.random_state)
+        k = self.n_clusters_ = resolve_n_clusters(self.n_clusters, X, self.random_state, owner=self)
         km = SKMB(k, batch_size=self.batch_size, n_init=self.n_init, max_iter=self.max_iter,
                   random_state=self.random_state).fit(X)
         self.cluster_centers_ = km.cluster_centers_.astype(np.float32)
@@ -197,26 +206,6 @@ class MiniBatchKMeans(CentroidClusterer):
         return self
 
 
-def choose_k(X, k_min: int = 2, k_max: int = 15, random_state: int = 0, sample: int = 5000) -> tuple[int, dict[int, float]]:
-    """Pick k by the silhouette of k-means on (a sample of) X. Returns the best k and the score per k."""
-    from sklearn.metrics import silhouette_score
-
-    X = np.asarray(X, dtype=np.float32)
-    n = len(X)
-    if n < 3:
-        raise InvalidInputError(f"cannot choose k automatically for {n} images (n_samples={n}); pass --k")
-    rs = np.random.RandomState(random_state)
-    Xs = X[rs.choice(n, sample, replace=False)] if n > sample else X
-    k_max = min(k_max, len(Xs) - 1)
-    scores = {}
-    for k in progress(range(k_min, k_max + 1), desc="choose k", unit="k"):
-        lab = KMeans(k, n_init=3, random_state=random_state).fit_predict(Xs)
-        if len(np.unique(lab)) < 2:
-            continue
-        scores[k] = float(silhouette_score(Xs, lab, random_state=random_state))
-    best = max(scores, key=scores.get)
-    log(f"chose k={best} by silhouette (scores: " + ", ".join(f"{k}:{s:.3f}" for k, s in scores.items()) + ")")
-    return best, scores
 
 
 @register("gmm")
@@ -247,7 +236,7 @@ class GaussianMixture(Clusterer):
 
     def fit(self, X, y=None):
         X = check_input(self, X, reset=True)
-        self.n_clusters_ = resolve_n_clusters(self.n_clusters, X, self.random_state)
+        self.n_clusters_ = resolve_n_clusters(self.n_clusters, X, self.random_state, owner=self)
         import warnings
 
         from .threads import single_thread_blas
@@ -315,7 +304,7 @@ class Agglomerative(Clusterer):
         from sklearn.cluster import AgglomerativeClustering
 
         X = check_input(self, X, reset=True, min_samples=2)
-        k = self.n_clusters_ = resolve_n_clusters(self.n_clusters, X, 0)
+        k = self.n_clusters_ = resolve_n_clusters(self.n_clusters, X, 0, owner=self)
         if self.linkage not in ("ward", "complete", "average", "single"):
             raise InvalidInputError(f"agglomerative linkage {self.linkage!r}: use ward, complete, average or single")
         if self.linkage == "ward" and self.metric != "euclidean":
@@ -373,7 +362,7 @@ class Spectral(Clusterer):
         from sklearn.cluster import SpectralClustering
 
         X = check_input(self, X, reset=True, min_samples=2)
-        k = self.n_clusters_ = resolve_n_clusters(self.n_clusters, X, self.random_state)
+        k = self.n_clusters_ = resolve_n_clusters(self.n_clusters, X, self.random_state, owner=self)
         if self.affinity not in ("nearest_neighbors", "rbf"):
             raise InvalidInputError(f"spectral affinity {self.affinity!r}: use nearest_neighbors or rbf")
         import warnings

@@ -1,7 +1,8 @@
 """Writing a run's outputs.
 
-``predictions.csv`` (id,label), ``embedding.npy``, ``metrics.json``, ``model/``, ``skipped.csv`` and
-``run.json`` (the configuration, timings and versions that the report reads). Recipes may name extra
+``predictions.csv`` (id,label), ``embedding.npy``, ``metrics.json``, ``model/``, ``skipped.csv``,
+``run.json`` (the configuration, timings and versions that the report reads) and, when k was chosen
+automatically, ``k_selection.json`` (the curve over the candidate k and the command that reruns with another k). Recipes may name extra
 writers (``outputs = [...]`` in their TOML); they are registered here with :func:`register_output`.
 Every file is written atomically (:mod:`imclust.io`), into a fresh folder that replaces ``--out`` as a whole
 only when all of them are written (:mod:`imclust.rundir`).
@@ -83,11 +84,32 @@ def write_run(out, result, final=None) -> None:
         # problems a component found while fitting (e.g. a DeepCluster collapse), kept for the report
         "warnings": list(getattr(result.pipeline.encoder, "warnings_", None) or []),
         "map": how,  # how map2d.npy was made, for the report
+        **_k_selection_summary(result),
     })
+    write_k_selection(out, result, final)
     write_run_figures(result, out, m2)
     for name in result.config.get("outputs", []):
         OUTPUT_WRITERS[name](result, out)
     write_report(result, out, final)
+
+
+def _k_selection_summary(result) -> dict:
+    sel = getattr(result.pipeline, "k_selection_", None)
+    if sel is None:
+        return {}
+    return {"k_selection": {"criterion": sel.criterion, "k": sel.k, "runner_up": sel.runner_up,
+                            "k_min": sel.k_min, "k_max": sel.k_max, "scores": {str(k): v for k, v in sel.scores().items()}}}
+
+
+def write_k_selection(out: Path, result, final=None) -> None:
+    """``k_selection.json`` (the whole curve the report draws and the command that reruns with another k,
+    beside ``final``, where the run's folder ends up) when k was chosen automatically."""
+    from .kselect import rerun_template
+
+    sel = getattr(result.pipeline, "k_selection_", None)
+    if sel is not None:
+        rerun = rerun_template(sys.argv, result.source, result.recipe_name, result.seed, Path(final or out))
+        write_json(out / "k_selection.json", {**sel.to_dict(), "rerun": rerun})
 
 
 def _dataset_indices(result):

@@ -23,6 +23,7 @@ from .base import Clusterer, build, component_class
 from .data import ImageSet
 from .errors import UserError
 from .io import load_tensors, save_tensors, sha256_file, write_json
+from .kselect import is_auto
 from .progress import log
 
 FORMAT = "imclust-pipeline/1"
@@ -65,7 +66,9 @@ class Pipeline:
     """An encoder, a chain of reducers and a clusterer, fitted together.
 
     After ``fit``: ``features_`` (encoder output), ``embedding_`` (what the clusterer saw, or the reduced
-    features when the encoder owns the clusters), ``labels_`` and ``timings_`` (seconds per stage).
+    features when the encoder owns the clusters), ``labels_`` and ``timings_`` (seconds per stage). When k
+    was chosen (``n_clusters`` ``"auto"`` or ``"auto:MIN-MAX"``), ``k_selection_`` holds the evidence
+    (:mod:`imclust.kselect`) and ``timings_["choose_k"]`` its seconds.
     """
 
     def __init__(self, encoder, reducers=(), clusterer=None, name: str = "custom", seed: int | None = 0):
@@ -97,10 +100,17 @@ class Pipeline:
         return self.encoder if self.encoder_owns_clusters else self.clusterer
 
     def set_k(self, k) -> None:
-        """Ask for ``k`` clusters (a whole number or "auto") from the part that makes them, if it takes a k."""
+        """Ask for ``k`` clusters (a whole number, "auto" or "auto:MIN-MAX") from the part that makes them, if it
+        takes a k."""
         part = self.cluster_part
         if "n_clusters" in part.get_params(deep=False):
-            part.set_params(n_clusters=k if k == "auto" else int(k))
+            part.set_params(n_clusters=k if is_auto(k) else int(k))
+
+    @property
+    def k_selection_(self):
+        """How k was chosen (a :class:`imclust.kselect.KSelection`) when the part that makes the clusters was
+        asked for ``"auto"`` or ``"auto:MIN-MAX"``; else None."""
+        return getattr(self.cluster_part, "k_selection_", None)
 
     @property
     def n_clusters_(self) -> int | None:
@@ -160,7 +170,7 @@ class Pipeline:
             return self
         t = time.perf_counter()
         self.stage_ = "clusterer"
-        if self.clusterer.get_params(deep=False).get("n_clusters") == "auto":
+        if is_auto(self.clusterer.get_params(deep=False).get("n_clusters")):
             distinct = n_distinct_rows(self.features_, limit=3)
             if distinct < 3:  # a reducer may spread identical points apart; scoring that layout would be a fiction
                 self.clusterer.set_params(n_clusters=distinct)
@@ -168,6 +178,9 @@ class Pipeline:
         log(f"[{self.name}] cluster with {self.clusterer.component_name}")
         self.labels_ = np.asarray(self.clusterer.fit_predict(X), dtype=np.int64)
         self.timings_["cluster"] = time.perf_counter() - t
+        if self.k_selection_ is not None:  # the clusterer chose k first: its own line in the timings
+            self.timings_["choose_k"] = self.k_selection_.seconds
+            self.timings_["cluster"] -= self.k_selection_.seconds
         self.stage_ = None
         return self
 

@@ -29,6 +29,7 @@ import numpy as np
 from ..base import Component, Declared
 from ..data import ImageSet
 from ..errors import UserError
+from ..kselect import is_auto, parse_auto
 from ..progress import log
 
 
@@ -340,8 +341,9 @@ class ClusteringEncoder(Declared, Encoder):
     """An encoder that learns its own clusters (the protocol in the module docstring).
 
     Subclasses set ``labels_`` and ``n_clusters_`` in ``fit`` and implement :meth:`predict_proba`.
-    ``n_clusters = "auto"`` asks the encoder to choose k itself; :meth:`resolve_n_clusters` does that on
-    features the method picks (the choice goes to ``n_clusters_``; ``n_clusters`` stays "auto").
+    ``n_clusters = "auto"`` (or ``"auto:MIN-MAX"``) asks the encoder to choose k itself; :meth:`resolve_n_clusters`
+    does that on features the method picks (the choice goes to ``n_clusters_`` and the evidence to ``k_selection_``;
+    ``n_clusters`` stays as asked).
     """
 
     n_clusters: int | str = 10
@@ -357,7 +359,8 @@ class ClusteringEncoder(Declared, Encoder):
 
     def check_n_clusters(self, n: int) -> None:
         k = self.n_clusters
-        if k == "auto":
+        if is_auto(k):
+            parse_auto(k, n)  # bad bounds fail before training
             return
         if not _whole(k) or k < 2:
             raise UserError(f"{self.component_name}: n_clusters must be a whole number of at least 2 or 'auto', "
@@ -370,5 +373,6 @@ class ClusteringEncoder(Declared, Encoder):
         """``n_clusters``, or for ``"auto"`` the k chosen on ``Z`` (stored in ``n_clusters_`` either way)."""
         from ..cluster import resolve_n_clusters
 
-        self.n_clusters_ = resolve_n_clusters(self.n_clusters, Z, random_state=int(getattr(self, "seed", 0) or 0))
+        self.n_clusters_ = resolve_n_clusters(self.n_clusters, Z, random_state=int(getattr(self, "seed", 0) or 0),
+                                              owner=self)
         return self.n_clusters_

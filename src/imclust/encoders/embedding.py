@@ -38,6 +38,7 @@ import torch
 from ..base import register
 from ..data import ImageSet
 from ..errors import UserError
+from ..kselect import is_auto
 from ..nn.augment import random_shift
 from ..nn.embedding_nets import make_net
 from ..nn.heads import MarginWarmup, head_names, make_head, optimizer_factory
@@ -266,7 +267,7 @@ class SelfLabelEncoder(ClusteringEncoder, _HeadEncoder):
 
         self.check_n_clusters(len(ds))
         self._X = self._prepare(ds)
-        self.n_classes_ = self.resolve_n_clusters(self._pixel_pca() if self.n_clusters == "auto" else None)
+        self.n_classes_ = self.resolve_n_clusters(self._pixel_pca() if is_auto(self.n_clusters) else None)
         self._pseudo = PseudoLabels(self.n_classes_, int(self.seed or 0), align=True, n_init=3, max_iter=100)
         self._targets = None
         return len(self._X)

@@ -2,7 +2,8 @@
 
 :func:`build_report` reads ``run.json``, ``metrics.json``, ``predictions.csv``, ``map2d.npy``,
 ``true_labels.npy``, ``skipped.csv``, the thumbnail sprite (:mod:`.thumbs`), the montages and any figures an
-encoder wrote (``reconstructions.png``, ``loss_curve.png``, ``history.json``, other top-level PNGs), and
+encoder wrote (``reconstructions.png``, ``loss_curve.png``, ``history.json``, other top-level PNGs), the curve
+``k_selection.json`` holds when k was chosen automatically, and
 writes one HTML file: images as data URIs, CSS and JavaScript inline, nothing fetched from the network.
 Nothing is recomputed except the aligned confusion matrix, a table count. ``imclust report RUN_DIR`` calls it.
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..io import write_text
+from ..kselect import WEAK
 from ..metrics import METRIC_HELP, aligned_confusion
 
 MAX_MAP_POINTS = 50_000
@@ -44,7 +46,8 @@ METRIC_HINT = {"acc": "higher is better", "nmi": "higher is better", "ari": "hig
                "calinski_harabasz": "higher is better", "davies_bouldin": "lower is better"}
 FIGURE_CAPTIONS = {"scatter_3d.png": "The embedding in 3-D, coloured by cluster or label.",
                    "embedding.gif": "The learned embedding after each training epoch."}
-STAGE_NAMES = {"load": "load images", "encode": "encode (features)", "cluster": "cluster", "predict": "predict"}
+STAGE_NAMES = {"load": "load images", "encode": "encode (features)", "choose_k": "choose k", "cluster": "cluster",
+               "predict": "predict"}
 
 e = html.escape
 
@@ -178,12 +181,27 @@ class _Run:
         skipped = _read_csv(run_dir / "skipped.csv")
         self.skipped = [(r[0], r[1] if len(r) > 1 else "") for r in skipped[1:]]
         self.history = _read_json(run_dir / "history.json")
+        self.k_selection = _read_k_selection(run_dir / "k_selection.json")
 
     def class_name(self, v) -> str:
         names = self.class_names
         if names is not None and 0 <= int(v) < len(names):
             return str(names[int(v)])
         return str(v)
+
+
+K_CURVES = ("candidates", "score", "stability", "reference")
+
+
+def _read_k_selection(path: Path):
+    sel = _read_json(path)
+    if sel is None:
+        return None
+    lengths = {len(sel.get(key) or []) for key in K_CURVES} if isinstance(sel, dict) else set()
+    if len(lengths) != 1 or not lengths.pop() or not isinstance(sel.get("k"), int):
+        raise UserError(f"{path}: not the curve 'imclust run --k auto' writes (candidates, score, stability, "
+                        "reference of one length, and k); rerun 'imclust run'")
+    return sel
 
 
 def _section(sid: str, title: str, lead: str, body: str) -> str:
@@ -201,7 +219,8 @@ def _run_section(r: _Run) -> str:
         ("Recipe", f"<code>{e(str(info.get('recipe', '?')))}</code>"
                    + (f" — {e(str(cfg.get('description')))}" if cfg.get("description") else "")),
         ("Clusters (k)", e(str(info.get("k", "?"))) + (" — the encoder's own clusters"
-                                                        if (cfg.get("clusterer") or {}).get("type") == "encoder" else "")),
+                                                        if (cfg.get("clusterer") or {}).get("type") == "encoder" else "")
+         + (" (chosen automatically: <a href=\"#k-choice\">how k was chosen</a>)" if info.get("k_selection") else "")),
         ("Seed", e(str(info.get("seed")))),
     ]
     if info.get("command"):
@@ -211,7 +230,7 @@ def _run_section(r: _Run) -> str:
     left = "<div><h3>What ran</h3>" + _kv(rows) + "</div>"
 
     timings = {k: float(v) for k, v in (info.get("timings") or {}).items() if isinstance(v, (int, float))}
-    order = {"load": 0, "encode": 1, "cluster": 3, "predict": 4}
+    order = {"load": 0, "encode": 1, "choose_k": 2.5, "cluster": 3, "predict": 4}
     timings = dict(sorted(timings.items(), key=lambda kv: (order.get(kv[0], 2 if kv[0].startswith("reduce") else 5), kv[0])))
     tmax = max(timings.values(), default=0) or 1
     trs = []
@@ -261,6 +280,119 @@ def _metrics_section(r: _Run) -> str:
     if not has_labels:
         lead += " This run had no labels, so only the label-free measures exist."
     return _section("metrics", "Metrics", lead, "".join(parts))
+
+
+def _k_axis(k_min: int, k_max: int, x0: float, x1: float):
+    """k -> x pixel: logarithmic when the range spans more than a factor 12, else linear; and the ticks."""
+    log = k_max / max(k_min, 1) > 12
+    f = np.log if log else (lambda v: np.asarray(v, dtype=float))
+    a, b = float(f(k_min)), float(f(k_max))
+    b = b if b > a else a + 1
+
+    def x(k):
+        return x0 + (float(f(k)) - a) / (b - a) * (x1 - x0)
+
+    nice = [1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500, 1000] if log else \
+        list(range(k_min, k_max + 1, max(1, int(np.ceil((k_max - k_min) / 10)))))
+    ticks = sorted({k_min, k_max, *[t for t in nice if k_min <= t <= k_max]})
+    ticks = [t for i, t in enumerate(ticks) if i == 0 or x(t) - x(ticks[i - 1]) >= 22 or t == k_max]
+    return x, ticks, log
+
+
+def _k_chart(sel: dict) -> str:
+    ks = [int(k) for k in sel["candidates"]]
+    curves = {"score": sel["score"], "stability": sel["stability"], "reference": sel["reference"]}
+    W, H, L, R, T, B = 680, 280, 48, 18, 18, 40
+    x, ticks, logx = _k_axis(ks[0], ks[-1], L, W - R)
+    vals = [float(v) for c in curves.values() for v in c]
+    lo, hi = np.floor(min(0.0, min(vals)) * 4) / 4, np.ceil(max(1.0, max(vals)) * 4) / 4
+
+    def y(v):
+        return T + (hi - float(v)) / (hi - lo) * (H - T - B)
+
+    parts = [f"<rect x=\"0\" y=\"0\" width=\"{W}\" height=\"{H}\" fill=\"#fff\"/>"]
+    for v in np.arange(lo, hi + 1e-9, 0.25):
+        parts.append(f"<line x1=\"{L}\" x2=\"{W - R}\" y1=\"{y(v):.1f}\" y2=\"{y(v):.1f}\" stroke=\"#eceff3\"/>"
+                     f"<text x=\"{L - 6}\" y=\"{y(v) + 4:.1f}\" font-size=\"11\" fill=\"#5b6475\" text-anchor=\"end\">{v:.2f}</text>")
+    for t in ticks:
+        parts.append(f"<line x1=\"{x(t):.1f}\" x2=\"{x(t):.1f}\" y1=\"{H - B}\" y2=\"{H - B + 4}\" stroke=\"#5b6475\"/>"
+                     f"<text x=\"{x(t):.1f}\" y=\"{H - B + 16}\" font-size=\"11\" fill=\"#5b6475\" text-anchor=\"middle\">{t}</text>")
+    parts.append(f"<text x=\"{(L + W - R) / 2:.0f}\" y=\"{H - 6}\" font-size=\"12\" fill=\"#5b6475\" text-anchor=\"middle\">"
+                 f"k (number of clusters{', log scale' if logx else ''})</text>")
+    styles = {"stability": "stroke=\"#9aa3b2\" stroke-dasharray=\"5 4\" stroke-width=\"1.5\"",
+              "reference": "stroke=\"#c9a66b\" stroke-dasharray=\"2 3\" stroke-width=\"1.5\"",
+              "score": "stroke=\"#2f6fd6\" stroke-width=\"2.5\""}
+    for name in ("stability", "reference", "score"):
+        pts = " ".join(f"{x(k):.1f},{y(v):.1f}" for k, v in zip(ks, curves[name]))
+        parts.append(f"<polyline class=\"k-{name}\" fill=\"none\" {styles[name]} points=\"{pts}\"/>")
+    best = max(float(v) for v in curves["score"])
+    if best > 0:
+        ty = y(sel.get("plateau", 0.95) * best)
+        parts.append(f"<line x1=\"{L}\" x2=\"{W - R}\" y1=\"{ty:.1f}\" y2=\"{ty:.1f}\" stroke=\"#2f6fd6\" stroke-opacity=\".45\" "
+                     f"stroke-dasharray=\"6 3\"/><text x=\"{W - R}\" y=\"{ty - 4:.1f}\" font-size=\"11\" fill=\"#2f6fd6\" "
+                     f"text-anchor=\"end\">{100 * sel.get('plateau', 0.95):.0f} % of the best score</text>")
+    for k, sc, st, rf in zip(ks, curves["score"], curves["stability"], curves["reference"]):
+        tip = f"k={k}: score {float(sc):.3f} (stability {float(st):.3f}, reference {float(rf):.3f})"
+        parts.append(f"<circle class=\"k-point\" data-k=\"{k}\" cx=\"{x(k):.1f}\" cy=\"{y(sc):.1f}\" r=\"3.5\" fill=\"#2f6fd6\">"
+                     f"<title>{e(tip)}</title></circle>")
+    score_of = dict(zip(ks, curves["score"]))
+    for key, label, fill in (("runner_up", "runner-up", "#fff"), ("k", "chosen", "#d62728")):
+        k = sel.get(key)
+        if k is None or k not in score_of:
+            continue
+        cx, cy = x(k), y(score_of[k])
+        anchor = "end" if cx > W - 120 else "start"
+        dx = -9 if anchor == "end" else 9
+        parts.append(f"<circle class=\"k-{label}\" data-k=\"{k}\" cx=\"{cx:.1f}\" cy=\"{cy:.1f}\" r=\"7\" fill=\"{fill}\" "
+                     f"stroke=\"#d62728\" stroke-width=\"2.5\"/><text x=\"{cx + dx:.1f}\" y=\"{cy - 10:.1f}\" font-size=\"12\" "
+                     f"font-weight=\"600\" fill=\"#d62728\" text-anchor=\"{anchor}\">{label} k={k}</text>")
+    return (f"<svg id=\"k-chart\" width=\"{W}\" height=\"{H}\" viewBox=\"0 0 {W} {H}\" role=\"img\" "
+            f"aria-label=\"score of each candidate k\">{''.join(parts)}</svg>")
+
+
+def _k_section(r: _Run) -> str:
+    sel = r.k_selection
+    if sel is None:
+        return ""
+    k, runner_up = int(sel["k"]), sel.get("runner_up")
+    ks = [int(v) for v in sel["candidates"]]
+    lead = (f"k was not given, so it was chosen from the embedding, between {sel.get('k_min', ks[0])} and "
+            f"{sel.get('k_max', ks[-1])}, without reading any labels. For each candidate k, k-means was fitted on "
+            f"{sel.get('repeats', '?')} random subsamples of {int(sel.get('sample_size', 0)):,} images and the fits were compared "
+            "(stability: 1 means the same clusters every time); the same was done on a cloud of points without clusters "
+            "(reference). The score, the " + e(str(sel.get("criterion", "stability gap"))) + ", is stability minus reference, "
+            "smoothed over neighbouring k: how much more reproducible the groups are than in a cloud with none. The chosen k "
+            f"is the smallest whose score reaches {100 * sel.get('plateau', 0.95):.0f} % of the best; the runner-up is the "
+            "best score clearly apart from it.")
+    rows = [("Chosen k", f"<b>{k}</b> (score {float(dict(zip(ks, sel['score']))[k]):.3f})")]
+    if runner_up is not None:
+        rows.append(("Runner-up", f"{int(runner_up)} (score {float(dict(zip(ks, sel['score']))[int(runner_up)]):.3f})"))
+    rows.append(("Candidates", f"{len(ks)}: " + e(", ".join(str(v) for v in ks))))
+    if sel.get("seconds") is not None:
+        rows.append(("Time to choose", e(_fmt_seconds(float(sel["seconds"])))))
+    warn = ""
+    if len(ks) > 1 and max(float(v) for v in sel["score"]) < WEAK:
+        warn = ("<p class=\"warn\">No k gave groups clearly more reproducible than a cloud without clusters (every score "
+                f"is below {WEAK}): the embedding shows no clear groups, so this choice of k is weak. Try the runner-up or "
+                "a k you expect.</p>")
+    legend = ("<p class=\"small k-legend\"><span style=\"color:#2f6fd6\">━ score</span> · "
+              "<span style=\"color:#9aa3b2\">╌ stability on the embedding</span> · "
+              "<span style=\"color:#c9a66b\">┈ stability on the reference</span> · hover a point for its values</p>")
+    table = ("<details><summary>All candidates</summary><table class=\"list\"><tr><th>k</th><th>score</th>"
+             "<th>stability</th><th>reference</th></tr>" + "".join(
+                 f"<tr><td>{kk}</td><td>{float(sc):.3f}</td><td>{float(st):.3f}</td><td>{float(rf):.3f}</td></tr>"
+                 for kk, sc, st, rf in zip(ks, sel["score"], sel["stability"], sel["reference"])) + "</table></details>")
+    rerun = ""
+    template = sel.get("rerun")
+    if isinstance(template, str) and "{k}" in template:
+        other = int(runner_up) if runner_up is not None else k
+        hi = max(int(sel.get("k_max", ks[-1])), other)
+        rerun = ("<h3>Rerun with another k</h3><div class=\"rerun\"><label>k = <input type=\"number\" id=\"k-rerun-k\" "
+                 f"min=\"1\" max=\"{max(hi, len(r.ids))}\" value=\"{other}\"></label>"
+                 f"<button type=\"button\" class=\"plain\" id=\"k-rerun-copy\">Copy</button></div>"
+                 f"<pre><code id=\"k-rerun\" data-template=\"{e(template)}\">{e(template.replace('{k}', str(other)))}</code></pre>")
+    body = f"<div class=\"cols\"><div>{_k_chart(sel)}{legend}</div><div>{_kv(rows)}{rerun}</div></div>{warn}{table}"
+    return _section("k-choice", "How k was chosen", e(lead), body)
 
 
 def _map_data(r: _Run, thumbs) -> dict:
@@ -493,6 +625,7 @@ def render_report(run_dir) -> str:
     sections = [
         ("run", "Run", _run_section(r)),
         ("metrics", "Metrics", _metrics_section(r)),
+        ("k-choice", "How k was chosen", _k_section(r)),
         ("map", "Map", _map_section(r, data, n_drawn)),
         ("clusters", "Clusters", _clusters_section(r)),
         ("training", "Training", _training_section(r)),

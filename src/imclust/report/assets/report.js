@@ -271,3 +271,23 @@
     spriteReady: function () { return !T || (sprite.complete && sprite.naturalWidth > 0); }
   };
 })();
+
+/* "How k was chosen": the rerun command follows the k typed in; Copy puts it on the clipboard. */
+(function () {
+  "use strict";
+  var input = document.getElementById("k-rerun-k"), code = document.getElementById("k-rerun");
+  if (!input || !code) return;
+  var template = code.getAttribute("data-template");
+  function update() {
+    var k = parseInt(input.value, 10);
+    if (isFinite(k) && k >= 1) code.textContent = template.split("{k}").join(String(k));
+  }
+  input.addEventListener("input", update);
+  var copy = document.getElementById("k-rerun-copy");
+  if (copy) copy.addEventListener("click", function () {
+    if (navigator.clipboard) navigator.clipboard.writeText(code.textContent).then(function () {
+      copy.textContent = "Copied";
+      setTimeout(function () { copy.textContent = "Copy"; }, 1500);
+    }, function () {});
+  });
+})();

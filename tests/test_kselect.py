@@ -1,0 +1,207 @@
+"""Choosing k when it is unknown (``--k auto`` / ``--k auto:MIN-MAX``): the stability gap on synthetic data with a
+known number of groups, the bounds, determinism, labels never read, and what a run writes and shows."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imclust import components  # noqa: F401
+from imclust.api import run
+from imclust.data import ImageSet
+from imclust.errors import UserError
+from imclust.kselect import adjusted_rand, candidates, default_k_max, parse_auto, rerun_template, select_k
+from imclust.pipeline import Pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _blobs(k=6, n_per=120, d=None, seed=0, spread=8.0):
+    """k round Gaussian groups, all the same distance apart (centres on the axes of k dimensions)."""
+    rng = np.random.RandomState(seed)
+    d = d or k
+    centres = spread * np.eye(k, d)
+    return np.concatenate([c + rng.randn(n_per, d) for c in centres]).astype(np.float32)
+
+
+def _rings(k=4, n_per=150, seed=0):
+    """k hollow rings (radius 1, a little noise) with centres evenly spaced on a circle of radius 6: groups that
+    are not Gaussian blobs."""
+    rng = np.random.RandomState(seed)
+    t = rng.uniform(0, 2 * np.pi, (k, n_per))
+    a = 2 * np.pi * np.arange(k) / k
+    xs = [np.stack([6 * np.cos(a[i]) + np.cos(t[i]), 6 * np.sin(a[i]) + np.sin(t[i])], 1) + 0.05 * rng.randn(n_per, 2)
+          for i in range(k)]
+    return np.concatenate(xs).astype(np.float32)
+
+
+@pytest.mark.parametrize("k", [3, 6, 9])
+def test_blobs_with_known_k(k):
+    sel = select_k(_blobs(k=k, seed=k), "auto:2-15", random_state=0)
+    assert sel.k == k and not sel.weak
+    assert sel.runner_up is not None and sel.runner_up != k
+    assert sel.candidates == list(range(2, 16))
+    assert len(sel.score) == len(sel.stability) == len(sel.reference) == len(sel.candidates)
+
+
+@pytest.mark.parametrize("k", [4, 6])
+def test_rings_with_known_k(k):
+    sel = select_k(_rings(k=k), "auto:2-12", random_state=0)
+    assert sel.k == k and not sel.weak
+
+
+def test_structureless_cloud_gives_a_weak_choice():
+    """One Gaussian cloud: every k is about as (un)stable as on the reference, and the choice says it is weak."""
+    X = np.random.RandomState(0).randn(800, 5).astype(np.float32)
+    sel = select_k(X, "auto:2-10", random_state=0)
+    assert sel.weak and max(sel.score) < 0.1
+    assert not select_k(_blobs(k=4), "auto:2-10", random_state=0).weak
+
+
+def test_tiny_input_has_one_candidate():
+    sel = select_k(np.random.RandomState(0).randn(12, 3), "auto", random_state=0)  # 12 images: range 2-2
+    assert sel.k == 2 and sel.candidates == [2] and sel.runner_up is None
+
+
+def test_bounds_are_respected():
+    X = _blobs(k=3, seed=1)
+    sel = select_k(X, "auto:5-8", random_state=0)
+    assert sel.candidates == [5, 6, 7, 8] and 5 <= sel.k <= 8
+    assert (sel.k_min, sel.k_max) == (5, 8)
+    one = select_k(X, "auto:4-4", random_state=0)
+    assert one.k == 4 and one.candidates == [4] and one.runner_up is None
+
+
+def test_same_seed_same_choice_and_curve():
+    X = _blobs(k=5, seed=2)
+    a, b = select_k(X, "auto:2-12", random_state=3), select_k(X, "auto:2-12", random_state=3)
+    assert a.k == b.k and a.score == b.score and a.stability == b.stability
+
+
+def test_default_range_scales_with_n():
+    assert parse_auto("auto", 5000) == (2, 100)
+    assert parse_auto("auto", 575) == (2, 57)
+    assert parse_auto("auto", 60) == (2, 6)
+    assert default_k_max(12) == 2
+    assert parse_auto(" AUTO:5-40 ", 1000) == (5, 40)
+
+
+def test_adjusted_rand_matches_scikit_learn():
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.RandomState(0)
+    for ka, kb, n in ((2, 2, 10), (5, 9, 300), (40, 3, 1000), (1, 1, 20), (1, 4, 50)):
+        a, b = rng.randint(0, ka, n), rng.randint(0, kb, n)
+        b[: n // 2] = a[: n // 2] % kb  # partly agreeing
+        assert adjusted_rand(a, b) == pytest.approx(adjusted_rand_score(a, b), abs=1e-12)
+    assert adjusted_rand(np.array([0, 0, 1, 1]), np.array([1, 1, 0, 0])) == 1.0
+
+
+def test_candidate_grid():
+    ks = candidates(2, 100)
+    assert ks[:19] == list(range(2, 21)) and ks[-1] == 100
+    assert all(1.05 <= b / a <= 1.15 for a, b in zip(ks[19:-1], ks[20:-1]))  # steps of about 10 %
+    assert candidates(30, 31) == [30, 31]
+    assert candidates(7, 7) == [7]
+
+
+@pytest.mark.parametrize("text, n, message", [
+    ("auto:40-5", 1000, "MIN (40) is larger than MAX (5); write --k auto:5-40"),
+    ("auto:1-10", 1000, "MIN must be at least 2"),
+    ("auto:5", 1000, "write a whole number, 'auto', or 'auto:MIN-MAX'"),
+    ("auto:a-b", 1000, "write a whole number, 'auto', or 'auto:MIN-MAX'"),
+    ("auto:2-5000", 1797, "MAX (5000) must be at most half the number of images (1797 images, so at most 898"),
+    ("auto", 2, "cannot choose k automatically for 2 image(s)"),
+])
+def test_bad_bounds_one_line(text, n, message):
+    with pytest.raises(UserError) as err:
+        parse_auto(text, n)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def _cli(*args):
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "IMCLUST_QUIET": "1"}
+    p = subprocess.run([sys.executable, "-m", "imclust", *map(str, args)], capture_output=True, text=True, env=env)
+    return p.returncode, p.stderr
+
+
+@pytest.mark.parametrize("k, message", [("auto:40-5", "write --k auto:5-40"), ("auto:1-9", "at least 2"),
+                                        ("auto:3-9999", "at most half the number of images (1797 images"),
+                                        ("auto:x", "'auto:MIN-MAX'")])
+def test_cli_bad_bounds_exit_2_with_one_line(tmp_path, k, message):
+    code, err = _cli("run", "digits", "--recipe", "baseline", "--k", k, "--out", tmp_path / "o")
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("imclust: error:") and message in lines[0], err
+    assert not (tmp_path / "o").exists()
+
+
+class _NoLabels(ImageSet):
+    """An image set with labels that raise when read once it is built: --k auto must never touch them."""
+
+    def __init__(self, *args, **kw):
+        self._armed = False
+        super().__init__(*args, **kw)
+        self._armed = True
+
+    @property
+    def labels(self):
+        if self._armed:
+            raise AssertionError("labels were read")
+        return self._labels
+
+    @labels.setter
+    def labels(self, value):
+        self._labels = value
+
+
+def test_pipeline_auto_never_reads_labels_and_keeps_n_clusters():
+    from conftest import blobs_images
+
+    x, y = blobs_images(n_per=60, k=3, size=8)
+    ds = _NoLabels([str(i) for i in range(len(x))], lambda idx: x[idx], x.shape[1:], labels=y, source="blobs")
+    with pytest.raises(AssertionError, match="labels were read"):
+        ds.labels  # the trap works
+    spec = {"encoder": {"type": "pixels"}, "reducers": [{"type": "pca", "n_components": 5}],
+            "clusterer": {"type": "kmeans", "n_clusters": "auto:2-8", "n_init": 3}}
+    pipe = Pipeline.from_spec(spec, seed=0).fit(ds)
+    assert pipe.k_selection_.k == 3 and pipe.clusterer.n_clusters_ == 3
+    assert pipe.clusterer.get_params()["n_clusters"] == "auto:2-8"  # as asked: the choice lives in n_clusters_
+    assert len(np.unique(pipe.labels_)) == 3 and "choose_k" in pipe.timings_
+
+
+def test_run_writes_the_evidence_and_the_report_shows_it(tmp_path):
+    out = tmp_path / "run"
+    res = run("digits", recipe="baseline", k="auto:6-14", out=str(out), seed=0)
+    sel = json.loads((out / "k_selection.json").read_text())
+    info = json.loads((out / "run.json").read_text())
+    assert res.k == sel["k"] == info["k"] == info["k_selection"]["k"] and 6 <= res.k <= 14
+    assert sel["candidates"] == list(range(6, 15)) and set(info["k_selection"]["scores"]) == {str(k) for k in range(6, 15)}
+    assert sel["runner_up"] in sel["candidates"] and sel["runner_up"] != sel["k"]
+    assert sel["rerun"].startswith("imclust run digits --recipe baseline --seed 0 --k {k} --out ")
+    model = json.loads((out / "model" / "pipeline.json").read_text())["parts"]["clusterer"]
+    assert model["spec"]["n_clusters"] == "auto:6-14" and model["state"]["n_clusters_"] == res.k
+    from imclust.data import load_source
+
+    # the saved model places images with the chosen k, without choosing again
+    assert np.array_equal(Pipeline.load(out / "model").predict(load_source("digits")), res.labels)
+    page = (out / "report.html").read_text()
+    assert 'id="k-choice"' in page and f"chosen k={res.k}" in page and f"runner-up k={sel['runner_up']}" in page
+    assert page.count('class="k-point"') == len(sel["candidates"])
+    assert f"--k {sel['runner_up']} --out" in page
+    # a later run with k given into the same folder leaves no stale evidence behind
+    run("digits", recipe="baseline", k=5, out=str(out), seed=0)
+    assert not (out / "k_selection.json").exists() and 'id="k-choice"' not in (out / "report.html").read_text()
+
+
+def test_rerun_command_replaces_k_and_out():
+    argv = ["/usr/bin/imclust", "run", "my photos/", "--k", "auto:2-30", "--out", "runs/p", "--set", "clusterer.n_init=3"]
+    t = rerun_template(argv, "my photos/", "photo-umap", 0, "runs/p")
+    assert t == "imclust run 'my photos/' --set clusterer.n_init=3 --k {k} --out runs/p-k{k}"
+    t = rerun_template(["python", "-m", "pytest"], "digits", "hog-umap", 4, "runs/d/")
+    assert t == "imclust run digits --recipe hog-umap --seed 4 --k {k} --out runs/d-k{k}"
+    t = rerun_template(["x/imclust/__main__.py", "run", "d.npz", "--k=auto", "--out=o"], "d.npz", "r", 0, "o")
+    assert t == "imclust run d.npz --k {k} --out o-k{k}"
