@@ -45,15 +45,21 @@ def test_horizontal_flip_mirrors_exactly_the_chosen_images():
     assert torch.equal(A.horizontal_flip(x, 1.0, gen(0)), x.flip(-1))
 
 
-def test_hsv_round_trip_and_known_colours():
+def test_hue_rotation_keeps_luma_and_grey_and_turns_colours():
     x = torch.rand(4, 3, 5, 5)
-    assert torch.allclose(A.hsv_to_rgb(A.rgb_to_hsv(x)), x, atol=1e-5)
-    red = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
-    hsv = A.rgb_to_hsv(red).flatten()
-    assert torch.allclose(hsv, torch.tensor([0.0, 1.0, 1.0]))
-    # a third of the circle turns red into green
-    green = A.adjust_hue(red, torch.tensor(1 / 3).view(1, 1, 1, 1))
-    assert torch.allclose(green.flatten(), torch.tensor([0.0, 1.0, 0.0]), atol=1e-5)
+    shift = torch.tensor([0.0, 0.25, 0.5, 1.0])
+    y = A.adjust_hue(x, shift)
+    assert torch.allclose(y[0], x[0], atol=1e-5) and torch.allclose(y[3], x[3], atol=1e-5)  # no turn, a full turn
+    grey = torch.full((2, 3, 3, 3), 0.4)
+    assert torch.allclose(A.adjust_hue(grey, torch.tensor([0.3, 0.7])), grey, atol=1e-6)
+    # a mid-saturated colour (no clipping): luma is kept, the colour changes, and a half turn twice is identity
+    c = torch.tensor([0.6, 0.4, 0.45]).view(1, 3, 1, 1)
+    half = A.adjust_hue(c, torch.tensor([0.5]))
+    assert torch.allclose(A._grey(half), A._grey(c), atol=1e-5) and not torch.allclose(half, c, atol=0.05)
+    assert torch.allclose(A.adjust_hue(half, torch.tensor([0.5])), c, atol=1e-5)
+    # a third of a turn moves a reddish colour's dominant channel to green
+    third = A.adjust_hue(c, torch.tensor([1 / 3]))
+    assert int(third.flatten().argmax()) == 1
 
 
 def test_color_jitter_factors_and_probability():

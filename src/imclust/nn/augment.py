@@ -98,32 +98,19 @@ def _affine(x: torch.Tensor, theta: torch.Tensor, fill: float = 0.5) -> torch.Te
 
 
 # -- colour -------------------------------------------------------------------------------------------------
-def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
-    """``(B, 3, H, W)`` RGB in [0, 1] to HSV, each channel in [0, 1] (hue as a fraction of the circle)."""
-    r, g, b = x[:, 0], x[:, 1], x[:, 2]
-    maxc, _ = x.max(dim=1)
-    minc, _ = x.min(dim=1)
-    delta = maxc - minc
-    safe = torch.where(delta > 0, delta, torch.ones_like(delta))
-    s = torch.where(maxc > 0, delta / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-    h = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    h = torch.where(delta > 0, (h / 6.0) % 1.0, torch.zeros_like(h))
-    return torch.stack([h, s, maxc], dim=1)
+_RGB_TO_YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=torch.float64)
+_YIQ_TO_RGB = torch.linalg.inv(_RGB_TO_YIQ)
 
 
-def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
-    """The inverse of :func:`rgb_to_hsv`."""
-    h, s, v = x[:, 0], x[:, 1], x[:, 2]
-    h6 = (h % 1.0) * 6.0
-    i = torch.floor(h6)
-    f = h6 - i
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    i = i.long() % 6
-    r = torch.stack([v, q, p, p, t, v], dim=1).gather(1, i[:, None]).squeeze(1)
-    g = torch.stack([t, v, v, q, p, p], dim=1).gather(1, i[:, None]).squeeze(1)
-    b = torch.stack([p, p, t, v, v, q], dim=1).gather(1, i[:, None]).squeeze(1)
-    return torch.stack([r, g, b], dim=1)
+def hue_matrices(shift: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, 3)`` RGB matrices that rotate the hue by ``shift`` (a fraction of the colour circle): a rotation
+    of the chroma plane (I, Q) of YIQ about the grey axis, so luma is kept and grey stays grey."""
+    a = -shift.double().flatten() * 2 * math.pi  # the sign makes red turn towards yellow and green, as in HSV
+    rot = torch.zeros(len(a), 3, 3, dtype=torch.float64)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1], rot[:, 1, 2] = torch.cos(a), -torch.sin(a)
+    rot[:, 2, 1], rot[:, 2, 2] = torch.sin(a), torch.cos(a)
+    return (_YIQ_TO_RGB @ rot @ _RGB_TO_YIQ).float()
 
 
 def adjust_brightness(x, factor):
@@ -143,12 +130,12 @@ def adjust_saturation(x, factor):
 
 
 def adjust_hue(x, shift):
-    """Rotate the hue by ``shift`` (a fraction of the circle, per image)."""
+    """Rotate the hue of each image by ``shift`` (a fraction of the colour circle; a tensor with one value per
+    image) about the grey axis (:func:`hue_matrices`). One 3x3 matrix per image, so it costs one pass."""
     if x.shape[1] != 3:
         return x
-    hsv = rgb_to_hsv(x)
-    hsv = torch.cat([(hsv[:, :1] + shift) % 1.0, hsv[:, 1:]], dim=1)
-    return hsv_to_rgb(hsv).clamp(0, 1)
+    m = hue_matrices(torch.as_tensor(shift).reshape(-1).cpu().expand(x.shape[0])).to(x.device, x.dtype)
+    return torch.einsum("bij,bjhw->bihw", m, x).clamp(0, 1)
 
 
 def color_jitter(x: torch.Tensor, strength: float = 0.4, generator: torch.Generator | None = None,
@@ -157,7 +144,8 @@ def color_jitter(x: torch.Tensor, strength: float = 0.4, generator: torch.Genera
     of the colour circle), applied in that order to each image with probability ``p``.
 
     The values are clipped to [0, 1] after each step, as torchvision's ColorJitter does (which, unlike this,
-    also shuffles the order of the four steps per call).
+    also shuffles the order of the four steps per call, and shifts the hue in HSV rather than by rotating the
+    chroma plane).
     """
     if strength <= 0 and hue <= 0:
         return x
@@ -168,7 +156,7 @@ def color_jitter(x: torch.Tensor, strength: float = 0.4, generator: torch.Genera
     sat = _uniform(b, 1 - strength, 1 + strength, generator, dev).to(x.dtype).view(b, 1, 1, 1)
     y = adjust_saturation(adjust_contrast(adjust_brightness(x, bright), contrast), sat)
     if hue > 0:
-        y = adjust_hue(y, _uniform(b, -hue, hue, generator, dev).to(x.dtype).view(b, 1, 1, 1))
+        y = adjust_hue(y, _uniform(b, -hue, hue, generator, "cpu"))
     if p < 1:
         y = _where(_chance(b, p, generator), y, x)
     return y
