@@ -6,8 +6,8 @@ batch's own device (a GPU batch never leaves the GPU). The random parameters are
 the CPU and then moved, so the same seed gives the same parameters on every device.
 
 Operations: :func:`random_resized_crop` (with an optional flip, as one affine resampling),
-:func:`horizontal_flip`, :func:`color_jitter` (brightness, contrast, saturation, hue),
-:func:`random_grayscale`, :func:`gaussian_blur`, :func:`solarize`, :func:`cutout`, and
+:func:`horizontal_flip`, :func:`random_shift` (a translation by whole pixels), :func:`color_jitter`
+(brightness, contrast, saturation, hue), :func:`random_grayscale`, :func:`gaussian_blur`, :func:`solarize`, :func:`cutout`, and
 :func:`rand_augment`, a RandAugment-like strong policy (``n_ops`` operations per image drawn from
 :data:`RAND_AUGMENT_OPS`, each with its own magnitude). Images with one channel are handled throughout
 (saturation, hue and grayscale then do nothing).
@@ -87,6 +87,29 @@ def random_resized_crop(x: torch.Tensor, size=None, scale=(0.08, 1.0), ratio=(3 
 def horizontal_flip(x: torch.Tensor, p: float = 0.5, generator: torch.Generator | None = None) -> torch.Tensor:
     """Mirror each image left-right with probability ``p``."""
     return _where(_chance(len(x), p, generator), x.flip(-1), x)
+
+
+def random_shift(x: torch.Tensor, max_shift: int, fill: float = 0.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Translate each image of a ``(B, C, H, W)`` batch by up to ``max_shift`` pixels in each direction.
+
+    Uncovered pixels take the value ``fill``. Offsets come from ``generator`` (torch's global generator when
+    None). The result keeps the batch's memory format (channels_last stays channels_last).
+    """
+    if int(max_shift) <= 0 or x.dim() != 4:
+        return x
+    b, c, h, w = x.shape
+    p = int(max_shift)
+    pad = F.pad(x, (p, p, p, p), value=fill)
+    dy = torch.randint(0, 2 * p + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * p + 1, (b,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # (b, h)
+    cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # (b, w)
+    bi = torch.arange(b, device=x.device)[:, None, None]
+    out = pad.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # NHWC buffer
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return out
+    return out.contiguous()
 
 
 def _affine(x: torch.Tensor, theta: torch.Tensor, fill: float = 0.5) -> torch.Tensor:
