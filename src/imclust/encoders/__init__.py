@@ -8,6 +8,8 @@ from .pretrained import PretrainedEncoder
 from .deepcluster import DeepClusterEncoder
 from .autoencoder import AutoencoderEncoder
 from .dec import DECEncoder, IDECEncoder
+from .contrastive import SimCLREncoder
+from .scan import ScanEncoder
 
 __all__ = ["Encoder", "AutoencoderEncoder", "DECEncoder", "IDECEncoder", "DeepClusterEncoder", "EmbeddingEncoder", "HOGEncoder", "PixelEncoder",
-           "PretrainedEncoder", "SelfLabelEncoder"]
+           "PretrainedEncoder", "ScanEncoder", "SelfLabelEncoder", "SimCLREncoder"]

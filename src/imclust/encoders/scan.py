@@ -51,40 +51,31 @@ from ..progress import log
 from .base import ClusteringEncoder, TrainableEncoder
 from .contrastive import ImageNormaliser, aug_generator, in_memory, uint8_of
 
-#: stage settings by kind of images and budget; ``pretext`` holds SimCLR encoder options, ``scan`` and
-#: ``selflabel`` the options of those stages, ``size``/``min_side`` the working side.
+#: stage settings by kind of images and budget: ``size`` (the largest working side), ``pretext`` (options of the
+#: ``simclr`` encoder), ``scan`` and ``selflabel`` (options of those stages). ``cpu``: a small ConvNet and a
+#: frozen backbone in the scan stage (sized for a two-core CPU); ``gpu``: the published CIFAR-stem ResNet-18,
+#: SCAN with the backbone training (SimCLR hyper-parameters as SCAN's: SGD lr 0.4, t = 0.1, batch 512).
+_CPU = {"pretext": {"arch": "convnet", "width": 16, "epochs": 30, "min_steps": 800},
+        "scan": {"update_backbone": False, "epochs": 100, "min_steps": 2000, "lr": 1e-3},
+        "selflabel": {"epochs": 4, "min_steps": 150}}
+_GPU = {"pretext": {"arch": "resnet18", "width": 64, "epochs": 100, "min_steps": 8000, "batch_size": 512,
+                    "lr": 0.4, "weight_decay": 1e-4, "temperature": 0.1},
+        "scan": {"update_backbone": True, "epochs": 30, "min_steps": 1500, "batch_size": 256},
+        "selflabel": {"epochs": 25, "min_steps": 1000, "batch_size": 512}}
+_GREY = {"pretext": {"crop_scale": [0.3, 1.0], "flip": False, "hue": 0.0, "grayscale_p": 0.0},
+         "scan": {"flip": False}, "selflabel": {"flip": False}}
+_PHOTO = {"pretext": {"blur_p": 0.5}, "scan": {}, "selflabel": {}}
+
+
+def _preset(size: int, budget: dict, kind: dict | None = None) -> dict:
+    kind = kind or {"pretext": {}, "scan": {}, "selflabel": {}}
+    return {"size": size, **{stage: {**budget[stage], **kind[stage]} for stage in ("pretext", "scan", "selflabel")}}
+
+
 PRESETS: dict[str, dict[str, dict]] = {
-    "grey": {
-        "cpu": {"size": 32, "pretext": {"arch": "convnet", "width": 16, "epochs": 30, "min_steps": 800,
-                                        "crop_scale": [0.3, 1.0], "flip": False, "jitter": 0.4, "hue": 0.0,
-                                        "grayscale_p": 0.0},
-                "scan": {"epochs": 8, "min_steps": 300, "flip": False},
-                "selflabel": {"epochs": 4, "min_steps": 150, "flip": False}},
-        "gpu": {"size": 64, "pretext": {"arch": "resnet18", "width": 64, "epochs": 200, "min_steps": 20000,
-                                        "batch_size": 512, "crop_scale": [0.3, 1.0], "flip": False, "hue": 0.0,
-                                        "grayscale_p": 0.0},
-                "scan": {"epochs": 50, "min_steps": 2000, "flip": False, "batch_size": 256},
-                "selflabel": {"epochs": 25, "min_steps": 1000, "flip": False, "batch_size": 512}},
-    },
-    "colour-32": {
-        "cpu": {"size": 32, "pretext": {"arch": "convnet", "width": 16, "epochs": 30, "min_steps": 800},
-                "scan": {"epochs": 8, "min_steps": 300},
-                "selflabel": {"epochs": 4, "min_steps": 150}},
-        "gpu": {"size": 32, "pretext": {"arch": "resnet18", "width": 64, "epochs": 200, "min_steps": 20000,
-                                        "batch_size": 512},
-                "scan": {"epochs": 50, "min_steps": 2000, "batch_size": 256},
-                "selflabel": {"epochs": 25, "min_steps": 1000, "batch_size": 512}},
-    },
-    "photo": {
-        "cpu": {"size": 64, "pretext": {"arch": "convnet", "width": 16, "epochs": 30, "min_steps": 800,
-                                        "blur_p": 0.5},
-                "scan": {"epochs": 8, "min_steps": 300},
-                "selflabel": {"epochs": 4, "min_steps": 150}},
-        "gpu": {"size": 96, "pretext": {"arch": "resnet18", "width": 64, "epochs": 200, "min_steps": 20000,
-                                        "batch_size": 512, "blur_p": 0.5},
-                "scan": {"epochs": 50, "min_steps": 2000, "batch_size": 256},
-                "selflabel": {"epochs": 25, "min_steps": 1000, "batch_size": 512}},
-    },
+    "grey": {"cpu": _preset(32, _CPU, _GREY), "gpu": _preset(64, _GPU, _GREY)},
+    "colour-32": {"cpu": _preset(32, _CPU), "gpu": _preset(32, _GPU)},
+    "photo": {"cpu": _preset(64, _CPU, _PHOTO), "gpu": _preset(96, _GPU, _PHOTO)},
 }
 KINDS = tuple(PRESETS)
 BUDGETS = ("cpu", "gpu")
@@ -120,32 +111,70 @@ def collapse_report(labels: np.ndarray, k: int, stage: str) -> tuple[dict, list[
     return rec, warnings
 
 
+class Standardise(nn.Module):
+    """``(h - mean) / std`` with fixed statistics (buffers, set from the training images' features), so that the
+    clustering heads see well-scaled inputs whatever the backbone's feature magnitudes."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(int(dim)))
+        self.register_buffer("std", torch.ones(int(dim)))
+
+    def set_statistics(self, features: torch.Tensor) -> None:
+        f = features.reshape(-1, features.shape[-1]).float()
+        self.mean.copy_(f.mean(0))
+        self.std.copy_(f.std(0).clamp(min=1e-4))
+
+    def forward(self, h):
+        return (h.float() - self.mean) / self.std
+
+
 class ClusterHeads(nn.Module):
-    """``n`` linear clustering heads on the same features; ``forward`` gives ``(heads, B, k)`` logits."""
+    """``n`` linear clustering heads on the same standardised features; ``forward`` gives ``(heads, B, k)``
+    logits; :meth:`single` is head ``i`` alone (with the standardisation) as one module."""
 
     def __init__(self, in_dim: int, k: int, n: int):
         super().__init__()
+        self.norm = Standardise(in_dim)
         self.heads = nn.ModuleList([nn.Linear(in_dim, k) for _ in range(int(n))])
 
     def forward(self, h):
-        return torch.stack([head(h) for head in self.heads])
+        z = self.norm(h)
+        return torch.stack([head(z) for head in self.heads])
+
+    def single(self, i: int) -> nn.Module:
+        return make_head(self.norm.mean.numel(), self.heads[i].out_features, self.norm, self.heads[i])
+
+
+def make_head(in_dim: int, k: int, norm: Standardise | None = None, linear: nn.Linear | None = None) -> nn.Module:
+    """The clustering head a fitted SCAN encoder keeps: standardisation, then one linear layer."""
+    head = nn.Sequential(Standardise(in_dim), nn.Linear(in_dim, k))
+    if norm is not None:
+        head[0].load_state_dict(norm.state_dict())
+    if linear is not None:
+        head[1].load_state_dict(linear.state_dict())
+    return head
 
 
 class _StageData:
     """What the SCAN and self-label stages train on: uint8 images, normalisation, the pretext network."""
 
-    def __init__(self, images: ImageSet, mean, std, arch: str, width, net_state: dict, neighbours=None,
-                 head_state: dict | None = None, in_dim: int | None = None):
+    def __init__(self, images: ImageSet, mean, std, net: nn.Module, neighbours=None, head: nn.Module | None = None):
         self.images, self.mean, self.std = images, mean, std
-        self.arch, self.width, self.net_state = arch, width, net_state
-        self.neighbours, self.head_state, self.in_dim = neighbours, head_state, in_dim
+        self.net, self.neighbours, self.head = net, neighbours, head
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Put every BatchNorm layer in eval mode: fine-tuning on strongly augmented batches then neither uses their
+    statistics nor moves the running ones away from those of the images the network is applied to."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 class _Stage(TrainableEncoder):
     """Shared parts of the SCAN and self-label stages (internal: the ``scan`` encoder drives them)."""
 
-    arch: str = "convnet"
-    width: int | None = None
     n_clusters: int = 10
     flip: bool = True
     n_ops: int = 4
@@ -169,22 +198,13 @@ class _Stage(TrainableEncoder):
         self._data = data
         self._X8 = uint8_of(data.images)
         self.input_shape_ = list(data.images.shape)
-        self.mean_, self.std_ = np.asarray(data.mean, np.float32), np.asarray(data.std, np.float32)
-        self._norm = ImageNormaliser(self.mean_, self.std_)
+        self._norm = ImageNormaliser(data.mean, data.std)
         self._strong = StrongAugment(flip=bool(self.flip), n_ops=int(self.n_ops), cutout=float(self.cutout))
         self._weak = WeakAugment(flip=bool(self.flip))
         return len(self._X8)
 
-    def _backbone(self):
-        from ..nn.contrastive_nets import make_backbone
-
-        net = make_backbone(self.arch, int(self.input_shape_[0]), self.width)
-        data = getattr(self, "_data", None)
-        if data is not None:
-            from ..nn.train import load_module_arrays
-
-            load_module_arrays(net, data.net_state, "")
-        return net
+    def _copy_of(self, module: nn.Module) -> nn.Module:
+        return copy.deepcopy(module).float().to(memory_format=torch.contiguous_format)
 
     def planned_epochs(self, n: int) -> int:
         steps = max(1, n // int(self.batch_size)) if n >= int(self.batch_size) else 1
@@ -200,57 +220,95 @@ class _Stage(TrainableEncoder):
         return np.asarray(idx, np.int64)
 
     def view(self, policy, idx, device) -> torch.Tensor:
-        x = self._norm.to_float(self._X8[torch.from_numpy(idx)], device)
+        """A view of images ``idx`` under ``policy``, normalised (augmented in float32)."""
+        x = self._norm.to_float(self._X8[torch.from_numpy(np.asarray(idx, np.int64))], device)
         with torch.autocast(device_type=device.type, enabled=False):
             return self._norm(policy(x, self._gen))
 
     def on_epoch_start(self, trainer, epoch):
         self._gen = aug_generator(self.seed or 0, epoch, trainer.rank, stream=12)
-        self._pick = torch.Generator().manual_seed(int(self.seed or 0) * 31 + epoch * 7 + trainer.rank)
-        self._stats = {"count": 0, "counts": np.zeros(int(self.n_clusters), np.int64)}
+        self._pick = aug_generator(self.seed or 0, epoch, trainer.rank, stream=13)
+        self._counts = np.zeros(int(self.n_clusters), np.int64)
 
     def _count(self, logits: torch.Tensor) -> None:
-        self._stats["counts"] += np.bincount(logits.detach().argmax(1).cpu().numpy(), minlength=int(self.n_clusters))
+        self._counts += np.bincount(logits.detach().argmax(1).cpu().numpy(), minlength=int(self.n_clusters))
 
     def _cluster_stats(self) -> dict:
-        counts = ddp.broadcast_array(self._stats["counts"]) if False else self._stats["counts"]
-        total = max(int(counts.sum()), 1)
-        return {"largest_cluster": float(counts.max() / total), "clusters_used": int((counts > 0).sum())}
+        """The largest cluster's share and the clusters in use among this epoch's predictions (all processes)."""
+        counts = np.array([ddp.mean_scalar(float(c)) for c in self._counts]) * ddp.world_size()
+        total = max(float(counts.sum()), 1.0)
+        return {"largest_cluster": float(counts.max() / total), "clusters_used": int((counts > 0.5).sum())}
 
     def on_fit_end(self, trainer):
-        self._X8 = self._data = None
+        self._X8 = self._data = self._feature_views = self._clean_features = None
 
 
 class ScanStage(_Stage):
-    """SCAN's clustering stage: backbone + ``heads`` linear heads, consistency with a neighbour + entropy."""
+    """SCAN's clustering stage: ``heads`` linear heads trained with consistency to a neighbour plus entropy.
+
+    With ``update_backbone = false`` (the CPU presets) the backbone stays as the pretext left it: its features of
+    ``views`` views of every image (the image itself and ``views - 1`` weak augmentations) are computed once, and
+    each step pairs a random view of an image with a random view of one of its neighbours, so an epoch costs
+    almost nothing and many can run. With ``update_backbone = true`` (SCAN as published; the GPU presets) each
+    step passes strongly augmented images through the backbone, which trains too (its BatchNorm statistics
+    frozen).
+    """
 
     component_name = "scan"
 
     heads: int = 5
     entropy_weight: float = 5.0
-    update_backbone: bool = True
-    epochs: int = 8
-    batch_size: int = 128
+    update_backbone: bool = False
+    views: int = 8
+    epochs: int = 100
+    batch_size: int = 256
 
     def check_method_params(self):
         super().check_method_params()
-        if int(self.heads) < 1 or not float(self.entropy_weight) >= 0:
-            raise UserError("scan: heads must be at least 1 and entropy_weight 0 or more")
+        if int(self.heads) < 1 or not float(self.entropy_weight) >= 0 or int(self.views) < 1:
+            raise UserError("scan: heads and views must be at least 1 and entropy_weight 0 or more")
 
     def prepare_data(self, data: _StageData) -> int:
         n = super().prepare_data(data)
         self._neighbours = torch.from_numpy(np.asarray(data.neighbours, np.int64))
+        self._feature_views = self._compute_views(data.net, 1 if self.update_backbone else int(self.views))
+        self._clean_features = self._feature_views[0]
+        if self.update_backbone:
+            self._feature_views = None
         return n
 
+    def _compute_views(self, net: nn.Module, views: int) -> torch.Tensor:
+        """``(views, n, d)`` backbone features: the images, then weak augmentations (seeded by the stage's seed)."""
+        from ..nn.train import extract_features, pick_device
+
+        dev = ddp.device_for_rank(pick_device(self.device))
+        net = net.to(dev)
+        out = []
+        for v in range(views):
+            self._gen = aug_generator(self.seed or 0, 0, 0, stream=20 + v)
+            policy = None if v == 0 else self._weak
+
+            def prepare(rows, device, policy=policy):
+                x = self._norm.to_float(rows, device)
+                if policy is not None:
+                    x = policy(x, self._gen)
+                return self._norm(x)
+
+            out.append(torch.from_numpy(extract_features(
+                net, self._X8, batch_size=int(self.feature_batch), device=dev, precision=self.precision,
+                channels_last=bool(self.channels_last), prepare=prepare, modules=[net],
+                desc=f"feature view {v + 1}/{views}" if len(self._X8) > 2000 else None)))
+        return torch.stack(out)
+
     def build_modules(self) -> dict:
-        net = self._backbone()
-        if not self.update_backbone:
-            for p in net.parameters():
-                p.requires_grad_(False)
-        return {"net": net, "heads": ClusterHeads(net.out_dim, int(self.n_clusters), int(self.heads))}
+        net = self._data.net
+        heads = ClusterHeads(net.out_dim, int(self.n_clusters), int(self.heads))
+        heads.norm.set_statistics(self._clean_features)
+        return {"net": self._copy_of(net), "heads": heads} if self.update_backbone else {"heads": heads}
 
     def describe(self) -> str:
-        return f"{self.heads} heads, k={self.n_clusters}, {self._neighbours.shape[1]} neighbours"
+        how = "backbone trained" if self.update_backbone else f"backbone frozen, {self.views} feature views"
+        return f"{self.heads} heads, k={self.n_clusters}, {self._neighbours.shape[1]} neighbours, {how}"
 
     def on_epoch_start(self, trainer, epoch):
         super().on_epoch_start(trainer, epoch)
@@ -258,15 +316,25 @@ class ScanStage(_Stage):
         self._parts = torch.zeros(2, dtype=torch.float64)
         self._steps = 0
 
+    def _logits(self, idx, nidx, trainer) -> torch.Tensor:
+        if self._feature_views is not None:
+            fv = self._feature_views
+            va = torch.randint(fv.shape[0], (len(idx),), generator=self._pick)
+            vn = torch.randint(fv.shape[0], (len(idx),), generator=self._pick)
+            h = torch.cat([fv[va, torch.from_numpy(idx)], fv[vn, torch.from_numpy(nidx)]])
+            return trainer.modules["heads"](h.to(trainer.device))
+        freeze_batchnorm(trainer.modules["net"])
+        x = trainer.to_device(torch.cat([self.view(self._strong, idx, trainer.device),
+                                         self.view(self._strong, nidx, trainer.device)]))
+        return trainer.modules["heads"](trainer.modules["net"](x))
+
     def training_step(self, idx, trainer):
         from ..nn.contrastive import scan_loss
 
         nb = self._neighbours[torch.from_numpy(idx)]
         pick = torch.randint(nb.shape[1], (len(idx),), generator=self._pick)
         nidx = nb[torch.arange(len(idx)), pick].numpy()
-        x = trainer.to_device(torch.cat([self.view(self._strong, idx, trainer.device),
-                                         self.view(self._strong, nidx, trainer.device)]))
-        logits = trainer.modules["heads"](trainer.modules["net"](x))
+        logits = self._logits(idx, nidx, trainer)
         b = len(idx)
         total = 0.0
         for h in range(logits.shape[0]):
@@ -276,7 +344,7 @@ class ScanStage(_Stage):
             if h == 0:
                 self._parts += torch.tensor([float(consistency.detach()), float(ent.detach())], dtype=torch.float64)
         self._steps += 1
-        self._count(logits[int(torch.argmin(self._head_loss))] [:b])
+        self._count(logits[int(torch.argmin(self._head_loss)), :b])
         return total
 
     def on_epoch_end(self, trainer, epoch):
@@ -292,14 +360,14 @@ class ScanStage(_Stage):
         self.head_losses_ = list(hist[-1]["head_losses"]) if hist else []
         super().on_fit_end(trainer)
 
-    def best_head_state(self) -> dict:
-        from ..nn.train import module_arrays
-
-        return module_arrays(self.heads_.heads[self.best_head_])
+    def backbone(self, pretext_net: nn.Module) -> nn.Module:
+        """The backbone after this stage: its own when it trained one, else the pretext's."""
+        return self.net_ if self.update_backbone else pretext_net
 
 
 class SelfLabelStage(_Stage):
-    """SCAN's self-labelling: confident weak-view predictions are the targets of the strong view."""
+    """SCAN's self-labelling: confident weak-view predictions are the targets of the strong view; the backbone
+    and the head train together, with the backbone's BatchNorm statistics frozen."""
 
     component_name = "selflabel"
 
@@ -314,14 +382,7 @@ class SelfLabelStage(_Stage):
             raise UserError(f"selflabel: threshold must be between 0 and 1, got {self.threshold!r}")
 
     def build_modules(self) -> dict:
-        net = self._backbone()
-        head = nn.Linear(net.out_dim, int(self.n_clusters))
-        data = getattr(self, "_data", None)
-        if data is not None and data.head_state is not None:
-            from ..nn.train import load_module_arrays
-
-            load_module_arrays(head, data.head_state, "")
-        return {"net": net, "head": head}
+        return {"net": self._copy_of(self._data.net), "head": self._copy_of(self._data.head)}
 
     def describe(self) -> str:
         return f"threshold {self.threshold}, k={self.n_clusters}"
@@ -335,6 +396,7 @@ class SelfLabelStage(_Stage):
         from ..nn.contrastive import self_label_loss
 
         net, head = trainer.modules["net"], trainer.modules["head"]
+        freeze_batchnorm(net)
         weak = trainer.to_device(self.view(self._weak, idx, trainer.device))
         strong = trainer.to_device(self.view(self._strong, idx, trainer.device))
         with torch.no_grad():
@@ -412,7 +474,7 @@ class ScanEncoder(ClusteringEncoder):
             raise UserError(f"scan: unknown budget {self.budget!r}; use auto, cpu or gpu")
         p = PRESETS[kind][budget]
         shared = ("seed", "device", "precision", "channels_last", "workers", "resume", "checkpoint_dir", "init",
-                  "n_clusters", "arch", "width", "cache", "cache_dir")
+                  "n_clusters", "cache", "cache_dir")
         pre_valid = [k for k in REGISTRY["simclr"]._get_param_names() if k not in shared]
         settings = {
             "preset": kind, "budget": budget,
@@ -461,14 +523,11 @@ class ScanEncoder(ClusteringEncoder):
         nn_k = min(int(self.neighbours), len(ds) - 1)
         neighbours = mine_neighbours(feats, nn_k, backend="faiss")
         init = getattr(pre, "cache_key_", "") or ""
-        stage_args = {"arch": pre.arch, "width": pre.width, "n_clusters": k, "init": init}
-        scan = ScanStage(**{**settings["scan"], **stage_args, **self._shared("scan")})
-        scan.fit(_StageData(images, self.mean_, self.std_, pre.arch, pre.width, module_arrays(pre.net_),
-                            neighbours=neighbours))
+        scan = ScanStage(**{**settings["scan"], "n_clusters": k, "init": init, **self._shared("scan")})
+        scan.fit(_StageData(images, self.mean_, self.std_, pre.net_, neighbours=neighbours))
         self.scan_history_ = scan.history_
         self.best_head_, self.head_losses_ = scan.best_head_, scan.head_losses_
-        net, head = scan.net_, scan.heads_.heads[scan.best_head_]
-        self.net_, self.head_ = net, head
+        self.net_, self.head_ = scan.backbone(pre.net_), scan.heads_.single(scan.best_head_)
         self.scan_labels_ = self._probabilities(uint8_of(images)).argmax(1).astype(np.int64)
         rec, warn = collapse_report(self.scan_labels_, k, "the scan stage")
         self.scan_clusters_ = rec
@@ -478,15 +537,14 @@ class ScanEncoder(ClusteringEncoder):
         # 3. self-labelling
         self.selflabel_history_ = []
         sl = settings["selflabel"]
-        if int(sl.get("epochs", 1)) > 0 or int(sl.get("min_steps", 0)) > 0:
-            stage = SelfLabelStage(**{**sl, **stage_args, "init": f"{init}/scan-head-{self.best_head_}",
+        if int(sl.get("epochs", SelfLabelStage.epochs)) > 0:
+            stage = SelfLabelStage(**{**sl, "n_clusters": k, "init": f"{init}/scan-head-{self.best_head_}",
                                       **self._shared("selflabel")})
-            stage.fit(_StageData(images, self.mean_, self.std_, pre.arch, pre.width, module_arrays(net),
-                                 head_state=module_arrays(head)))
+            stage.fit(_StageData(images, self.mean_, self.std_, self.net_, head=self.head_))
             self.selflabel_history_ = stage.history_
             self.net_, self.head_ = stage.net_, stage.head_
             if stage.history_ and max(h.get("confident", 0.0) for h in stage.history_) == 0:
-                self._warn([f"scan: self-labelling found no image above the threshold {sl.get('threshold', 0.99)}; "
+                self._warn([f"scan: self-labelling found no image above the threshold {stage.threshold}; "
                             "its epochs changed nothing (the scan stage's clusters stand)"])
         self.labels_ = self._probabilities(uint8_of(images)).argmax(1).astype(np.int64)
         rec, warn = collapse_report(self.labels_, k, "self-labelling" if self.selflabel_history_ else "the scan stage")
@@ -542,7 +600,7 @@ class ScanEncoder(ClusteringEncoder):
         from ..nn.contrastive_nets import make_backbone
 
         net = make_backbone(self.arch_, int(self.input_shape_[0]), self.width_)
-        return net, nn.Linear(net.out_dim, int(self.n_clusters_))
+        return net, make_head(net.out_dim, int(self.n_clusters_))
 
     def get_state(self):
         from ..nn.train import module_arrays
