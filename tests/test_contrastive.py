@@ -151,3 +151,29 @@ def test_resnet18_is_the_published_size_at_width_64():
     net = make_backbone("resnet18", 3, 64)
     n_params = sum(p.numel() for p in net.parameters())
     assert net.out_dim == 512 and 11.0e6 < n_params < 11.3e6  # CIFAR ResNet-18 without its classifier: ~11.17 M
+
+
+# -- DDP ---------------------------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_nt_xent_under_two_processes_sees_the_whole_batch(tmp_path):
+    """gloo, 2 processes, each holding half of the batch: the same loss as one process over the whole batch,
+    and each process's gradient is the whole-batch gradient times the world size (DDP then averages the
+    parameter gradients, which gives the one-process gradient). The SimCLR encoder trains under DDP."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update(PYTHONPATH=str(REPO / "src"), IMCLUST_QUIET="1", OMP_NUM_THREADS="1")
+    worker = str(REPO / "tests" / "ddp_contrastive_worker.py")
+    one = subprocess.run([sys.executable, worker, str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", worker,
+                          str(tmp_path)], capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert np.allclose(np.load(tmp_path / "2" / "loss.npy"), np.load(tmp_path / "1" / "loss.npy"), atol=1e-6)
+    assert np.allclose(np.load(tmp_path / "2" / "grads.npy"), 2 * np.load(tmp_path / "1" / "grads.npy"), atol=1e-6)
+    feats = np.load(tmp_path / "2" / "features.npy")
+    assert feats.shape == np.load(tmp_path / "1" / "features.npy").shape and np.isfinite(feats).all()
