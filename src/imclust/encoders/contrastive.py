@@ -156,7 +156,10 @@ class SimCLREncoder(TrainableEncoder):
     ``width``; ``size`` (side of the square working images; None: the images' own) and ``channels``;
     ``temperature`` of NT-Xent; ``proj_dim``/``proj_hidden`` of the projection head; the views:
     ``crop_scale``, ``crop_ratio``, ``flip``, ``jitter`` (brightness/contrast/saturation strength), ``hue``,
-    ``jitter_p``, ``grayscale_p``, ``blur_p``, ``solarize_p``; training: ``epochs`` (at least; ``min_steps``
+    ``jitter_p``, ``grayscale_p``, ``blur_p``, ``solarize_p``; ``view_scale``: the views' side as a fraction of
+    the working side (below 1 trains on smaller views, which costs less; features are always computed at the
+    working side. A random resized crop enlarges objects, so smaller views bring their size in training
+    closer to their size in the whole images, the FixRes observation); training: ``epochs`` (at least; ``min_steps``
     adds epochs for small sets), ``batch_size``, ``lr`` (SGD with momentum by default), ``lr_schedule``
     (``cosine`` or ``constant``), ``warmup_epochs`` and the other :class:`TrainableEncoder` parameters;
     ``cache``/``cache_dir``: the pretext cache; ``feature_batch``: batch size of feature passes.
@@ -178,6 +181,7 @@ class SimCLREncoder(TrainableEncoder):
     grayscale_p: float = 0.2
     blur_p: float = 0.0
     solarize_p: float = 0.0
+    view_scale: float = 1.0
     epochs: int = 30
     min_steps: int = 0
     batch_size: int = 256
@@ -212,6 +216,8 @@ class SimCLREncoder(TrainableEncoder):
                 raise UserError(f"{name}: {p} is a probability (0 to 1), got {getattr(self, p)!r}")
         if self.size is not None and int(self.size) < 8:
             raise UserError(f"{name}: size must be at least 8 px, got {self.size!r}")
+        if not 0.25 <= float(self.view_scale) <= 1:
+            raise UserError(f"{name}: view_scale must be between 0.25 and 1, got {self.view_scale!r}")
         if int(self.min_steps) < 0 or int(self.warmup_epochs) < 0:
             raise UserError(f"{name}: min_steps and warmup_epochs must be 0 or more")
 
@@ -272,8 +278,10 @@ class SimCLREncoder(TrainableEncoder):
     def two_views(self, x8: torch.Tensor, device) -> torch.Tensor:
         """Both views of a uint8 batch, normalised, stacked as ``(2B, C, H, W)`` (augmented in float32)."""
         x = self._norm.to_float(x8, device)
+        h, w = x.shape[-2:]
+        size = (max(8, round(h * float(self.view_scale))), max(8, round(w * float(self.view_scale))))
         with torch.autocast(device_type=device.type, enabled=False):
-            v = torch.cat([self._policy(x, self._gen), self._policy(x, self._gen)])
+            v = torch.cat([self._policy(x, self._gen, size), self._policy(x, self._gen, size)])
             return self._norm(v)
 
     def training_step(self, x8, trainer):

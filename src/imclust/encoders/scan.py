@@ -55,7 +55,7 @@ from .contrastive import ImageNormaliser, aug_generator, in_memory, uint8_of
 #: ``simclr`` encoder), ``scan`` and ``selflabel`` (options of those stages). ``cpu``: a small ConvNet and a
 #: frozen backbone in the scan stage (sized for a two-core CPU); ``gpu``: the published CIFAR-stem ResNet-18,
 #: SCAN with the backbone training (SimCLR hyper-parameters as SCAN's: SGD lr 0.4, t = 0.1, batch 512).
-_CPU = {"pretext": {"arch": "convnet", "width": 16, "epochs": 30, "min_steps": 800},
+_CPU = {"pretext": {"arch": "convnet", "width": 16, "epochs": 30, "min_steps": 800, "view_scale": 0.75},
         "scan": {"update_backbone": False, "epochs": 100, "min_steps": 2000, "lr": 1e-3},
         "selflabel": {"epochs": 4, "min_steps": 150}}
 _GPU = {"pretext": {"arch": "resnet18", "width": 64, "epochs": 100, "min_steps": 8000, "batch_size": 512,
@@ -373,6 +373,8 @@ class SelfLabelStage(_Stage):
 
     threshold: float = 0.99
     balance: bool = True
+    entropy_weight: float = 0.0
+    freeze_bn: bool = True
     epochs: int = 4
     batch_size: int = 256
 
@@ -395,14 +397,19 @@ class SelfLabelStage(_Stage):
     def training_step(self, idx, trainer):
         from ..nn.contrastive import self_label_loss
 
+        from ..nn.contrastive import entropy
+
         net, head = trainer.modules["net"], trainer.modules["head"]
-        freeze_batchnorm(net)
+        if self.freeze_bn:
+            freeze_batchnorm(net)
         weak = trainer.to_device(self.view(self._weak, idx, trainer.device))
         strong = trainer.to_device(self.view(self._strong, idx, trainer.device))
         with torch.no_grad():
             weak_logits = head(net(weak)).float()
         strong_logits = head(net(strong))
         loss, n = self_label_loss(weak_logits, strong_logits, float(self.threshold), bool(self.balance))
+        if self.entropy_weight:
+            loss = loss - float(self.entropy_weight) * entropy(torch.softmax(strong_logits.float(), 1).mean(0))
         self._confident += n
         self._seen += len(idx)
         self._count(weak_logits)
