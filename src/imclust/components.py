@@ -19,4 +19,6 @@ LAZY.update({
     "dec": "imclust.encoders.dec",
     "idec": "imclust.encoders.dec",
     "temi": "imclust.temi",
+    "simclr": "imclust.encoders.contrastive",
+    "scan": "imclust.encoders.scan",
 })

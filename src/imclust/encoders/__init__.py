@@ -6,7 +6,7 @@ from .pixels import PixelEncoder
 
 _TORCH_ENCODERS = {"AutoencoderEncoder": "autoencoder", "DeepClusterEncoder": "deepcluster",
                    "EmbeddingEncoder": "embedding", "SelfLabelEncoder": "embedding", "PretrainedEncoder": "pretrained",
-                   "DECEncoder": "dec", "IDECEncoder": "dec"}
+                   "DECEncoder": "dec", "IDECEncoder": "dec", "SimCLREncoder": "contrastive", "ScanEncoder": "scan"}
 
 __all__ = ["Encoder", "HOGEncoder", "PixelEncoder", *_TORCH_ENCODERS]
 

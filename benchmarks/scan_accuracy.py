@@ -1,0 +1,184 @@
+"""SCAN on this CPU: accuracy and end-to-end time against the peers, measured in the same run.
+
+For each dataset and seed, k = the number of classes (labels are read only for that and to score):
+
+- ours: the ``scan`` recipe (SimCLR pretext -> neighbours -> clustering heads -> self-labelling), timed end
+  to end (decoding, every stage, the final assignment); a fresh pretext cache per run, so nothing is reused;
+- ``pretext + k-means``: k-means (10 restarts) on the L2-normalised features of the same run's pretext (read
+  back from that run's cache, so it costs no training): what SCAN's later stages add;
+- the defaults a user gets without SCAN: ``photo-umap`` for colour sets, ``hog-umap`` for grey ones;
+- raw-pixel k-means (the pixels at 32x32 for photos, k-means++, 10 restarts).
+
+Collapse warnings of our runs (empty or dominant clusters) are counted in the table. Results go to the
+``scan-cpu`` block of RESULTS.md with ``--write``.
+
+    flock /tmp/imclust-bench.lock python benchmarks/scan_accuracy.py --datasets cifar10-test --seeds 0 1 2 --write
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("IMCLUST_QUIET", "1")
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))
+
+import torch  # noqa: E402
+from _common import DATA, command, machine, table, today, update_section  # noqa: E402
+
+from imclust import components  # noqa: E402,F401
+from imclust.data import load_source  # noqa: E402
+from imclust.metrics import evaluate  # noqa: E402
+from imclust.pipeline import Pipeline  # noqa: E402
+from imclust.recipes import load_recipe  # noqa: E402
+
+SOURCES = {
+    "cifar10-test": DATA / "cifar10" / "test",
+    "intel-scenes": DATA / "intel-scenes",
+    "flowers5": DATA / "flowers5",
+    "mnist-test": DATA / "mnist-test" / "t10k-images-idx3-ubyte.gz",
+    "umist": DATA / "umist" / "umist.npz",
+    "pie27": DATA / "pie27" / "pie27.npz",
+}
+OURS = "ours (scan)"
+PRETEXT = "pretext + k-means"
+PIXELS = "raw-pixel k-means"
+
+
+def recipe_spec(name: str, overrides=()) -> dict:
+    from imclust.recipes import apply_override
+
+    cfg = load_recipe(name)
+    for o in overrides:
+        apply_override(cfg, o)
+    return {"encoder": cfg["encoder"], "reducers": cfg.get("reducers", []), "clusterer": cfg["clusterer"]}
+
+
+def peers(ds) -> dict[str, dict]:
+    colour = ds.shape[0] == 3
+    default = "photo-umap" if colour else "hog-umap"
+    pixels = {"type": "pixels", "size": 32} if min(ds.shape[1:]) > 32 else {"type": "pixels"}
+    return {default: recipe_spec(default),
+            PIXELS: {"encoder": pixels, "reducers": [], "clusterer": {"type": "kmeans", "n_init": 10}}}
+
+
+def fit(spec: dict, ds, k: int, seed: int, name: str) -> tuple[Pipeline, float]:
+    spec = json.loads(json.dumps(spec))
+    t = time.perf_counter()
+    pipe = Pipeline.from_spec(spec, name=name, seed=seed)
+    pipe.set_k(k)
+    pipe.fit(ds)
+    return pipe, time.perf_counter() - t
+
+
+def pretext_kmeans(pipe: Pipeline, ds, k: int, seed: int) -> np.ndarray:
+    """k-means on the run's own pretext features, loaded from its cache (no training)."""
+    from imclust.base import build
+    from imclust.cluster import KMeans
+    from imclust.encoders.contrastive import in_memory
+
+    enc = pipe.encoder
+    side = enc.settings_["size"]
+    pre = build({"type": "simclr", **enc.settings_["pretext"], **enc._shared("pretext"), "cache": True,
+                 "cache_dir": enc.cache_dir}, kind="encoder")
+    pre.fit(in_memory(ds.resized((side, side))))
+    if not pre.from_cache_:
+        raise RuntimeError("the pretext was not found in the run's cache")
+    f = pre.train_features()
+    f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    return KMeans(k, n_init=10, random_state=seed).fit_predict(f)
+
+
+def measure(name: str, seeds, only=None, overrides=()) -> list[dict]:
+    ds = load_source(str(SOURCES[name]))
+    k = len(np.unique(ds.labels))
+    rows = []
+
+    def record(method, labels, secs, load0, warnings=0):
+        m = evaluate(labels, ds.labels)
+        row = {"dataset": name, "n": len(ds), "method": method, "seed": seed, "acc": m["acc"], "nmi": m["nmi"],
+               "ari": m["ari"], "seconds": secs, "load_start": load0, "load_end": os.getloadavg()[0],
+               "warnings": warnings}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+
+    methods = {OURS: recipe_spec("scan", overrides), **peers(ds)}
+    for seed in seeds:
+        for mname, spec in methods.items():
+            if only and not any(mname.startswith(o) for o in only):
+                continue
+            load0 = os.getloadavg()[0]
+            if mname == OURS:
+                with tempfile.TemporaryDirectory(prefix="scan-bench-") as cache:
+                    spec = json.loads(json.dumps(spec))
+                    spec["encoder"]["cache_dir"] = cache
+                    pipe, secs = fit(spec, ds, k, seed, mname)
+                    record(mname, pipe.labels_, secs, load0, len(pipe.encoder.warnings_))
+                    t = time.perf_counter()
+                    record(PRETEXT, pretext_kmeans(pipe, ds, k, seed), time.perf_counter() - t, load0)
+            else:
+                pipe, secs = fit(spec, ds, k, seed, mname)
+                record(mname, pipe.labels_, secs, load0)
+    return rows
+
+
+def summarise(rows) -> str:
+    keys = list(dict.fromkeys((r["dataset"], r["method"]) for r in rows))
+    out = []
+    for d, m in keys:
+        rs = [r for r in rows if r["dataset"] == d and r["method"] == m]
+        acc = np.array([r["acc"] for r in rs])
+        px = [r["acc"] for r in rows if r["dataset"] == d and r["method"] == PIXELS]
+        dflt = [r["acc"] for r in rows if r["dataset"] == d and r["method"] in ("photo-umap", "hog-umap")]
+        secs = [r["seconds"] for r in rs]
+        out.append([f"{d} (n={rs[0]['n']})", m, f"{acc.mean():.3f} ± {acc.std():.3f}",
+                    f"{np.mean([r['nmi'] for r in rs]):.3f}", f"{np.mean([r['ari'] for r in rs]):.3f}",
+                    f"{np.mean(secs):.0f} ({max(secs):.0f})" if m != PRETEXT else "(from ours)",
+                    f"{acc.mean() - np.mean(dflt):+.3f}" if dflt else "–",
+                    f"{acc.mean() / np.mean(px):.2f}×" if px else "–",
+                    str(sum(r["warnings"] for r in rs)) if m == OURS else "",
+                    f"{min(r['load_start'] for r in rs):.1f}–{max(r['load_end'] for r in rs):.1f}", len(rs)])
+    return table(out, ["dataset", "method", "ACC (mean ± sd)", "NMI", "ARI", "seconds per run (max)",
+                       "ACC − default", "ACC ÷ raw-pixel k-means", "collapse warnings", "load (1-min)", "seeds"])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=["cifar10-test", "intel-scenes", "flowers5", "mnist-test", "umist"],
+                    choices=list(SOURCES))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--only", nargs="+", default=None, help="run only methods whose name starts with these")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], help="override of the scan recipe")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (the timed runs hold the bench lock)")
+    ap.add_argument("--json", default=None, help="also write the raw rows here")
+    ap.add_argument("--write", action="store_true", help="replace the scan-cpu block of benchmarks/RESULTS.md")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    missing = [d for d in args.datasets if not SOURCES[d].exists()]
+    if missing:
+        sys.exit(f"dataset(s) not found: {', '.join(str(SOURCES[d]) for d in missing)}; this benchmark reads ../shared/data")
+    rows = []
+    for name in args.datasets:
+        rows += measure(name, args.seeds, args.only, args.overrides)
+    body = summarise(rows)
+    print(body)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.write:
+        head = (f"## SCAN on this CPU (issue 14)\n\nCommand: `{command()}`  \nMachine: {machine()}; date {today()}. "
+                f"Each run is timed end to end (decode, pretext, neighbours, heads, self-labelling, assignment); "
+                f"the load column is the 1-min load average at the start and end of the runs.\n\n")
+        update_section("scan-cpu", head + body)
+
+
+if __name__ == "__main__":
+    main()

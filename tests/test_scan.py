@@ -1,0 +1,189 @@
+"""SimCLR pretext and SCAN encoders: end to end on synthetic images, labels never read, the pretext cache, exact
+resume, collapse reporting, presets, save/load through the pipeline."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from imclust import components  # noqa: F401
+from imclust.base import build
+from imclust.data.sources import _array_imageset
+from imclust.encoders.scan import PRESETS, collapse_report, data_kind, dominant_share
+from imclust.errors import UserError
+from imclust.metrics import cluster_acc
+
+
+def stripes(n=64, size=16, seed=0):
+    """Two obviously different classes: vertical stripes and horizontal stripes (random phase, noise)."""
+    rng = np.random.RandomState(seed)
+    xs, ys = [], []
+    for i in range(n):
+        c = i % 2
+        img = np.zeros((size, size), np.float32)
+        phase = rng.randint(4)
+        if c == 0:
+            img[:, phase::4] = 1.0
+        else:
+            img[phase::4, :] = 1.0
+        xs.append(np.clip(img + 0.1 * rng.randn(size, size), 0, 1))
+        ys.append(c)
+    return np.stack(xs)[:, None].astype(np.float32), np.array(ys)
+
+
+TINY = {"pretext": {"width": 4, "epochs": 4, "min_steps": 0, "batch_size": 32},
+        "scan": {"epochs": 10, "min_steps": 0, "batch_size": 32, "views": 2},
+        "selflabel": {"epochs": 1, "min_steps": 0, "batch_size": 32}}
+
+
+def tiny_scan(**over):
+    spec = {"type": "scan", "n_clusters": 2, "cache": False, "device": "cpu", **json.loads(json.dumps(TINY))}
+    for k, v in over.items():
+        if isinstance(v, dict):
+            spec[k] = {**spec.get(k, {}), **v}
+        else:
+            spec[k] = v
+    return build(spec, kind="encoder")
+
+
+@pytest.fixture
+def two_classes():
+    X, y = stripes()
+    return _array_imageset(X, y, "stripes", "array"), y
+
+
+def test_scan_separates_two_obviously_different_classes(one_torch_thread, two_classes):
+    ds, y = two_classes
+    enc = tiny_scan().fit(ds)
+    assert cluster_acc(y, enc.labels_) == 1.0
+    proba = enc.predict_proba(ds)
+    assert proba.shape == (len(ds), 2) and np.allclose(proba.sum(1), 1, atol=1e-5)
+    assert np.array_equal(enc.predict(ds), enc.labels_)
+    assert enc.transform(ds).shape == (len(ds), 32)  # the backbone's features (width 4 -> 8w = 32)
+    # new images are placed; images of another size are resized to the working shape first
+    X2, y2 = stripes(n=10, seed=5)
+    assert cluster_acc(y2, enc.predict(_array_imageset(X2, None, "new", "array"))) == 1.0
+    assert enc.predict(_array_imageset(np.random.rand(3, 1, 24, 20).astype(np.float32), None, "x", "array")).shape == (3,)
+    stages = {"pretext", "scan", "selflabel"}
+    assert all(getattr(enc, f"{s}_history_") for s in stages)
+
+
+def test_labels_are_never_read_while_fitting(one_torch_thread, two_classes):
+    ds, y = two_classes
+    with_labels = tiny_scan(seed=1).fit(ds).labels_
+    shuffled = _array_imageset(ds.to_array(desc=None), np.random.RandomState(0).permutation(y), "stripes", "array")
+    without = _array_imageset(ds.to_array(desc=None), None, "stripes", "array")
+    assert np.array_equal(tiny_scan(seed=1).fit(shuffled).labels_, with_labels)
+    assert np.array_equal(tiny_scan(seed=1).fit(without).labels_, with_labels)
+
+
+def test_seed_fixes_the_result(one_torch_thread, two_classes):
+    ds, _ = two_classes
+    a, b = tiny_scan(seed=3).fit(ds), tiny_scan(seed=3).fit(ds)
+    assert np.array_equal(a.labels_, b.labels_)
+    assert np.allclose(a.predict_proba(ds), b.predict_proba(ds))
+
+
+def test_pretext_cache_is_reused_and_keyed_by_settings_and_content(one_torch_thread, two_classes, tmp_path):
+    ds, _ = two_classes
+    spec = {"type": "simclr", "width": 4, "epochs": 2, "batch_size": 32, "cache_dir": str(tmp_path), "device": "cpu"}
+    first = build(spec, kind="encoder").fit(ds)
+    assert not first.from_cache_ and len(list(tmp_path.iterdir())) == 1
+    again = build(spec, kind="encoder").fit(ds)
+    assert again.from_cache_ and again.cache_key_ == first.cache_key_
+    assert np.array_equal(again.train_features(), first.train_features())
+    assert np.allclose(again.transform(ds), first.transform(ds), atol=1e-5)
+    other_seed = build({**spec, "seed": 1}, kind="encoder").fit(ds)
+    assert not other_seed.from_cache_
+    X = ds.to_array(desc=None).copy()
+    X[0] = 1 - X[0]  # one image changed: another key
+    changed = build(spec, kind="encoder").fit(_array_imageset(X, None, "x", "array"))
+    assert not changed.from_cache_ and len(list(tmp_path.iterdir())) == 3
+    # a second SCAN run with other settings of the later stages reuses the first one's pretext
+    first_scan = tiny_scan(cache=True, cache_dir=str(tmp_path)).fit(ds)
+    second_scan = tiny_scan(cache=True, cache_dir=str(tmp_path), scan={"heads": 2}).fit(ds)
+    assert not first_scan.pretext_from_cache_ and second_scan.pretext_from_cache_
+
+
+def test_simclr_resume_reaches_the_uninterrupted_result(one_torch_thread, two_classes, tmp_path):
+    ds, _ = two_classes
+    spec = {"type": "simclr", "width": 4, "epochs": 3, "batch_size": 32, "cache": False, "device": "cpu",
+            "precision": "bf16", "channels_last": True, "checkpoint_every": 1}
+    whole = build({**spec, "checkpoint_dir": str(tmp_path / "a")}, kind="encoder").fit(ds)
+
+    class Stop(Exception):
+        pass
+
+    enc = build({**spec, "checkpoint_dir": str(tmp_path / "b")}, kind="encoder")
+    original = enc.on_epoch_start
+
+    def stop_at_two(trainer, epoch):
+        if epoch == 2:
+            raise Stop()
+        return original(trainer, epoch)
+
+    enc.on_epoch_start = stop_at_two
+    with pytest.raises(Stop):
+        enc.fit(ds)
+    resumed = build({**spec, "checkpoint_dir": str(tmp_path / "b"), "resume": True}, kind="encoder").fit(ds)
+    assert len(resumed.history_) == 3
+    for (name, p), q in zip(whole.net_.state_dict().items(), resumed.net_.state_dict().values()):
+        assert torch.equal(p, q), name
+    with pytest.raises(UserError, match="configuration changed"):
+        build({**spec, "checkpoint_dir": str(tmp_path / "b"), "resume": True, "temperature": 0.5},
+              kind="encoder").fit(ds)
+
+
+def test_scan_stages_resume_from_their_checkpoints(one_torch_thread, two_classes, tmp_path):
+    ds, _ = two_classes
+    first = tiny_scan(checkpoint_dir=str(tmp_path)).fit(ds)
+    assert {p.name for p in tmp_path.iterdir()} == {"pretext", "scan", "selflabel"}
+    again = tiny_scan(checkpoint_dir=str(tmp_path), resume=True).fit(ds)  # every stage finished: nothing trains
+    assert np.array_equal(again.labels_, first.labels_)
+    assert [h["loss"] for h in again.scan_history_] == [h["loss"] for h in first.scan_history_]
+
+
+def test_collapse_is_reported(one_torch_thread, two_classes):
+    rec, warn = collapse_report(np.array([0] * 9 + [1]), 3, "the scan stage")
+    assert rec["counts"] == [9, 1, 0] and rec["empty_clusters"] == 1 and rec["largest_cluster"] == 0.9
+    assert len(warn) == 2 and all("COLLAPSE" in w for w in warn)
+    assert collapse_report(np.array([0, 1, 2, 0, 1, 2]), 3, "x")[1] == []
+    assert dominant_share(2) == 0.9 and dominant_share(3) == pytest.approx(2 / 3) and dominant_share(10) == 0.5
+    # without the entropy term nothing keeps the clusters apart: the run says so
+    ds, _ = two_classes
+    enc = tiny_scan(n_clusters=4, scan={"entropy_weight": 0.0, "epochs": 30}, selflabel={"epochs": 0}).fit(ds)
+    assert any("COLLAPSE" in w for w in enc.warnings_)
+    assert enc.clusters_["empty_clusters"] > 0 or enc.clusters_["largest_cluster"] > dominant_share(4)
+
+
+def test_presets_follow_the_images_and_overrides_are_checked():
+    assert data_kind((1, 28, 28)) == "grey" and data_kind((3, 32, 32)) == "colour-32"
+    assert data_kind((3, 96, 96)) == "photo" and data_kind((3, 48, 64)) == "colour-32"
+    enc = build({"type": "scan", "pretext": {"epochs": 7}, "budget": "cpu"}, kind="encoder")
+    s = enc.resolve_settings((3, 150, 150))
+    assert s["preset"] == "photo" and s["size"] == PRESETS["photo"]["cpu"]["size"] and s["pretext"]["epochs"] == 7
+    assert s["pretext"]["blur_p"] == PRESETS["photo"]["cpu"]["pretext"]["blur_p"]
+    assert enc.resolve_settings((1, 28, 28))["size"] == 28  # never upsampled beyond the images
+    assert build({"type": "scan", "budget": "gpu"}, kind="encoder").resolve_settings((3, 32, 32))["pretext"]["arch"] == "resnet18"
+    with pytest.raises(UserError, match="unknown pretext option 'epoch'"):
+        build({"type": "scan", "pretext": {"epoch": 3}}, kind="encoder").resolve_settings((1, 28, 28))
+    with pytest.raises(UserError, match="unknown preset"):
+        build({"type": "scan", "preset": "huge"}, kind="encoder").resolve_settings((1, 28, 28))
+
+
+def test_scan_pipeline_saves_loads_and_predicts(one_torch_thread, two_classes, tmp_path):
+    from imclust.pipeline import Pipeline
+
+    ds, y = two_classes
+    spec = {"encoder": {"type": "scan", "cache": False, "device": "cpu", **TINY}, "clusterer": {"type": "encoder"}}
+    pipe = Pipeline.from_spec(spec, name="scan", seed=0)
+    pipe.set_k(2)
+    pipe.fit(ds)
+    assert cluster_acc(y, pipe.labels_) == 1.0
+    pipe.save(tmp_path / "model")
+    loaded = Pipeline.load(tmp_path / "model")
+    assert np.array_equal(loaded.predict(ds), pipe.labels_)
+    assert loaded.encoder.settings_["preset"] == "grey" and loaded.encoder.n_clusters_ == 2
