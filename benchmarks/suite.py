@@ -6,7 +6,9 @@ fits with k = the number of classes (only their count is read; labels score the 
 writes one JSON result. The methods:
 
 - ``recipe``: by default whatever ``imclust run`` picks for the set (the grey default for grey images, the
-  colour default for colour ones); ``--recipe NAME`` names one, ``--set part.option=value`` overrides it.
+  colour default for colour ones; for colour, the default that needs no pretrained weights, as
+  ``imclust run --weightless``, unless ``--with-weights``); ``--recipe NAME`` names one, ``--set
+  part.option=value`` overrides it.
 - ``kmeans``: raw-pixel k-means, scikit-learn ``KMeans(n_init=10)`` on the pixels as loaded.
 - ``manifold``: PCA-50 -> UMAP (umap-learn itself; n_components = k, 10 neighbours, min_dist 0) -> GMM
   (full covariance). Where duplicate images make the GMM fail, ``reg_covar`` is raised tenfold from
@@ -90,12 +92,19 @@ def load_set(name: str, quick: bool):
     return ds
 
 
-def fit_recipe(ds, k: int, seed: int, recipe: str | None, overrides: list[str]) -> tuple:
+def fit_recipe(ds, k: int, seed: int, recipe: str | None, overrides: list[str], with_weights: bool = False) -> tuple:
     """The recipe's pipeline fitted the way ``imclust run`` fits it; returns (labels, info)."""
     from imclust.api import build_pipeline, fit_pipeline
     from imclust.recipes import default_recipe
 
-    name = recipe or default_recipe(ds.channels)
+    kw = {}
+    if recipe is None:
+        # issue 13 measures the colour sets without pretrained weights: ask for the weightless colour default
+        # where `imclust run` has that switch (--weightless), unless --with-weights says otherwise
+        import inspect
+
+        kw = {"weightless": not with_weights} if "weightless" in inspect.signature(default_recipe).parameters else {}
+    name = recipe or default_recipe(ds.channels, **kw)
     pipe, cfg = build_pipeline(name, overrides, seed)
     fit_pipeline(pipe, ds, k)
     info = {"recipe": cfg["name"], "timings": {k: round(v, 2) for k, v in getattr(pipe, "timings_", {}).items()}}
@@ -149,7 +158,7 @@ def child_main(args) -> None:
     k = int(len(np.unique(ds.labels)))  # only the count of the classes is read before scoring
     load_s = time.perf_counter() - t0
     if args.method == "recipe":
-        labels, info = fit_recipe(ds, k, args.seed, args.recipe, args.overrides)
+        labels, info = fit_recipe(ds, k, args.seed, args.recipe, args.overrides, args.with_weights)
     elif args.method == "kmeans":
         labels, info = fit_kmeans(ds, k, args.seed)
     else:
@@ -180,9 +189,10 @@ def source_fingerprint() -> str:
     return h.hexdigest()[:12]
 
 
-def method_fingerprint(method: str, recipe: str | None, overrides: list[str], src_hash: str) -> str:
+def method_fingerprint(method: str, recipe: str | None, overrides: list[str], src_hash: str,
+                       with_weights: bool = False) -> str:
     if method == "recipe":
-        key = ["recipe", recipe or "(imclust run's choice)", *overrides, src_hash]
+        key = ["recipe", recipe or "(imclust run's choice)", *overrides, src_hash] + (["with weights"] if with_weights else [])
     else:
         import sklearn
 
@@ -248,7 +258,7 @@ def run_all(args) -> list[dict]:
     todo, results = [], []
     for name in args.only:
         for method in args.methods:
-            fp = method_fingerprint(method, args.recipe, args.overrides, src_hash)
+            fp = method_fingerprint(method, args.recipe, args.overrides, src_hash, args.with_weights)
             for seed in args.seeds:
                 path = cache_path(name, method, seed, args.quick, fp)
                 if path.exists() and not args.fresh:
@@ -258,6 +268,7 @@ def run_all(args) -> list[dict]:
                         "--seed", str(seed)] + (["--quick"] if args.quick else [])
                 if method == "recipe":
                     argv += (["--recipe", args.recipe] if args.recipe else []) + [a for o in args.overrides for a in ("--set", o)]
+                    argv += ["--with-weights"] if args.with_weights else []
                 todo.append(Job(name, method, seed, path, argv, env))
     if results:
         print(f"{len(results)} result(s) from the cache ({CACHE.relative_to(REPO)}); {len(todo)} fit(s) to run", flush=True)
@@ -372,6 +383,9 @@ def parse(argv=None):
     ap.add_argument("--recipe", default=None, help="the recipe to measure (default: what `imclust run` picks per set)")
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="PART.OPTION=VALUE",
                     help="override the recipe, as `imclust run --set`")
+    ap.add_argument("--with-weights", action="store_true",
+                    help="let colour sets get the pretrained-weights colour default when its weights are installed "
+                         "(default: the colour default that needs no weights, as `imclust run --weightless`)")
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                     help="which of recipe, kmeans (raw-pixel k-means), manifold (PCA-50 -> UMAP -> GMM) to run")
     ap.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2 (0 with --quick)")
@@ -408,7 +422,8 @@ def main(argv=None):
     errors = [r for r in results if "error" in r]
     table, _ = summarise(results, args.only, args.methods)
     cmd = "python benchmarks/suite.py" + (" " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "")
-    recipe = f"`{args.recipe}`" if args.recipe else "what `imclust run` picks for the set (grey default or colour default)"
+    recipe = f"`{args.recipe}`" if args.recipe else ("what `imclust run` picks for the set (grey default or colour default"
+                                                     + (")" if args.with_weights else " without pretrained weights)"))
     if args.overrides:
         recipe += " with " + ", ".join(f"`{o}`" for o in args.overrides)
     body = (f"## Benchmark suite: {'the default' if not args.recipe else args.recipe} against the peers on every set\n\n"
