@@ -6,7 +6,7 @@ as ours, as for the recipe ``umap-gmm``). Labels are read only to score.
 Times are wall-clock seconds for the whole fit of one run in this process (umap-learn's one-off numba
 JIT, ~30 s per process, falls in the first UMAP run).
 
-    python benchmarks/ae_accuracy.py --datasets digits mnist usps fashion1k --seeds 0 1 2 --append
+    python benchmarks/ae_accuracy.py --datasets digits mnist usps fashion1k --seeds 0 1 2 --section ae-accuracy-hog-umap
 
 Wrap timed runs in ``flock /tmp/imclust-bench.lock`` on a shared machine.
 """
@@ -89,7 +89,8 @@ def main(argv=None):
     ap.add_argument("--torch-threads", type=int, default=1,
                     help="torch threads (default 1: on a shared 2-core machine two contended threads train small "
                          "networks several times slower than one)")
-    ap.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    ap.add_argument("--section", default=None,
+                    help="write the table as this named block of benchmarks/RESULTS.md (replacing the block's last run)")
     ap.add_argument("--json", default=None, help="also write the raw results here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.torch_threads)
@@ -102,12 +103,16 @@ def main(argv=None):
     print(table)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
-    if args.append:
-        cmd = "python benchmarks/ae_accuracy.py " + " ".join(sys.argv[1:])
-        from _results import append_to_section, run_header
+    if args.section:
+        from _common import command, machine, today, update_section
 
-        append_to_section("## Autoencoder recipes: clustering accuracy (issue 3)",
-                          f"{run_header(cmd, load_before, args.torch_threads)} Recipe `{recipe}`.\n\n{table}\n")
+        update_section(args.section, "\n".join([
+            f"## Clustering accuracy of the `{recipe}` recipe against its peers (`ae_accuracy.py`)", "",
+            f"Command: `{command()}`  ",
+            f"Machine: 2-core CPU, 24 GiB, no GPU ({machine()}); 1-min load average {load_before:.1f} at the start and "
+            f"{os.getloadavg()[0]:.1f} at the end.  ",
+            f"Date: {today()}. Recipe `{recipe}`" + (f" with {', '.join(args.overrides)}" if args.overrides else "")
+            + "; k = number of classes; labels read only to score.", "", table]))
 
 
 def measure(name: str, ds, methods: dict[str, dict], seeds, only=None) -> list[dict]:

@@ -8,7 +8,7 @@ import torch
 
 from imclust import components  # noqa: F401
 from imclust.data.imageset import ImageSet
-from imclust.encoders.autoencoder import AutoencoderEncoder, _random_shift
+from imclust.encoders.autoencoder import AutoencoderEncoder
 from imclust.errors import UserError
 from imclust.nn.autoencoders import ConvAEHW9, count_parameters, make_autoencoder
 from imclust.nn.train import TrainingDiverged
@@ -116,7 +116,9 @@ def test_random_shift_moves_content():
     torch.manual_seed(0)
     x = torch.zeros(16, 1, 6, 6)
     x[:, :, 2:4, 2:4] = 1
-    y = _random_shift(x, 2)
+    from imclust.nn.augment import random_shift
+
+    y = random_shift(x, 2)
     assert y.shape == x.shape
     assert torch.allclose(y.sum((1, 2, 3)), x.sum((1, 2, 3)))  # shift by ≤2 keeps the centre square inside
     assert not torch.equal(x, y)

@@ -1,5 +1,5 @@
-"""DeepCluster: k-means with splitting, uniform sampler, augmentations, networks, the encoder's epoch loop,
-labels never used in fitting, collapse reporting, resume, save/load and bad input."""
+"""DeepCluster: augmentations, networks, the encoder's epoch loop, labels never used in fitting, collapse
+reporting, resume, save/load and bad input (its pseudo-label tools: tests/test_pseudolabels.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from imclust.encoders.deepcluster import DeepClusterEncoder, kmeans_split, uniform_cluster_sample
+from imclust.encoders.deepcluster import DeepClusterEncoder
 from imclust.errors import UserError
 from imclust.nn.augment import color_jitter, random_resized_crop
 from imclust.nn.deepcluster_nets import DeepClusterNet, Sobel, auto_arch
@@ -27,43 +27,6 @@ def _enc(**kw):
     base = dict(k_train=6, epochs=2, batch_size=16, pca_dim=16, width=4, feat_dim=16, crop_scale=(0.5, 1.0),
                 flip=False, kmeans_iter=5, device="cpu", seed=0)
     return DeepClusterEncoder(**{**base, **kw})
-
-
-# -- k-means ---------------------------------------------------------------------------------------------------
-def test_kmeans_split_reseeds_empty_clusters_and_counts_them():
-    rs = np.random.RandomState(0)
-    # 60 copies of one point and 20 distinct points: random starts on the copies leave clusters empty
-    X = np.vstack([np.ones((60, 4)), rs.randn(20, 4)]).astype(np.float32)
-    labels, centres, reseeded = kmeans_split(X, 12, n_iter=5, seed=1, backend="numpy")
-    assert reseeded > 0
-    assert np.bincount(labels, minlength=12).min() >= 1
-    assert centres.shape == (12, 4)
-
-
-@pytest.mark.parametrize("backend", ["numpy", "faiss"])
-def test_kmeans_split_finds_separated_groups(backend):
-    pytest.importorskip("faiss") if backend == "faiss" else None
-    rs = np.random.RandomState(0)
-    X = np.vstack([rs.randn(40, 3) * 0.05 + c for c in ([5, 0, 0], [0, 5, 0], [0, 0, 5])]).astype(np.float32)
-    labels, _, _ = kmeans_split(X, 3, n_iter=20, seed=0, backend=backend)
-    from imclust.metrics import cluster_acc
-
-    assert cluster_acc(np.repeat([0, 1, 2], 40), labels) == 1.0
-
-
-def test_kmeans_split_rejects_bad_backend():
-    with pytest.raises(UserError, match="backend"):
-        kmeans_split(np.zeros((5, 2), np.float32), 2, backend="gpu")
-
-
-def test_uniform_sampler_balances_clusters():
-    labels = np.array([0] * 90 + [1] * 8 + [2] * 2)
-    g = torch.Generator().manual_seed(0)
-    s = uniform_cluster_sample(labels, 300, g)
-    counts = np.bincount(labels[s], minlength=3)
-    assert len(s) == 300 and counts.min() == counts.max() == 100
-    s2 = uniform_cluster_sample(labels, 300, torch.Generator().manual_seed(0))
-    assert np.array_equal(s, s2)
 
 
 # -- augmentations ---------------------------------------------------------------------------------------------
@@ -131,7 +94,7 @@ def test_encoder_epochs_log_stability_and_scores():
     assert [r["epoch"] for r in h] == [1, 2, 3]
     assert "nmi_prev" not in h[0] and all(0 <= r["nmi_prev"] <= 1 for r in h[1:])
     for r in h:
-        assert np.isfinite(r["loss"]) and r["empty_reseeded"] >= 0 and 0 < r["largest_cluster"] <= 1
+        assert np.isfinite(r["loss"]) and r["empty_repaired"] >= 0 and 0 < r["largest_cluster"] <= 1
         assert {"nmi_labels", "acc_k", "time_features", "time_kmeans", "time_train"} <= set(r)
     assert enc.pseudo_labels_.shape == (60,) and enc.pseudo_labels_.max() < 6
     Z = enc.transform(ds)
@@ -167,14 +130,14 @@ def test_heads_from_issue_6_plug_in_and_unknown_head_is_a_clear_error():
 
 
 def test_collapse_is_reported(monkeypatch, tmp_path, capsys):
-    import imclust.encoders.deepcluster as dc
+    import imclust.nn.pseudolabels as pl
 
-    def collapsed(X, k, **kw):
+    def collapsed(X, k, seed, **kw):
         labels = np.zeros(len(X), np.int64)
         labels[: k - 1] = np.arange(1, k)  # one point in each other cluster: 95 % in cluster 0
         return labels, np.zeros((k, X.shape[1]), np.float32), 0
 
-    monkeypatch.setattr(dc, "kmeans_split", collapsed)
+    monkeypatch.setattr(pl, "kmeans_labels", collapsed)
     monkeypatch.setenv("IMCLUST_QUIET", "0")
     enc = _enc(epochs=1, k_train=4).fit(_ds())
     assert enc.history_[0]["collapsed"] is True and enc.history_[0]["largest_cluster"] > 0.9

@@ -131,7 +131,7 @@ def test_selflabel_never_reads_labels(blobs_npz):
     assert np.array_equal(za, zb)  # labels (even scrambled ones) change nothing
     assert cluster_acc(y, a.pseudo_labels_) > 0.9
     hist = a.history_
-    assert len(hist) == 3 and "pseudo_nmi" in hist[1] and "largest_cluster" in hist[0]
+    assert len(hist) == 3 and "nmi_prev" in hist[1] and "largest_cluster" in hist[0]
 
 
 @pytest.mark.parametrize("head", ["softmax", "center", "softmax+center", "cosface"])
@@ -146,17 +146,6 @@ def test_selflabel_recipe_runs_with_each_head(blobs_npz, tmp_path, head):
     assert (tmp_path / head / "loss_curve.png").exists()
     again = Pipeline.load(tmp_path / head / "model").predict(res.dataset)
     assert np.array_equal(again, res.labels)
-
-
-def test_fill_empty_and_align():
-    from imclust.encoders.embedding import _align, _fill_empty
-
-    Z = np.concatenate([np.zeros((10, 2)), np.ones((10, 2)) * 5]) + np.random.RandomState(0).randn(20, 2) * 0.1
-    lab = np.zeros(20, np.int64)
-    filled, n = _fill_empty(lab, Z, 3, 0)
-    assert n == 2 and sorted(np.bincount(filled, minlength=3)) == [5, 5, 10]
-    prev = np.array([0, 0, 1, 1, 2, 2])
-    assert np.array_equal(_align(prev, np.array([2, 2, 0, 0, 1, 1]), 3), prev)
 
 
 def test_digits_kmeans_recipe_uses_hungarian_acc():

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from imclust.errors import UserError
 from imclust.nn.heads import (
-    HEAD_NAMES,
+    head_names,
     TUTORIAL_WEIGHTS,
     ArcFaceHead,
     CenterCombinedHead,
@@ -32,7 +32,7 @@ def _data(n=12, d=4, k=3, seed=0, dtype=torch.float64):
     return x, y
 
 
-@pytest.mark.parametrize("name", HEAD_NAMES)
+@pytest.mark.parametrize("name", head_names())
 def test_every_head_gives_loss_and_logits(name):
     torch.manual_seed(0)
     head = make_head(name, 4, 3)
@@ -45,7 +45,7 @@ def test_every_head_gives_loss_and_logits(name):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in head.parameters())
 
 
-@pytest.mark.parametrize("name", HEAD_NAMES)
+@pytest.mark.parametrize("name", head_names())
 def test_gradcheck_float64(name):
     torch.manual_seed(0)
     kw = {"decouple": False} if "center" in name else {}

@@ -114,7 +114,7 @@ def test_gmm_fit_predict_and_state():
     g2.set_state(arrays, extra)
     np.testing.assert_array_equal(g2.predict(X), g.labels_)
     assert np.allclose(g2.predict_proba(X).sum(1), 1)
-    with pytest.raises(UserError, match="dimensions"):
+    with pytest.raises(UserError, match="X has 2 features, but GaussianMixture is expecting 6 features"):
         g2.predict(X[:, :2])
     with pytest.raises(UserError, match="larger than the number"):
         GaussianMixture(1000).fit(X)
@@ -127,8 +127,15 @@ def test_graph_clusterers_find_blobs_and_refuse_predict(cls, kw):
     m = cls(**kw)
     lab = m.fit_predict(X)
     assert evaluate(lab, y)["acc"] > 0.95
+    assert not hasattr(m, "predict")  # as scikit-learn's own: no rule for new points
+    from imclust.data.sources import _array_imageset
+    from imclust.pipeline import Pipeline
+
+    pixels = (X - X.min()) / (X.max() - X.min())  # as image values in [0, 1]
+    ds = _array_imageset(pixels.reshape(len(X), 1, 1, -1), y, "blobs", "array")
+    pipe = Pipeline.from_spec({"encoder": {"type": "pixels"}, "clusterer": {"type": m.component_name, **kw}}).fit(ds)
     with pytest.raises(UserError, match="cannot assign new points"):
-        m.predict(X)
+        pipe.predict(ds)
 
 
 def test_bad_options_are_user_errors():
@@ -149,7 +156,7 @@ def test_bad_options_are_user_errors():
 
 @pytest.mark.parametrize("name", ["kernel_pca", "tsne", "umap", "gmm", "agglomerative", "hdbscan", "spectral",
                                   "autoencoder"])
-def test_components_are_sklearn_estimators(name):
+def test_components_round_trip_through_their_spec(name):
     from sklearn.base import clone
 
     from imclust.base import REGISTRY

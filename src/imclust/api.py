@@ -38,8 +38,8 @@ class RunResult:
 
 
 def _k_of(pipe: Pipeline, labels) -> int:
-    k = pipe.clusterer.get_params(deep=False).get("n_clusters")
-    return int(k) if isinstance(k, (int, np.integer)) else int(len(np.unique(labels)))
+    k = pipe.n_clusters_
+    return int(k) if k is not None else int(len(np.unique(labels)))
 
 
 def resolve_k(k, ds: ImageSet) -> int | str:
@@ -89,9 +89,9 @@ def build_pipeline(recipe: str | None = None, overrides=(), seed: int | None = 0
 
 
 def fit_pipeline(pipe: Pipeline, ds: ImageSet, k) -> Pipeline:
-    """Fit with ``k`` clusters; ``k='auto'`` chooses k by silhouette on the embedding."""
-    if "n_clusters" in pipe.clusterer.get_params(deep=False):
-        pipe.clusterer.set_params(n_clusters=k if k == "auto" else int(k))
+    """Fit with ``k`` clusters (given to the clusterer, or to the encoder when it owns the clusters); ``k='auto'``
+    lets that part choose k (its choice lands in ``n_clusters_``)."""
+    pipe.set_k(k)
     return pipe.fit(ds)
 
 
@@ -130,8 +130,8 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
     if k is None and cfg.get("k") is not None:  # a recipe may fix k (hw9: the tutorial's two clusters)
         k = cfg["k"]
         log(f"k={k}: set by recipe {cfg['name']!r} (pass --k to choose another)")
-    elif k is None and isinstance(cfg.get("clusterer", {}).get("n_clusters"), int):
-        k = cfg["clusterer"]["n_clusters"]
+    elif k is None and isinstance(_k_part(cfg).get("n_clusters"), int):
+        k = _k_part(cfg)["n_clusters"]
         log(f"k={k}: set by recipe {cfg['name']!r} (pass --k to choose another)")
     k = resolve_k(k, ds)
     fit_pipeline(pipe, ds, k)
@@ -163,6 +163,14 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
                 _export(out, result, export)
         barrier()
     return result
+
+
+def _k_part(cfg: dict) -> dict:
+    """The recipe table that holds k: the clusterer's, or the encoder's when the encoder owns the clusters."""
+    from .pipeline import ENCODER_CLUSTERS
+
+    clu = cfg.get("clusterer", {})
+    return cfg.get("encoder", {}) if clu.get("type") == ENCODER_CLUSTERS else clu
 
 
 def _check_export(mode, ds: ImageSet) -> None:
@@ -207,8 +215,7 @@ def predict(model_dir, source, out=None, size=None, channels=None, image_key=Non
     ds = load_source(source, size=size, channels=channels, labels=labels, image_key=image_key,
                      label_key=label_key, layout=layout)
     _check_export(export, ds)
-    emb = pipe.transform(ds)
-    lab = np.asarray(pipe.clusterer.predict(emb), dtype=np.int64)
+    lab, emb = pipe.assign(ds)
     ids, y, skipped = list(ds.ids), ds.labels, list(ds.skipped)
     if ds.failed:
         keep = np.array([i not in ds.failed for i in range(len(ds))])

@@ -167,10 +167,10 @@ def _evaluate_cmd(p):
 @command("embed", "train a supervised 2-D/3-D (or larger) embedding of labelled images: softmax, Center Loss, ArcFace, CosFace")
 def _embed_cmd(p):
     from .embed import LABELS_HELP
-    from .nn.heads import HEAD_NAMES
+    from .nn.heads import head_names
 
     p.add_argument("source", help="labelled images: folder with class subfolders, .npz with labels, IDX files, or digits")
-    p.add_argument("--head", default="softmax", choices=HEAD_NAMES, help="loss head (default softmax)")
+    p.add_argument("--head", default="softmax", choices=head_names(), help="loss head (default softmax)")
     p.add_argument("--dim", type=int, default=2, help="embedding dimension (2 or 3 to plot directly; default 2)")
     p.add_argument("--net", default="auto", choices=("auto", "mlp", "cnn"),
                    help="tutorial 4's MLP or residual CNN (auto: cnn for images of 16 px and more)")

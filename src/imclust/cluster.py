@@ -3,14 +3,23 @@
 k-means uses faiss when it is installed (k-means++ seeding, then faiss's Lloyd iterations on *all* points:
 ``max_points_per_centroid`` is raised so faiss does not silently subsample to 256·k), and scikit-learn
 otherwise. Both give the same interface and the same saved state (``cluster_centers_``).
+
+Every clusterer passes scikit-learn's estimator checks (``tests/test_sklearn_contract.py``): input is
+checked by :func:`imclust.base.check_input` (bad arrays raise an error that is both a UserError and a
+ValueError; nothing is reshaped), ``n_features_in_`` is recorded, and ``n_clusters = "auto"`` makes the
+clusterer choose k itself (:func:`resolve_n_clusters`): the choice goes to ``n_clusters_`` and the
+``n_clusters`` parameter stays "auto".
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from .base import Component, register
-from .errors import UserError
+from sklearn.base import TransformerMixin
+from sklearn.utils.validation import check_is_fitted
+
+from .base import Clusterer, check_input, register
+from .errors import InvalidInputError, UserError
 from .progress import log, progress
 
 
@@ -24,10 +33,20 @@ def faiss_available() -> bool:
 
 
 def _check_k(k, n):
-    if not isinstance(k, (int, np.integer)) or k < 1:
-        raise UserError(f"k must be a whole number of at least 1, got {k!r}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise InvalidInputError(f"k must be a whole number of at least 1 or 'auto', got {k!r}")
     if k > n:
-        raise UserError(f"k={k} is larger than the number of images ({n}); choose k between 1 and {n}")
+        raise InvalidInputError(f"k={k} is larger than the number of images (n_samples={n}); "
+                                f"choose k between 1 and {n}")
+
+
+def resolve_n_clusters(n_clusters, X, random_state=0) -> int:
+    """The number of clusters to fit: ``n_clusters`` itself (checked against the number of rows), or for
+    ``"auto"`` the k chosen on ``X`` by :func:`choose_k`."""
+    if isinstance(n_clusters, str) and n_clusters == "auto":
+        return int(choose_k(X, random_state=0 if random_state is None else int(random_state))[0])
+    _check_k(n_clusters, len(X))
+    return int(n_clusters)
 
 
 def nearest_centre(X: np.ndarray, centres: np.ndarray, batch: int = 65536) -> tuple[np.ndarray, np.ndarray]:
@@ -46,13 +65,17 @@ def nearest_centre(X: np.ndarray, centres: np.ndarray, batch: int = 65536) -> tu
     return labels, dist
 
 
-class CentroidClusterer(Component):
-    """A clusterer whose model is a set of centres: predict = nearest centre."""
+class CentroidClusterer(TransformerMixin, Clusterer):
+    """A clusterer whose model is a set of centres: predict = nearest centre; transform = distances to the centres."""
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags.preserves_dtype = ["float32"]
+        return tags
 
     def predict(self, X):
-        X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
-        if X.shape[1] != self.cluster_centers_.shape[1]:
-            raise UserError(f"embedding has {X.shape[1]} dimensions but the model was fitted on {self.cluster_centers_.shape[1]}")
+        check_is_fitted(self)
+        X = check_input(self, X, reset=False)
         return nearest_centre(X, self.cluster_centers_)[0]
 
     def fit_predict(self, X, y=None):
@@ -60,7 +83,8 @@ class CentroidClusterer(Component):
 
     def transform(self, X):
         """Distances to each centre (as scikit-learn's KMeans.transform)."""
-        X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
+        check_is_fitted(self)
+        X = check_input(self, X, reset=False)
         C = self.cluster_centers_
         d2 = (X * X).sum(1)[:, None] - 2 * X @ C.T + (C * C).sum(1)[None]
         return np.sqrt(np.maximum(d2, 0))
@@ -70,7 +94,9 @@ class CentroidClusterer(Component):
 class KMeans(CentroidClusterer):
     """k-means with k-means++ seeding and ``n_init`` restarts (the best inertia wins).
 
-    backend: ``"auto"`` (faiss when installed, else scikit-learn), ``"faiss"`` or ``"sklearn"``.
+    backend: ``"auto"`` (faiss when installed, else scikit-learn), ``"faiss"`` or ``"sklearn"``. Both run at
+    most ``max_iter`` Lloyd iterations (faiss runs exactly that many; scikit-learn stops earlier when it
+    converges); ``n_iter_`` is the number run by the restart kept.
     """
 
     def __init__(self, n_clusters: int = 8, n_init: int = 10, max_iter: int = 100, random_state: int | None = 0,
@@ -89,34 +115,35 @@ class KMeans(CentroidClusterer):
 
             raise NotInstalledError("faiss-cpu", "k-means with backend='faiss'")
         if self.backend not in ("faiss", "sklearn"):
-            raise UserError(f"unknown k-means backend {self.backend!r}; use auto, faiss or sklearn")
+            raise InvalidInputError(f"unknown k-means backend {self.backend!r}; use auto, faiss or sklearn")
         return self.backend
 
     def fit(self, X, y=None):
-        X = np.ascontiguousarray(np.asarray(X, dtype=np.float32).reshape(len(X), -1))
-        _check_k(self.n_clusters, len(X))
-        if not np.all(np.isfinite(X)):
-            raise UserError("the embedding holds NaN or inf values; k-means cannot run on them")
+        X = check_input(self, X, reset=True)
+        k = self.n_clusters_ = resolve_n_clusters(self.n_clusters, X, self.random_state)
+        for what in ("n_init", "max_iter"):
+            v = getattr(self, what)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise InvalidInputError(f"kmeans {what} must be a whole number of at least 1, got {v!r}")
         be = self._backend()
         self.backend_ = be
         if be == "sklearn":
             from sklearn.cluster import KMeans as SKKMeans
 
-            km = SKKMeans(self.n_clusters, n_init=self.n_init, max_iter=max(self.max_iter, 300),
-                          random_state=self.random_state).fit(X)
+            km = SKKMeans(k, n_init=int(self.n_init), max_iter=int(self.max_iter), random_state=self.random_state).fit(X)
             self.cluster_centers_ = km.cluster_centers_.astype(np.float32)
             self.inertia_ = float(km.inertia_)
+            self.n_iter_ = int(km.n_iter_)
         else:
-            self._fit_faiss(X)
+            self._fit_faiss(X, k)
         self.labels_, _ = nearest_centre(X, self.cluster_centers_)
         return self
 
-    def _fit_faiss(self, X):
+    def _fit_faiss(self, X, k: int):
         import faiss
         from sklearn.cluster import kmeans_plusplus
 
         n, d = X.shape
-        k = int(self.n_clusters)
         rs = np.random.RandomState(self.random_state)
         best = None
         runs = range(max(1, self.n_init))
@@ -129,8 +156,8 @@ class KMeans(CentroidClusterer):
             _, dist = nearest_centre(X, km.centroids)
             inertia = float(dist.sum())
             if best is None or inertia < best[0]:
-                best = (inertia, km.centroids.copy())
-        self.inertia_, self.cluster_centers_ = best[0], best[1].astype(np.float32)
+                best = (inertia, km.centroids.copy(), len(km.iteration_stats))
+        self.inertia_, self.cluster_centers_, self.n_iter_ = best[0], best[1].astype(np.float32), int(best[2])
 
 
 @register("minibatch_kmeans")
@@ -148,12 +175,13 @@ class MiniBatchKMeans(CentroidClusterer):
     def fit(self, X, y=None):
         from sklearn.cluster import MiniBatchKMeans as SKMB
 
-        X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
-        _check_k(self.n_clusters, len(X))
-        km = SKMB(self.n_clusters, batch_size=self.batch_size, n_init=self.n_init, max_iter=self.max_iter,
+        X = check_input(self, X, reset=True)
+        k = self.n_clusters_ = resolve_n_clusters(self.n_clusters, X, self.random_state)
+        km = SKMB(k, batch_size=self.batch_size, n_init=self.n_init, max_iter=self.max_iter,
                   random_state=self.random_state).fit(X)
         self.cluster_centers_ = km.cluster_centers_.astype(np.float32)
         self.inertia_ = float(km.inertia_)
+        self.n_iter_ = int(km.n_iter_)
         self.labels_ = np.asarray(km.labels_, dtype=np.int64)
         return self
 
@@ -162,10 +190,10 @@ def choose_k(X, k_min: int = 2, k_max: int = 15, random_state: int = 0, sample: 
     """Pick k by the silhouette of k-means on (a sample of) X. Returns the best k and the score per k."""
     from sklearn.metrics import silhouette_score
 
-    X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
+    X = np.asarray(X, dtype=np.float32)
     n = len(X)
     if n < 3:
-        raise UserError(f"cannot choose k automatically for {n} images; pass --k")
+        raise InvalidInputError(f"cannot choose k automatically for {n} images (n_samples={n}); pass --k")
     rs = np.random.RandomState(random_state)
     Xs = X[rs.choice(n, sample, replace=False)] if n > sample else X
     k_max = min(k_max, len(Xs) - 1)
@@ -180,28 +208,8 @@ def choose_k(X, k_min: int = 2, k_max: int = 15, random_state: int = 0, sample: 
     return best, scores
 
 
-def _as_2d(X) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float32)
-    X = X.reshape(len(X), -1)
-    if not np.all(np.isfinite(X)):
-        raise UserError("the embedding holds NaN or inf values; clustering cannot run on them")
-    return X
-
-
-class _NoPredict:
-    """For clusterers that have no rule for new points: say so clearly instead of guessing."""
-
-    def predict(self, X):
-        raise UserError(
-            f"the {self.component_name} clusterer cannot assign new points (it has no model of the clusters "
-            "beyond the fitted set); refit on all images, or use a recipe with kmeans or gmm for 'imclust predict'")
-
-    def fit_predict(self, X, y=None):
-        return self.fit(X).labels_
-
-
 @register("gmm")
-class GaussianMixture(Component):
+class GaussianMixture(Clusterer):
     """Gaussian mixture (scikit-learn EM, k-means initialisation); new points go to the most probable component.
 
     The fitted state is arrays only (weights, means, covariances, precision Cholesky factors).
@@ -221,14 +229,14 @@ class GaussianMixture(Component):
         from sklearn.mixture import GaussianMixture as SKGMM
 
         if self.covariance_type not in ("full", "tied", "diag", "spherical"):
-            raise UserError(f"gmm covariance_type {self.covariance_type!r}: use full, tied, diag or spherical")
-        return SKGMM(n_components=int(self.n_clusters), covariance_type=self.covariance_type, n_init=int(self.n_init),
+            raise InvalidInputError(f"gmm covariance_type {self.covariance_type!r}: use full, tied, diag or spherical")
+        return SKGMM(n_components=int(getattr(self, "n_clusters_", self.n_clusters)), covariance_type=self.covariance_type, n_init=int(self.n_init),
                      max_iter=int(self.max_iter), reg_covar=float(self.reg_covar), tol=float(self.tol),
                      random_state=self.random_state)
 
     def fit(self, X, y=None):
-        X = _as_2d(X)
-        _check_k(self.n_clusters, len(X))
+        X = check_input(self, X, reset=True)
+        self.n_clusters_ = resolve_n_clusters(self.n_clusters, X, self.random_state)
         import warnings
 
         with warnings.catch_warnings():
@@ -241,7 +249,7 @@ class GaussianMixture(Component):
         self.converged_ = bool(g.converged_)
         self.n_iter_ = int(g.n_iter_)
         self.lower_bound_ = float(g.lower_bound_)
-        self.labels_ = self.predict(X)
+        self.labels_ = np.asarray(self._fitted().predict(X.astype(np.float64)), dtype=np.int64)
         return self
 
     def _fitted(self):
@@ -259,23 +267,23 @@ class GaussianMixture(Component):
         return g
 
     def predict(self, X):
-        X = _as_2d(X)
-        if X.shape[1] != self.means_.shape[1]:
-            raise UserError(f"embedding has {X.shape[1]} dimensions but the model was fitted on {self.means_.shape[1]}")
+        check_is_fitted(self)
+        X = check_input(self, X, reset=False)
         return np.asarray(self._fitted().predict(X.astype(np.float64)), dtype=np.int64)
 
     def predict_proba(self, X):
-        return self._fitted().predict_proba(_as_2d(X).astype(np.float64))
+        check_is_fitted(self)
+        return self._fitted().predict_proba(check_input(self, X, reset=False).astype(np.float64))
 
     def fit_predict(self, X, y=None):
         return self.fit(X).labels_
 
 
 @register("agglomerative")
-class Agglomerative(_NoPredict, Component):
+class Agglomerative(Clusterer):
     """Agglomerative clustering (scikit-learn; ``linkage`` ward, complete, average or single).
 
-    Memory grows as n²; cannot assign new points (``predict`` says so).
+    Memory grows as n²; has no ``predict``: it cannot assign new points (a pipeline says so).
     """
 
     def __init__(self, n_clusters: int = 8, linkage: str = "ward", metric: str = "euclidean"):
@@ -286,19 +294,19 @@ class Agglomerative(_NoPredict, Component):
     def fit(self, X, y=None):
         from sklearn.cluster import AgglomerativeClustering
 
-        X = _as_2d(X)
-        _check_k(self.n_clusters, len(X))
+        X = check_input(self, X, reset=True, min_samples=2)
+        k = self.n_clusters_ = resolve_n_clusters(self.n_clusters, X, 0)
         if self.linkage not in ("ward", "complete", "average", "single"):
-            raise UserError(f"agglomerative linkage {self.linkage!r}: use ward, complete, average or single")
+            raise InvalidInputError(f"agglomerative linkage {self.linkage!r}: use ward, complete, average or single")
         if self.linkage == "ward" and self.metric != "euclidean":
-            raise UserError("agglomerative ward linkage needs metric = 'euclidean'")
-        m = AgglomerativeClustering(n_clusters=int(self.n_clusters), linkage=self.linkage, metric=self.metric).fit(X)
+            raise InvalidInputError("agglomerative ward linkage needs metric = 'euclidean'")
+        m = AgglomerativeClustering(n_clusters=k, linkage=self.linkage, metric=self.metric).fit(X)
         self.labels_ = np.asarray(m.labels_, dtype=np.int64)
         return self
 
 
 @register("hdbscan")
-class HDBSCAN(_NoPredict, Component):
+class HDBSCAN(Clusterer):
     """HDBSCAN (scikit-learn ≥ 1.3): finds the number of clusters itself; noise points get label -1.
 
     ``n_clusters`` is not an option (k is chosen by density). Cannot assign new points.
@@ -316,9 +324,10 @@ class HDBSCAN(_NoPredict, Component):
             from .errors import NotInstalledError
 
             raise NotInstalledError("scikit-learn>=1.3", "the hdbscan clusterer") from None
-        X = _as_2d(X)
+        X = check_input(self, X, reset=True, min_samples=2)
         if not isinstance(self.min_cluster_size, (int, np.integer)) or not 2 <= self.min_cluster_size <= len(X):
-            raise UserError(f"hdbscan min_cluster_size must be between 2 and the number of images ({len(X)})")
+            raise InvalidInputError(f"hdbscan min_cluster_size must be between 2 and the number of images "
+                                    f"(n_samples={len(X)}), got {self.min_cluster_size!r}")
         m = SKH(min_cluster_size=int(self.min_cluster_size), min_samples=self.min_samples,
                 cluster_selection_epsilon=float(self.cluster_selection_epsilon), copy=True).fit(X)  # never edit X
         self.labels_ = np.asarray(m.labels_, dtype=np.int64)
@@ -329,7 +338,7 @@ class HDBSCAN(_NoPredict, Component):
 
 
 @register("spectral")
-class Spectral(_NoPredict, Component):
+class Spectral(Clusterer):
     """Spectral clustering on a k-nearest-neighbour graph (scikit-learn). Cannot assign new points."""
 
     def __init__(self, n_clusters: int = 8, n_neighbors: int = 10, affinity: str = "nearest_neighbors",
@@ -343,15 +352,15 @@ class Spectral(_NoPredict, Component):
     def fit(self, X, y=None):
         from sklearn.cluster import SpectralClustering
 
-        X = _as_2d(X)
-        _check_k(self.n_clusters, len(X))
+        X = check_input(self, X, reset=True, min_samples=2)
+        k = self.n_clusters_ = resolve_n_clusters(self.n_clusters, X, self.random_state)
         if self.affinity not in ("nearest_neighbors", "rbf"):
-            raise UserError(f"spectral affinity {self.affinity!r}: use nearest_neighbors or rbf")
+            raise InvalidInputError(f"spectral affinity {self.affinity!r}: use nearest_neighbors or rbf")
         import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            m = SpectralClustering(n_clusters=int(self.n_clusters), affinity=self.affinity,
+            m = SpectralClustering(n_clusters=k, affinity=self.affinity,
                                    n_neighbors=int(min(self.n_neighbors, len(X) - 1)), assign_labels=self.assign_labels,
                                    random_state=self.random_state).fit(X)
         self.labels_ = np.asarray(m.labels_, dtype=np.int64)

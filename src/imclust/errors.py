@@ -12,6 +12,12 @@ class UserError(Exception):
     exit_code = 2
 
 
+class InvalidInputError(UserError, ValueError):
+    """A value handed to a component is unusable: an array of the wrong shape, with NaN, too few rows or the
+    wrong number of features, or a parameter out of range. Printed in one line like any UserError, and a
+    ValueError, as scikit-learn's estimators raise for bad input."""
+
+
 class NotInstalledError(UserError):
     """An optional dependency was asked for explicitly but is not installed."""
 

@@ -3,6 +3,11 @@
 A saved model is a folder: ``pipeline.json`` (the recipe's components with their parameters and their
 JSON-able fitted values) and ``state.safetensors`` (every fitted array and torch weight, keyed
 ``<part>.<attribute>``). Loading rebuilds each component from the registry by name; nothing is unpickled.
+
+Encoder-owned clusters: when the recipe says ``[clusterer] type = "encoder"``, the encoder must be a
+:class:`~imclust.encoders.base.ClusteringEncoder`; its ``labels_`` are the run's labels, ``predict`` asks the
+encoder (``encoder.predict(images)``), k goes to the encoder's ``n_clusters``, and the reducers (if any)
+only make the embedding the report draws. Everything else (save, load, metrics, report) is the same.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .base import REGISTRY, build
+from .base import REGISTRY, Clusterer, build
 from .data import ImageSet
 from .errors import UserError
 from .io import load_tensors, save_tensors, write_json
@@ -22,12 +27,45 @@ from .progress import log
 
 FORMAT = "imclust-pipeline/1"
 
+#: the clusterer type that takes the encoder's own clusters
+ENCODER_CLUSTERS = "encoder"
+
+
+class EncoderClusters(Clusterer):
+    """Stands in the clusterer's place when the encoder owns the clusters (``[clusterer] type = "encoder"``).
+
+    It has no parameters and no state of its own; the pipeline asks the encoder for labels and predictions.
+    """
+
+    component_name = ENCODER_CLUSTERS
+
+    def fit(self, X, y=None):
+        raise UserError('the "encoder" clusterer takes the clusters the encoder learned; use it in a pipeline '
+                        'whose encoder clusters (e.g. dec, idec)')
+
+    predict = fit_predict = fit
+
+
+def _build_clusterer(spec: dict, encoder):
+    if spec.get("type") != ENCODER_CLUSTERS:
+        return build(spec, kind="clusterer")
+    from .encoders.base import ClusteringEncoder
+
+    extra = sorted(k for k in spec if k != "type")
+    if extra:
+        raise UserError(f'[clusterer] type = "encoder" takes no options (got {", ".join(extra)}); '
+                        "set the number of clusters with --k or encoder.n_clusters")
+    if not isinstance(encoder, ClusteringEncoder):
+        raise UserError(f'[clusterer] type = "encoder" needs an encoder that learns its own clusters, but '
+                        f"{encoder.component_name!r} does not; name a clusterer (e.g. kmeans) or a clustering encoder")
+    return EncoderClusters()
+
 
 class Pipeline:
     """An encoder, a chain of reducers and a clusterer, fitted together.
 
-    After ``fit``: ``features_`` (encoder output), ``embedding_`` (what the clusterer saw), ``labels_``
-    and ``timings_`` (seconds per stage).
+    After ``fit``: ``features_`` (encoder output), ``embedding_`` (what the clusterer saw, or the reduced
+    features when the encoder owns the clusters), ``labels_`` and ``timings_`` (seconds per stage).
     """
 
     def __init__(self, encoder, reducers=(), clusterer=None, name: str = "custom", seed: int | None = 0):
@@ -42,12 +80,36 @@ class Pipeline:
     # -- building ------------------------------------------------------------------------------------
     @classmethod
     def from_spec(cls, spec: dict, name: str = "custom", seed: int | None = 0) -> "Pipeline":
-        enc = build(spec["encoder"])
-        reds = [build(r) for r in spec.get("reducers", [])]
-        clu = build(spec["clusterer"])
+        enc = build(spec["encoder"], kind="encoder")
+        reds = [build(r, kind="reducer") for r in spec.get("reducers", [])]
+        clu = _build_clusterer(spec["clusterer"], enc)
         pipe = cls(enc, reds, clu, name=name, seed=seed)
         pipe.set_seed(seed)
         return pipe
+
+    @property
+    def encoder_owns_clusters(self) -> bool:
+        return isinstance(self.clusterer, EncoderClusters)
+
+    @property
+    def cluster_part(self):
+        """The part that makes the clusters: the clusterer, or the encoder when it owns them."""
+        return self.encoder if self.encoder_owns_clusters else self.clusterer
+
+    def set_k(self, k) -> None:
+        """Ask for ``k`` clusters (a whole number or "auto") from the part that makes them, if it takes a k."""
+        part = self.cluster_part
+        if "n_clusters" in part.get_params(deep=False):
+            part.set_params(n_clusters=k if k == "auto" else int(k))
+
+    @property
+    def n_clusters_(self) -> int | None:
+        """The number of clusters used: the fitted ``n_clusters_``, else a whole-number ``n_clusters``."""
+        part = self.cluster_part
+        k = getattr(part, "n_clusters_", None)
+        if k is None:
+            k = part.get_params(deep=False).get("n_clusters")
+        return int(k) if isinstance(k, (int, np.integer)) and not isinstance(k, bool) else None
 
     def parts(self):
         yield "encoder", self.encoder
@@ -90,12 +152,11 @@ class Pipeline:
             X = np.asarray(r.fit_transform(X), dtype=np.float32)
             self.timings_[f"reduce.{i}.{r.component_name}"] = time.perf_counter() - t
         self.embedding_ = X
+        if self.encoder_owns_clusters:
+            self.labels_ = np.asarray(self.encoder.labels_, dtype=np.int64)
+            log(f"[{self.name}] clusters learned by the encoder ({self.n_clusters_} of them)")
+            return self
         t = time.perf_counter()
-        if self.clusterer.get_params(deep=False).get("n_clusters") == "auto":
-            from .cluster import choose_k
-
-            best, self.k_scores_ = choose_k(X, random_state=self.seed or 0)
-            self.clusterer.set_params(n_clusters=best)
         log(f"[{self.name}] cluster with {self.clusterer.component_name}")
         self.labels_ = np.asarray(self.clusterer.fit_predict(X), dtype=np.int64)
         self.timings_["cluster"] = time.perf_counter() - t
@@ -114,9 +175,18 @@ class Pipeline:
 
     def predict(self, ds: ImageSet) -> np.ndarray:
         """Assign new images to the clusters already learned, without refitting."""
+        return self.assign(ds)[0]
+
+    def assign(self, ds: ImageSet) -> tuple[np.ndarray, np.ndarray]:
+        """The clusters of new images and their embedding (what ``predict`` and ``imclust predict`` use)."""
+        emb = self.transform(ds)
+        if self.encoder_owns_clusters:
+            return np.asarray(self.encoder.predict(ds), dtype=np.int64), emb
         if not hasattr(self.clusterer, "predict"):
-            raise UserError(f"clusterer {self.clusterer.component_name} cannot assign new points")
-        return np.asarray(self.clusterer.predict(self.transform(ds)), dtype=np.int64)
+            raise UserError(f"the {self.clusterer.component_name} clusterer cannot assign new points (it has no model "
+                            "of the clusters beyond the fitted set); refit on all images, or use a recipe with kmeans "
+                            "or gmm for 'imclust predict'")
+        return np.asarray(self.clusterer.predict(emb), dtype=np.int64), emb
 
     # -- persistence ---------------------------------------------------------------------------------
     def save(self, directory) -> Path:
@@ -151,9 +221,12 @@ class Pipeline:
         parts = {}
         for key, info in meta["parts"].items():
             spec = dict(info["spec"])
+            kind = "reducer" if key.startswith("reducers.") else key
+            if key == "clusterer" and spec.get("type") == ENCODER_CLUSTERS:
+                continue  # made below, once the encoder is loaded
             if spec.get("type") not in REGISTRY:
                 raise UserError(f"{cfg_path}: component {spec.get('type')!r} is not known to this imclust version")
-            part = build(spec)
+            part = build(spec, kind=kind)
             arrays = {a: tensors[f"{key}.{a}"] for a in info.get("arrays", []) if f"{key}.{a}" in tensors}
             missing = [a for a in info.get("arrays", []) if f"{key}.{a}" not in tensors]
             if missing:
@@ -162,6 +235,8 @@ class Pipeline:
             extra_tensors = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix) and k[len(prefix):] not in arrays}
             part.set_state({**arrays, **extra_tensors}, info.get("state", {}))
             parts[key] = part
+        if meta["parts"].get("clusterer", {}).get("spec", {}).get("type") == ENCODER_CLUSTERS:
+            parts["clusterer"] = _build_clusterer(meta["parts"]["clusterer"]["spec"], parts["encoder"])
         reducers = [parts[f"reducers.{i}"] for i in range(sum(k.startswith("reducers.") for k in parts))]
         pipe = cls(parts["encoder"], reducers, parts["clusterer"], name=meta.get("name", "custom"), seed=meta.get("seed"))
         return pipe

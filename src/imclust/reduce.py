@@ -1,4 +1,10 @@
-"""Reducers: features → embedding. scikit-learn estimators with array-only fitted state."""
+"""Reducers: features → embedding. scikit-learn estimators with array-only fitted state.
+
+Every reducer passes scikit-learn's estimator checks (``tests/test_sklearn_contract.py``): input goes through
+:func:`imclust.base.check_input` (bad arrays raise an error that is both a UserError and a ValueError; a 1-D
+array is refused, never reshaped), ``n_features_in_`` is recorded, and ``transform`` before ``fit`` raises
+scikit-learn's NotFittedError. Outputs are float32.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,10 @@ import sys
 
 import numpy as np
 
-from .base import Component, register
-from .errors import UserError
+from sklearn.utils.validation import check_is_fitted
+
+from .base import Reducer, check_input, register
+from .errors import InvalidInputError, UserError
 
 
 def _top_eigvecs(Xc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,7 +50,7 @@ def _top_eigvecs(Xc: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 @register("pca")
-class PCA(Component):
+class PCA(Reducer):
     """Principal component analysis with optional whitening.
 
     ``n_components`` is a count, a variance fraction in (0, 1), or None for all. It is clipped to
@@ -57,10 +65,8 @@ class PCA(Component):
         self.eps = eps
 
     def fit(self, X, y=None):
-        X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
+        X = check_input(self, X, reset=True, min_samples=2)
         n, d = X.shape
-        if n < 2:
-            raise UserError("PCA needs at least 2 samples")
         self.mean_ = X.mean(axis=0)
         Xc = X - self.mean_
         nc = self.n_components
@@ -70,7 +76,7 @@ class PCA(Component):
         else:
             k = min(int(nc), full)
             if k < 1:
-                raise UserError(f"PCA n_components must be at least 1, got {nc}")
+                raise InvalidInputError(f"PCA n_components must be at least 1, got {nc}")
         total = float((Xc.astype(np.float64) ** 2).sum() / max(n - 1, 1))
         if isinstance(nc, float) and 0 < nc < 1 and full > 1024:
             # A variance fraction rarely needs the whole spectrum: try the leading eighth first.
@@ -93,7 +99,8 @@ class PCA(Component):
         return self
 
     def transform(self, X):
-        X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
+        check_is_fitted(self)
+        X = check_input(self, X, reset=False)
         Z = (X - self.mean_) @ self.components_.T
         if self.whiten:
             Z = Z / np.sqrt(self.explained_variance_ + self.eps)
@@ -103,6 +110,7 @@ class PCA(Component):
         return self.fit(X).transform(X)
 
     def inverse_transform(self, Z):
+        check_is_fitted(self)
         Z = np.asarray(Z, dtype=np.float32)
         if self.whiten:
             Z = Z * np.sqrt(self.explained_variance_ + self.eps)
@@ -110,32 +118,23 @@ class PCA(Component):
 
 
 @register("l2norm")
-class L2Normalize(Component):
-    """Scale each row to unit length (stateless)."""
+class L2Normalize(Reducer):
+    """Scale each row to unit length (nothing is learned but the number of features)."""
 
     def __init__(self, eps: float = 1e-12):
         self.eps = eps
 
     def fit(self, X, y=None):
-        self.n_features_in_ = int(np.asarray(X).reshape(len(X), -1).shape[1])
+        check_input(self, X, reset=True)
         return self
 
     def transform(self, X):
-        X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
-        return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), self.eps)
+        check_is_fitted(self)
+        X = check_input(self, X, reset=False)
+        return (X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), self.eps)).astype(np.float32)
 
     def fit_transform(self, X, y=None):
         return self.fit(X).transform(X)
-
-
-def _as_2d(X) -> np.ndarray:
-    X = np.asarray(X, dtype=np.float32)
-    return X.reshape(len(X), -1)
-
-
-def _check_finite(X, what: str):
-    if not np.all(np.isfinite(X)):
-        raise UserError(f"the features given to {what} hold NaN or inf values; check the encoder's output")
 
 
 def _rbf_kernel(A: np.ndarray, B: np.ndarray, gamma: float, block: int = 4096) -> np.ndarray:
@@ -175,7 +174,7 @@ def _top_eigh(K: np.ndarray, k: int, solver: str, random_state, n_oversamples: i
 
 
 @register("kernel_pca")
-class KernelPCA(Component):
+class KernelPCA(Reducer):
     """Kernel PCA with an RBF kernel (the tutorial-1 reducer), exact or Nyström.
 
     ``method``: ``"exact"`` builds the full n×n kernel (n² memory, as scikit-learn does); ``"nystroem"``
@@ -204,26 +203,23 @@ class KernelPCA(Component):
         self.store_training_data = store_training_data
         self.random_state = random_state
 
-    def _check(self, X):
+    def _check(self):
         if self.kernel != "rbf":
-            raise UserError(f"kernel_pca supports kernel='rbf' only, got {self.kernel!r}")
+            raise InvalidInputError(f"kernel_pca supports kernel='rbf' only, got {self.kernel!r}")
         if self.method not in ("auto", "exact", "nystroem"):
-            raise UserError(f"kernel_pca method {self.method!r}: use auto, exact or nystroem")
+            raise InvalidInputError(f"kernel_pca method {self.method!r}: use auto, exact or nystroem")
         if self.eigen_solver not in ("auto", "dense", "randomized"):
-            raise UserError(f"kernel_pca eigen_solver {self.eigen_solver!r}: use auto, dense or randomized")
+            raise InvalidInputError(f"kernel_pca eigen_solver {self.eigen_solver!r}: use auto, dense or randomized")
         if not isinstance(self.n_components, (int, np.integer)) or self.n_components < 1:
-            raise UserError(f"kernel_pca n_components must be a whole number of at least 1, got {self.n_components!r}")
-        if len(X) < 2:
-            raise UserError("kernel_pca needs at least 2 samples")
-        _check_finite(X, "kernel_pca")
+            raise InvalidInputError(f"kernel_pca n_components must be a whole number of at least 1, got {self.n_components!r}")
 
     def fit(self, X, y=None):
         self.fit_transform(X)
         return self
 
     def fit_transform(self, X, y=None):
-        X = _as_2d(X)
-        self._check(X)
+        X = check_input(self, X, reset=True, min_samples=2)
+        self._check()
         n, d = X.shape
         self.gamma_ = float(self.gamma if self.gamma is not None else 1.0 / d)
         method = self.method if self.method != "auto" else ("exact" if n <= self.exact_max else "nystroem")
@@ -268,7 +264,8 @@ class KernelPCA(Component):
         return self.pca_.transform(Phi)
 
     def transform(self, X):
-        X = _as_2d(X)
+        check_is_fitted(self)
+        X = check_input(self, X, reset=False)
         if getattr(self, "method_", None) == "nystroem":
             return self.pca_.transform(_rbf_kernel(X, self.landmarks_, self.gamma_) @ self.nys_map_)
         if getattr(self, "X_fit_", None) is None:
@@ -315,13 +312,11 @@ class _KNNPlacement:
             raise UserError(f"{self.component_name} out_of_sample {self.out_of_sample!r}: use knn or none")
 
     def transform(self, X):
-        X = _as_2d(X)
+        check_is_fitted(self)
+        X = check_input(self, X, reset=False)
         if getattr(self, "train_X_", None) is None:
             raise UserError(f"{self.component_name} cannot place new points: it was fitted with out_of_sample = 'none'; "
                             "refit with out_of_sample = 'knn'")
-        if X.shape[1] != self.train_X_.shape[1]:
-            raise UserError(f"{self.component_name}: input has {X.shape[1]} dimensions, the model was fitted on "
-                            f"{self.train_X_.shape[1]}")
         from sklearn.neighbors import NearestNeighbors
 
         k = min(int(self.placement_neighbors), len(self.train_X_))
@@ -341,7 +336,7 @@ def opentsne_available() -> bool:
 
 
 @register("tsne")
-class TSNE(_KNNPlacement, Component):
+class TSNE(_KNNPlacement, Reducer):
     """t-SNE: openTSNE (FFT-accelerated) when installed, scikit-learn otherwise (``backend`` = auto,
     opentsne or sklearn; asking for opentsne when it is missing is an error, not a fallback).
 
@@ -387,11 +382,8 @@ class TSNE(_KNNPlacement, Component):
         return self
 
     def fit_transform(self, X, y=None):
-        X = _as_2d(X)
-        _check_finite(X, "t-SNE")
+        X = check_input(self, X, reset=True, min_samples=4)
         n = len(X)
-        if n < 4:
-            raise UserError(f"t-SNE needs at least 4 samples, got {n}")
         perplexity = float(min(self.perplexity, (n - 1) / 3))
         be = self._backend()
         self.backend_ = be
@@ -439,12 +431,14 @@ def umap_available() -> bool:
 
 
 @register("umap")
-class UMAP(_KNNPlacement, Component):
+class UMAP(_KNNPlacement, Reducer):
     """UMAP (the optional umap-learn package; missing → NotInstalledError, never a fallback).
 
     ``n_components``, ``n_neighbors``, ``min_dist``, ``metric`` and ``n_epochs`` as in umap-learn. With a
     ``random_state`` umap-learn runs single-threaded and is reproducible; ``random_state = -1`` lets it run
-    in parallel (faster, not reproducible). New points: k-nearest-neighbour placement (see the base).
+    in parallel (faster, not reproducible). With no more points than ``n_components + 1`` the spectral
+    initialisation is impossible and the layout starts from random positions. New points: k-nearest-neighbour
+    placement (see the base).
     """
 
     def __init__(self, n_components: int = 10, n_neighbors: int = 15, min_dist: float = 0.0, metric: str = "euclidean",
@@ -472,11 +466,8 @@ class UMAP(_KNNPlacement, Component):
 
         import umap
 
-        X = _as_2d(X)
-        _check_finite(X, "UMAP")
+        X = check_input(self, X, reset=True, min_samples=3)
         n = len(X)
-        if n < 3:
-            raise UserError(f"UMAP needs at least 3 samples, got {n}")
         rs = None if self.random_state in (None, -1) else int(self.random_state)
         # numba's parallel layer shares torch's OpenMP runtime and leaves torch's intra-op thread count at the
         # core count; keep the caller's choice (e.g. `imclust run --threads 1`) for the torch work after UMAP
@@ -484,8 +475,10 @@ class UMAP(_KNNPlacement, Component):
         torch_threads = torch.get_num_threads() if torch is not None else None
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # the spectral start needs more points than dimensions; below that the layout starts at random
             est = umap.UMAP(n_components=int(self.n_components), n_neighbors=int(min(self.n_neighbors, n - 1)),
                             min_dist=float(self.min_dist), metric=self.metric, n_epochs=self.n_epochs,
+                            init="spectral" if n > int(self.n_components) + 1 else "random",
                             random_state=rs, verbose=False)
             try:
                 emb = np.asarray(est.fit_transform(X), dtype=np.float32)

@@ -7,6 +7,7 @@ from .hog import HOGEncoder
 from .pretrained import PretrainedEncoder
 from .deepcluster import DeepClusterEncoder
 from .autoencoder import AutoencoderEncoder
+from .dec import DECEncoder, IDECEncoder
 
-__all__ = ["Encoder", "AutoencoderEncoder", "DeepClusterEncoder", "EmbeddingEncoder", "HOGEncoder", "PixelEncoder",
+__all__ = ["Encoder", "AutoencoderEncoder", "DECEncoder", "IDECEncoder", "DeepClusterEncoder", "EmbeddingEncoder", "HOGEncoder", "PixelEncoder",
            "PretrainedEncoder", "SelfLabelEncoder"]

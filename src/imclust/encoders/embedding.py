@@ -10,13 +10,19 @@ Two encoders share everything but where the class ids come from:
     (``n_clusters`` of them); the network and head then train on them for one epoch. Labels are never read.
     The first epoch's pseudo-labels come from k-means on PCA-50 of the pixels (``first_labels="pca"``) or,
     as in DeepCluster, on the randomly initialised network's features (``first_labels="features"``).
-    Successive assignments are matched to the previous ones (Hungarian), so the head's classes and Center
-    Loss centres keep their meaning; batches sample the pseudo-classes uniformly (DeepCluster's guard
-    against one cluster swallowing the others); empty clusters are re-seeded by splitting the largest.
+    The pseudo-label tools are :mod:`imclust.nn.pseudolabels`: successive assignments are matched to the
+    previous ones (Hungarian), so the head's classes and Center Loss centres keep their meaning; batches
+    sample the pseudo-classes uniformly (DeepCluster's guard against one cluster swallowing the others);
+    empty clusters are repaired by splitting the largest. It owns its clusters
+    (:class:`~imclust.encoders.base.ClusteringEncoder`): after training, one more k-means on the trained
+    features gives ``labels_`` and ``cluster_centers_``; ``predict`` assigns new images to those centres, so a
+    recipe may take them with ``[clusterer] type = "encoder"``.
 
 The network is tutorial 4's MLP or residual CNN (:mod:`imclust.nn.embedding_nets`), the head any of
-:func:`imclust.nn.heads.make_head`. Training runs in the shared :class:`~imclust.nn.train.Trainer`, with
-the heads' parameter groups (Center Loss centres at their own learning rate).
+:func:`imclust.nn.heads.make_head`. Both are :class:`~imclust.encoders.base.TrainableEncoder` s: the
+heads' parameter groups (Center Loss centres at their own learning rate) come from
+:func:`imclust.nn.heads.optimizer_factory`, the margin warm-up and the cosine learning rate are Trainer
+callbacks.
 
 ``transform`` returns the feature layer; with an angular head (ArcFace, CosFace) the features are
 L2-normalised (``normalize="auto"``), because class membership lives in their direction only.
@@ -24,44 +30,42 @@ L2-normalised (``normalize="auto"``), because class membership lives in their di
 
 from __future__ import annotations
 
-import math
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..base import register
 from ..data import ImageSet
 from ..errors import UserError
+from ..nn.augment import random_shift
 from ..nn.embedding_nets import make_net
-from ..nn.heads import HEAD_NAMES, make_head, optimizer_factory
-from ..nn.train import TrainConfig, Trainer, load_module_arrays, module_arrays, pick_device, predict_batches
-from ..progress import log
-from .base import Encoder
+from ..nn.heads import MarginWarmup, head_names, make_head, optimizer_factory
+from ..nn.train import LRSchedule
+from .base import ClusteringEncoder, TrainableEncoder
 
 
-def random_shift(x: torch.Tensor, max_shift: int) -> torch.Tensor:
-    """Translate each image by up to ``max_shift`` pixels (zero padding); uses torch's global RNG."""
-    if max_shift <= 0:
-        return x
-    b, c, h, w = x.shape
-    p = int(max_shift)
-    padded = F.pad(x, (p, p, p, p))
-    dy = torch.randint(0, 2 * p + 1, (b,))
-    dx = torch.randint(0, 2 * p + 1, (b,))
-    rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # (b, h)
-    cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # (b, w)
-    bi = torch.arange(b, device=x.device)[:, None, None]
-    out = padded.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]]  # (b, h, w, c)
-    return out.permute(0, 3, 1, 2).contiguous()
+class _HeadEncoder(TrainableEncoder):
+    """Shared machinery: network + head trained on class ids (``self._targets``)."""
 
-
-class _HeadEncoder(Encoder):
-    """Shared machinery: network + head, training through the Trainer, state as safetensors."""
-
-    trainable = True
+    head: str = "softmax"
+    dim: int = 2
+    net: str = "auto"
+    lr_schedule: str = "cosine"
+    margin: float | None = None
+    scale: float | None = None
+    easy_margin: bool = False
+    weight_init: str = "auto"
+    margin_warmup: int = 0
+    center_lr: float = 0.05
+    center_weight: float | None = None
+    center_form: str | None = None
+    augment_shift: int = 0
+    normalize: object = "auto"
+    size: object = None
+    channels: int | None = None
+    epochs: int = 20
+    batch_size: int = 128
 
     def _head_kwargs(self) -> dict:
         kw = {}
@@ -86,32 +90,20 @@ class _HeadEncoder(Encoder):
                 kw["center_form"] = self.center_form
         return kw
 
-    def _check_params(self):
-        if self.head not in HEAD_NAMES:
-            raise UserError(f"unknown head {self.head!r}; use one of {', '.join(HEAD_NAMES)}")
+    def check_method_params(self):
+        if self.head not in head_names():
+            raise UserError(f"unknown head {self.head!r}; use one of {', '.join(head_names())}")
         if int(self.dim) < 1:
             raise UserError(f"dim must be at least 1, got {self.dim}")
-        if int(self.epochs) < 1:
-            raise UserError(f"epochs must be at least 1, got {self.epochs}")
         if self.normalize not in ("auto", True, False):
             raise UserError(f"normalize must be auto, true or false, got {self.normalize!r}")
+        if self.lr_schedule not in LRSchedule.SCHEDULES:
+            raise UserError(f"unknown lr_schedule {self.lr_schedule!r}; use {' or '.join(LRSchedule.SCHEDULES)}")
 
     def _net_name(self, shape) -> str:
         if self.net == "auto":
             return "cnn" if min(shape[1], shape[2]) >= 16 else "mlp"
         return self.net
-
-    def _build(self, shape, n_classes: int):
-        torch.manual_seed(int(self.seed or 0))
-        net = make_net(self._net_name(shape), shape, int(self.dim))
-        head = make_head(self.head, int(self.dim), int(n_classes), **self._head_kwargs())
-        return net, head
-
-    def _config(self) -> TrainConfig:
-        return TrainConfig(epochs=int(self.epochs), batch_size=int(self.batch_size), lr=float(self.lr),
-                           weight_decay=float(self.weight_decay), optimizer=self.optimizer, seed=int(self.seed or 0),
-                           device=self.device, precision=self.precision, channels_last=bool(self.channels_last),
-                           checkpoint_dir=self.checkpoint_dir, resume=bool(self.resume))
 
     @property
     def normalized_(self) -> bool:
@@ -119,131 +111,67 @@ class _HeadEncoder(Encoder):
             return bool(getattr(self, "head_", None) is not None and self.head_.angular)
         return bool(self.normalize)
 
+    # -- training hooks ----------------------------------------------------------------------------------
     def _prepare(self, ds: ImageSet) -> np.ndarray:
         view = ds.resized(self.size, self.channels)
         self.input_shape_ = list(view.shape)
         return view.to_array(desc="decode")
 
+    def build_modules(self) -> dict:
+        net = make_net(self._net_name(self.input_shape_), self.input_shape_, int(self.dim))
+        head = make_head(self.head, int(self.dim), int(self.n_classes_), **self._head_kwargs())
+        return {"net": net, "head": head}
+
+    def configure_optimizer(self, modules, config):
+        return optimizer_factory(modules, config)
+
+    def callbacks(self) -> list:
+        return [MarginWarmup(self.head_, int(self.margin_warmup)), LRSchedule(self.lr_schedule)]
+
+    def make_batches(self, epoch, generator):
+        order = self._order(epoch, generator)
+        bs = int(self.batch_size)
+        out = [order[s:s + bs] for s in range(0, len(order), bs)]
+        if len(out) > 1 and len(out[-1]) < 2:  # BatchNorm needs two samples
+            out = out[:-1]
+        return out
+
+    def _order(self, epoch, generator) -> np.ndarray:
+        return torch.randperm(len(self._X), generator=generator).numpy()
+
+    def training_step(self, idx, trainer):
+        xb = trainer.to_device(self._X[idx])
+        yb = trainer.to_device(self._targets[idx])
+        if int(self.augment_shift):
+            xb = random_shift(xb, int(self.augment_shift))
+        feats = trainer.modules["net"](xb)
+        loss, _ = trainer.modules["head"](feats.float(), yb)
+        return loss
+
+    def on_fit_end(self, trainer):
+        self._X = self._targets = None
+
+    # -- inference -----------------------------------------------------------------------------------------
     def _features(self, X: np.ndarray) -> np.ndarray:
-        net = self.net_
-        net.eval()
-        dev = next(net.parameters()).device
-        Z = predict_batches(net, X, batch_size=1024, device=dev, precision=self.precision,
-                            channels_last=bool(self.channels_last), desc="embed" if len(X) > 20000 else None)
+        Z = self.features(self.net_, X, batch_size=1024, desc="embed" if len(X) > 20000 else None)
         if self.normalized_:
             Z = Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
         return Z.astype(np.float32)
 
     def transform(self, ds: ImageSet) -> np.ndarray:
-        if not hasattr(self, "net_"):
-            raise UserError(f"the {self.component_name} encoder is not fitted yet")
+        self.require_fitted()
         return self._features(self.input_view(ds).to_array(desc="decode"))
 
-    def predict_classes(self, ds: ImageSet) -> np.ndarray:
-        """The head's class (or pseudo-class) for each image: argmax of its logits, no margin."""
+    def class_logits(self, ds: ImageSet) -> np.ndarray:
+        """The head's class (or pseudo-class) scores for each image, without any margin."""
+        self.require_fitted()
         X = self.input_view(ds).to_array(desc="decode")
         net, head = self.net_, self.head_
-        net.eval()
-        head.eval()
-        dev = next(net.parameters()).device
-        logits = predict_batches(lambda xb: head.logits(net(xb).float()), X, device=dev)
-        return logits.argmax(1)
+        return self.features(lambda xb: head.logits(net(xb).float()), X, batch_size=512)
 
-    def _train(self, X: np.ndarray, targets_for_epoch: Callable, n_classes: int, on_epoch_end=None,
-               on_epoch_start=None, sample_weights_for_epoch=None, desc="embed") -> list[dict]:
-        shape = self.input_shape_
-        net, head = self._build(shape, n_classes)
-        self.net_, self.head_, self.n_classes_ = net, head, int(n_classes)
-        trainer = Trainer({"net": net, "head": head}, self._config(), optimizer_factory=optimizer_factory,
-                          fingerprint={"encoder": self.to_spec(), "n": int(len(X)), "shape": list(shape)}, desc=desc)
-        shift = int(self.augment_shift)
-        bs = int(self.batch_size)
-
-        def step(idx, t):
-            xb = t.to_device(X[idx])
-            yb = t.to_device(targets_for_epoch()[idx])
-            if shift:
-                xb = random_shift(xb, shift)
-            feats = t.modules["net"](xb)
-            loss, _ = t.modules["head"](feats.float(), yb)
-            return loss
-
-        def batches(epoch, g):
-            n = len(X)
-            w = sample_weights_for_epoch() if sample_weights_for_epoch else None
-            if w is None:
-                order = torch.randperm(n, generator=g).numpy()
-            else:
-                order = torch.multinomial(torch.from_numpy(w), n, replacement=True, generator=g).numpy()
-            out = [order[s:s + bs] for s in range(0, n, bs)]
-            if len(out) > 1 and len(out[-1]) < 2:  # BatchNorm needs two samples
-                out = out[:-1]
-            return out
-
-        schedule = self.lr_schedule
-        if schedule not in ("constant", "cosine"):
-            raise UserError(f"unknown lr_schedule {schedule!r}; use constant or cosine")
-
-        full_margin: dict = {}
-
-        def start(t, epoch):
-            rec = {}
-            margin_head = getattr(head, "classifier", head)
-            if int(self.margin_warmup) > 0 and hasattr(margin_head, "set_margin"):
-                if "m" not in full_margin:
-                    full_margin["m"] = margin_head.margin
-                f = min(1.0, epoch / int(self.margin_warmup))
-                margin_head.set_margin(full_margin["m"] * f)
-                rec["margin"] = margin_head.margin
-            if schedule == "cosine":
-                f = 0.5 * (1.0 + math.cos(math.pi * epoch / max(1, int(self.epochs))))
-                for g in t.optimizer.param_groups:
-                    g.setdefault("base_lr", g["lr"])
-                    g["lr"] = g["base_lr"] * f
-                rec["lr_factor"] = f
-            rec.update((on_epoch_start(t, epoch) or {}) if on_epoch_start else {})
-            return rec
-
-        self.history_ = trainer.fit(step, batches, on_epoch_start=start, on_epoch_end=on_epoch_end)
-        if full_margin:
-            getattr(head, "classifier", head).set_margin(full_margin["m"])
-        self.trainer_device_ = str(trainer.device)
-        net.eval()
-        head.eval()
-        return self.history_
-
-    # -- state (safetensors through the pipeline) ---------------------------------------------------
-    def get_state(self):
-        if not hasattr(self, "net_"):
-            return {}, {}
-        arrays = {**module_arrays(self.net_, "net."), **module_arrays(self.head_, "head.")}
-        extra = {"input_shape_": list(self.input_shape_), "n_classes_": int(self.n_classes_),
-                 "history_": getattr(self, "history_", [])}
-        return arrays, extra
-
-    def set_state(self, arrays, extra):
-        if "input_shape_" not in extra:
-            return
-        self.input_shape_ = list(extra["input_shape_"])
-        self.n_classes_ = int(extra["n_classes_"])
-        self.history_ = list(extra.get("history_", []))
-        net, head = self._build(self.input_shape_, self.n_classes_)
-        load_module_arrays(net, arrays, "net.")
-        load_module_arrays(head, arrays, "head.")
-        dev = pick_device(self.device)
-        self.net_, self.head_ = net.to(dev).eval(), head.to(dev).eval()
-
-    # -- figures (called for every run that uses this encoder) --------------------------------------
-    def write_figures(self, result, out) -> dict[str, Path]:
-        from ..io import write_json
-        from ..report.figures import loss_curve
-
-        out = Path(out)
-        hist = getattr(self, "history_", None)
-        if not hist:
-            return {}
-        write_json(out / "history.json", hist)
-        return {"loss_curve": loss_curve(hist, out / "loss_curve.png", title=f"{self.head} loss")}
+    def predict_classes(self, ds: ImageSet) -> np.ndarray:
+        """The head's class (or pseudo-class) for each image: argmax of its logits."""
+        return self.class_logits(ds).argmax(1)
 
 
 _COMMON_DOC = """
@@ -260,6 +188,8 @@ _COMMON_DOC = """
     lr_schedule : ``cosine`` (learning rates decay to 0 over the epochs; default) or ``constant`` (the tutorial's)
     augment_shift : random translation of up to this many pixels during training (0: none)
     normalize : L2-normalise the output features (``auto``: for angular heads)
+    size, channels : resize / convert the images first
+    and the training parameters of :class:`~imclust.encoders.base.TrainableEncoder`.
 """
 
 
@@ -267,65 +197,33 @@ _COMMON_DOC = """
 class EmbeddingEncoder(_HeadEncoder):
     __doc__ = "Supervised discriminative embedding: trains on true labels (``fit(images, y)``)." + _COMMON_DOC
 
-    def __init__(self, head: str = "softmax", dim: int = 2, net: str = "auto", epochs: int = 20, batch_size: int = 128,
-                 lr: float = 1e-3, weight_decay: float = 0.0, optimizer: str = "adam", lr_schedule: str = "cosine", margin=None, scale=None,
-                 easy_margin: bool = False, weight_init: str = "auto", margin_warmup: int = 0, center_lr: float = 0.05, center_weight=None,
-                 center_form=None, augment_shift: int = 0, normalize="auto", size=None, channels=None, seed: int | None = 0,
-                 device: str = "auto", precision: str = "fp32", channels_last: bool = False,
-                 checkpoint_dir=None, resume: bool = False):
-        self.head = head
-        self.dim = dim
-        self.net = net
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.optimizer = optimizer
-        self.lr_schedule = lr_schedule
-        self.margin = margin
-        self.scale = scale
-        self.easy_margin = easy_margin
-        self.weight_init = weight_init
-        self.margin_warmup = margin_warmup
-        self.center_lr = center_lr
-        self.center_weight = center_weight
-        self.center_form = center_form
-        self.augment_shift = augment_shift
-        self.normalize = normalize
-        self.size = size
-        self.channels = channels
-        self.seed = seed
-        self.device = device
-        self.precision = precision
-        self.channels_last = channels_last
-        self.checkpoint_dir = checkpoint_dir
-        self.resume = resume
-
     def fit(self, ds: ImageSet, y=None, epoch_callback: Callable | None = None):
         """Train on images ``ds`` with class ids ``y`` (required). ``epoch_callback(encoder, epoch)`` may
         return a dict that is added to the epoch's history record."""
         if y is None:
             raise UserError("the supervised 'embedding' encoder needs labels; use 'imclust embed SOURCE --labels FILE', "
                             "or the 'selflabel' encoder to learn without labels")
-        self._check_params()
         y = np.asarray(y).reshape(-1)
         if len(y) != len(ds):
             raise UserError(f"{len(y)} labels for {len(ds)} images; give exactly one label per image")
         classes, yi = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise UserError("the labels hold a single class; a discriminative embedding needs at least two")
+        self._y, self._epoch_callback = yi.astype(np.int64), epoch_callback
         self.classes_ = classes
-        X = self._prepare(ds)
-        targets = yi.astype(np.int64)
+        return super().fit(ds)
 
-        def end(trainer, epoch):
-            return epoch_callback(self, epoch) if epoch_callback else None
+    def prepare_data(self, ds: ImageSet) -> int:
+        self._X, self._targets = self._prepare(ds), self._y
+        self.n_classes_ = int(len(self.classes_))
+        return len(self._X)
 
-        self._train(X, lambda: targets, len(classes), on_epoch_end=end, desc=f"embed[{self.head}]")
-        return self
+    def on_epoch_end(self, trainer, epoch):
+        return self._epoch_callback(self, epoch) if self._epoch_callback else None
 
     def get_state(self):
         arrays, extra = super().get_state()
+        arrays.pop("classes_", None)
         if hasattr(self, "classes_"):
             extra["classes_"] = [c.item() if hasattr(c, "item") else c for c in self.classes_]
         return arrays, extra
@@ -337,130 +235,79 @@ class EmbeddingEncoder(_HeadEncoder):
 
 
 @register("selflabel")
-class SelfLabelEncoder(_HeadEncoder):
+class SelfLabelEncoder(ClusteringEncoder, _HeadEncoder):
     __doc__ = ("Self-labelling embedding: k-means pseudo-labels on the current embedding, refreshed every epoch; "
                "labels are never read.\n    n_clusters : number of pseudo-classes (DeepCluster uses more than the "
-               "number of classes)\n    first_labels : where the first epoch's pseudo-labels come from: ``pca`` (k-means on PCA-50 of the "
-               "pixels; default) or ``features`` (k-means on the randomly initialised network's features, as DeepCluster)\n"
+               "number of classes; 'auto' chooses k on PCA-50 of the pixels)\n    first_labels : where the first "
+               "epoch's pseudo-labels come from: ``pca`` (k-means on PCA-50 of the pixels; default) or ``features`` "
+               "(k-means on the randomly initialised network's features, as DeepCluster)\n"
                "    uniform_sampling : sample batches uniformly over pseudo-classes" + _COMMON_DOC)
 
-    def __init__(self, head: str = "softmax", dim: int = 32, n_clusters: int = 10, net: str = "auto", epochs: int = 15,
-                 batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 0.0, optimizer: str = "adam",
-                 lr_schedule: str = "cosine", margin=None, scale=None, easy_margin: bool = False, weight_init: str = "auto", margin_warmup: int = 0,
-                 center_lr: float = 0.05, center_weight=None, center_form=None, augment_shift: int = 2, normalize="auto",
-                 uniform_sampling: bool = True, first_labels: str = "pca",
-                 size=None, channels=None, seed: int | None = 0, device: str = "auto", precision: str = "fp32",
-                 channels_last: bool = False, checkpoint_dir=None, resume: bool = False):
-        self.head = head
-        self.dim = dim
-        self.n_clusters = n_clusters
-        self.net = net
-        self.epochs = epochs
-        self.batch_size = batch_size
-        self.lr = lr
-        self.weight_decay = weight_decay
-        self.optimizer = optimizer
-        self.lr_schedule = lr_schedule
-        self.margin = margin
-        self.scale = scale
-        self.easy_margin = easy_margin
-        self.weight_init = weight_init
-        self.margin_warmup = margin_warmup
-        self.center_lr = center_lr
-        self.center_weight = center_weight
-        self.center_form = center_form
-        self.augment_shift = augment_shift
-        self.normalize = normalize
-        self.uniform_sampling = uniform_sampling
-        self.first_labels = first_labels
-        self.size = size
-        self.channels = channels
-        self.seed = seed
-        self.device = device
-        self.precision = precision
-        self.channels_last = channels_last
-        self.checkpoint_dir = checkpoint_dir
-        self.resume = resume
+    dim: int = 32
+    epochs: int = 15
+    batch_size: int = 256
+    augment_shift: int = 2
+    uniform_sampling: bool = True
+    first_labels: str = "pca"
 
-    def fit(self, ds: ImageSet, y=None, epoch_callback: Callable | None = None):
-        """Fit without labels (``y`` is ignored by design: pseudo-labels come from k-means)."""
-        from ..cluster import KMeans
-        from ..metrics import nmi
-
-        self._check_params()
-        k = int(self.n_clusters)
-        if k < 2 or k > len(ds):
-            raise UserError(f"n_clusters={k}: must be between 2 and the number of images ({len(ds)})")
-        X = self._prepare(ds)
-        state = {"labels": None, "weights": None}
-        seed = int(self.seed or 0)
-
+    def check_method_params(self):
+        super().check_method_params()
         if self.first_labels not in ("features", "pca"):
             raise UserError(f"first_labels must be 'features' or 'pca', got {self.first_labels!r}")
 
-        def refresh(trainer, epoch):
-            if epoch == 0 and self.first_labels == "pca":
-                from ..reduce import PCA
+    def _pixel_pca(self) -> np.ndarray:
+        from ..reduce import PCA
 
-                flat = X.reshape(len(X), -1)
-                Z = PCA(min(50, flat.shape[1], len(X) - 1), random_state=seed).fit_transform(flat)
-            else:
-                Z = self._features(X)
-            km = KMeans(k, n_init=3, random_state=seed + epoch).fit(Z)
-            lab = km.labels_.astype(np.int64)
-            lab, n_split = _fill_empty(lab, Z, k, seed + epoch)
-            rec = {"n_refilled": n_split}
-            if state["labels"] is not None:
-                rec["pseudo_nmi"] = nmi(state["labels"], lab)
-                lab = _align(state["labels"], lab, k)
-            counts = np.bincount(lab, minlength=k).astype(np.float64)
-            state["labels"] = lab
-            state["weights"] = (1.0 / counts[lab]) if self.uniform_sampling else None
-            rec["largest_cluster"] = float(counts.max() / len(lab))
-            return rec
+        flat = self._X.reshape(len(self._X), -1)
+        return PCA(min(50, flat.shape[1], len(flat) - 1), random_state=int(self.seed or 0)).fit_transform(flat)
 
-        def end(trainer, epoch):
-            return epoch_callback(self, epoch) if epoch_callback else None
+    def prepare_data(self, ds: ImageSet) -> int:
+        from ..nn.pseudolabels import PseudoLabels
 
-        # the network must exist before the first refresh: _train builds it, then calls refresh at epoch start
-        self._train(X, lambda: state["labels"], k, on_epoch_start=refresh, on_epoch_end=end,
-                    sample_weights_for_epoch=lambda: state["weights"], desc=f"selflabel[{self.head}]")
-        self.pseudo_labels_ = state["labels"]
-        return self
+        self.check_n_clusters(len(ds))
+        self._X = self._prepare(ds)
+        self.n_classes_ = self.resolve_n_clusters(self._pixel_pca() if self.n_clusters == "auto" else None)
+        self._pseudo = PseudoLabels(self.n_classes_, int(self.seed or 0), align=True, n_init=3, max_iter=100)
+        self._targets = None
+        return len(self._X)
 
-    def get_state(self):
-        arrays, extra = super().get_state()
-        return arrays, extra
+    def resolve_n_clusters(self, Z):
+        if Z is None:
+            self.n_clusters_ = int(self.n_clusters)
+            return self.n_clusters_
+        return super().resolve_n_clusters(Z)
 
+    def on_epoch_start(self, trainer, epoch):
+        first = epoch == 0 and self.first_labels == "pca"
+        rec = self._pseudo.update(self._pixel_pca() if first else self._features(self._X), epoch)
+        self._targets = self._pseudo.labels
+        return rec
 
-def _align(prev: np.ndarray, new: np.ndarray, k: int) -> np.ndarray:
-    """Renumber ``new`` clusters to agree most with ``prev`` (Hungarian matching on the overlap)."""
-    from scipy.optimize import linear_sum_assignment
+    def _order(self, epoch, generator) -> np.ndarray:
+        if not self.uniform_sampling:
+            return super()._order(epoch, generator)
+        sample = self._pseudo.sample(len(self._X), epoch)
+        return sample[torch.randperm(len(sample), generator=generator).numpy()]
 
-    table = np.zeros((k, k), np.int64)
-    np.add.at(table, (new, prev), 1)
-    rows, cols = linear_sum_assignment(-table)
-    lut = np.empty(k, np.int64)
-    lut[rows] = cols
-    return lut[new]
+    def checkpoint_state(self) -> dict:
+        return self._pseudo.state()
 
+    def on_resume(self, arrays) -> None:
+        self._pseudo.restore(arrays)
 
-def _fill_empty(labels: np.ndarray, Z: np.ndarray, k: int, seed: int) -> tuple[np.ndarray, int]:
-    """Give every empty cluster half of the largest one (split along its principal direction)."""
-    labels = labels.copy()
-    n_split = 0
-    for _ in range(k):
-        counts = np.bincount(labels, minlength=k)
-        empty = np.flatnonzero(counts == 0)
-        if len(empty) == 0 or counts.max() < 2:
-            break
-        big = int(counts.argmax())
-        members = np.flatnonzero(labels == big)
-        zc = Z[members] - Z[members].mean(0)
-        direction = np.linalg.svd(zc, full_matrices=False)[2][0] if len(members) > 2 else np.ones(Z.shape[1])
-        proj = zc @ direction
-        labels[members[proj > np.median(proj)]] = empty[0]
-        if (labels == empty[0]).sum() == 0:  # all projections equal: split by order
-            labels[members[: len(members) // 2]] = empty[0]
-        n_split += 1
-    return labels, n_split
+    def on_fit_end(self, trainer):
+        from ..nn.pseudolabels import STREAM_KMEANS, kmeans_labels
+        from ..nn.train import epoch_seed
+
+        self.pseudo_labels_ = self._pseudo.labels
+        # the encoder's own clusters: one more k-means, on the trained features
+        seed = epoch_seed(int(self.seed or 0), trainer.epoch, STREAM_KMEANS)
+        self.labels_, self.cluster_centers_, _ = kmeans_labels(self._features(self._X), self.n_classes_, seed, n_init=3,
+                                                               max_iter=100)
+        super().on_fit_end(trainer)
+
+    def predict_proba(self, ds: ImageSet) -> np.ndarray:
+        """Soft assignments to the final k-means centres (Student's t kernel, as DEC's)."""
+        from ..nn.pseudolabels import student_t
+
+        return student_t(self.transform(ds), self.cluster_centers_)

@@ -63,3 +63,26 @@ def color_jitter(x: torch.Tensor, strength: float = 0.4, generator: torch.Genera
         grey = 0.299 * x[:, :1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
         x = (x - grey) * sat + grey
     return x.clamp(0, 1)
+
+
+def random_shift(x: torch.Tensor, max_shift: int, fill: float = 0.0,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+    """Translate each image of a ``(B, C, H, W)`` batch by up to ``max_shift`` pixels in each direction.
+
+    Uncovered pixels take the value ``fill``. Offsets come from ``generator`` (torch's global generator when
+    None). The result keeps the batch's memory format (channels_last stays channels_last).
+    """
+    if int(max_shift) <= 0 or x.dim() != 4:
+        return x
+    b, c, h, w = x.shape
+    p = int(max_shift)
+    pad = F.pad(x, (p, p, p, p), value=fill)
+    dy = torch.randint(0, 2 * p + 1, (b,), generator=generator)
+    dx = torch.randint(0, 2 * p + 1, (b,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None]).to(x.device)  # (b, h)
+    cols = (dx[:, None] + torch.arange(w)[None]).to(x.device)  # (b, w)
+    bi = torch.arange(b, device=x.device)[:, None, None]
+    out = pad.permute(0, 2, 3, 1)[bi, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # NHWC buffer
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return out
+    return out.contiguous()

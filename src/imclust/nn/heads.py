@@ -7,7 +7,8 @@ A head sits on top of a network's feature layer (``in_dim`` features) and turns 
     loss, logits = head(features, targets)      # training
     logits = head.logits(features)             # inference: class scores without any margin
 
-Names understood by :func:`make_head`:
+Heads register with the :func:`register_head` decorator (a name and the options they take); every registered
+head ``h`` is also available as ``h+center``. Names understood by :func:`make_head` (``head_names()``):
 
 ``softmax``
     A linear classifier and cross-entropy.
@@ -51,8 +52,29 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from .train import Callback
 
-HEAD_NAMES = ("softmax", "center", "softmax+center", "arcface", "cosface", "arcface+center", "cosface+center")
+#: registered heads by name (see :func:`register_head`)
+HEADS: dict[str, type] = {}
+
+
+def register_head(name: str, options=()):
+    """Class decorator: make a :class:`Head` buildable by ``make_head(name)`` (and ``name+center``) with the
+    keyword ``options`` its ``__init__`` takes besides ``in_dim`` and ``n_classes``."""
+
+    def deco(cls):
+        cls.head_name = name
+        cls.head_options = frozenset(options)
+        HEADS[name] = cls
+        return cls
+
+    return deco
+
+
+def head_names() -> tuple[str, ...]:
+    """Every name :func:`make_head` understands: the registered heads, ``center`` (softmax plus Wen et al.'s
+    Center Loss) and ``<head>+center`` (the tutorial's combination) for each registered head."""
+    return (*HEADS, "center", *(f"{h}+center" for h in HEADS))
 
 #: the tutorial's weights for cross-entropy and Center Loss
 TUTORIAL_WEIGHTS = (0.999, 0.001)
@@ -97,13 +119,22 @@ def _check_targets(features: torch.Tensor, targets: torch.Tensor, n_classes: int
     return targets
 
 
+@register_head("softmax", options=("bias", "init_std"))
 class SoftmaxHead(Head):
-    """A linear classifier (the tutorial's ``Linear(2, 10)``) trained with cross-entropy."""
+    """A linear classifier (the tutorial's ``Linear(2, 10)``) trained with cross-entropy.
 
-    def __init__(self, in_dim: int, n_classes: int, bias: bool = True):
+    ``init_std``: start the weights from N(0, init_std²) and the bias at 0 (DeepCluster's head uses 0.01);
+    None keeps PyTorch's default initialisation.
+    """
+
+    def __init__(self, in_dim: int, n_classes: int, bias: bool = True, init_std: float | None = None):
         super().__init__()
         self.in_dim, self.n_classes = int(in_dim), int(n_classes)
         self.fc = nn.Linear(self.in_dim, self.n_classes, bias=bias)
+        if init_std is not None:
+            nn.init.normal_(self.fc.weight, 0, float(init_std))
+            if bias:
+                nn.init.zeros_(self.fc.bias)
 
     def logits(self, features):
         return self.fc(features)
@@ -271,6 +302,7 @@ class MarginHead(Head):
             return F.cross_entropy(out, targets), out
 
 
+@register_head("arcface", options=("margin", "scale", "easy_margin", "formulation", "eps", "weight_init"))
 class ArcFaceHead(MarginHead):
     """Additive angular margin: target logit ``s·cos(θ + m)``, the others ``s·cos θ``.
 
@@ -310,6 +342,7 @@ class ArcFaceHead(MarginHead):
         return torch.where(cos > self._threshold, shifted, cos - self._fallback)
 
 
+@register_head("cosface", options=("margin", "scale", "eps", "weight_init"))
 class CosFaceHead(MarginHead):
     """Additive cosine margin (CosFace / AM-Softmax): target logit ``s·(cos θ − m)``."""
 
@@ -382,26 +415,18 @@ def make_head(name: str, in_dim: int, n_classes: int, **kw) -> Head:
     ``center_init``, ``decouple`` (Center Loss combinations); ``bias`` (softmax).
     """
     name = str(name).lower().replace(" ", "")
-    if name not in HEAD_NAMES:
-        raise UserError(f"unknown head {name!r}; use one of {', '.join(HEAD_NAMES)}")
+    if name not in head_names():
+        raise UserError(f"unknown head {name!r}; use one of {', '.join(head_names())}")
     if int(in_dim) < 1 or int(n_classes) < 2:
         raise UserError(f"a head needs at least 1 input dimension and 2 classes, got in_dim={in_dim}, n_classes={n_classes}")
     kw = dict(kw)
     center_keys = ("center_weight", "weights", "center_form", "center_lr", "center_init", "decouple")
     ckw = {k: kw.pop(k) for k in center_keys if k in kw}
-    base = name.split("+")[0]
-    if name == "center":
-        base = "softmax"
-    if base == "softmax":
-        allowed = {"bias"}
-    elif base == "arcface":
-        allowed = {"margin", "scale", "easy_margin", "formulation", "eps", "weight_init"}
-    else:
-        allowed = {"margin", "scale", "eps", "weight_init"}
-    bad = sorted(set(kw) - allowed) + (sorted(ckw) if "center" not in name else [])
+    base = "softmax" if name == "center" else name.split("+")[0]
+    cls = HEADS[base]
+    bad = sorted(set(kw) - cls.head_options) + (sorted(ckw) if "center" not in name else [])
     if bad:
         raise UserError(f"head {name!r} does not take option(s) {', '.join(bad)}")
-    cls = {"softmax": SoftmaxHead, "arcface": ArcFaceHead, "cosface": CosFaceHead}[base]
     head = cls(int(in_dim), int(n_classes), **kw)
     if "center" not in name:
         return head
@@ -455,3 +480,27 @@ def optimizer_factory(modules: dict, config) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum)
     raise UserError(f"unknown optimizer {config.optimizer!r}; use adam, adamw or sgd")
+
+
+class MarginWarmup(Callback):
+    """The margin of an ArcFace/CosFace head (alone or inside ``+center``) rises linearly from 0 to its value
+    over ``epochs`` epochs (epoch e uses ``m·e/epochs``); the full margin is back when training ends."""
+
+    def __init__(self, head: nn.Module, epochs: int):
+        self.head = getattr(head, "classifier", head)
+        self.epochs = int(epochs)
+        self.full = getattr(self.head, "margin", None)
+
+    @property
+    def active(self) -> bool:
+        return self.epochs > 0 and hasattr(self.head, "set_margin")
+
+    def on_epoch_start(self, trainer, epoch):
+        if not self.active:
+            return None
+        self.head.set_margin(self.full * min(1.0, epoch / self.epochs))
+        return {"margin": self.head.margin}
+
+    def on_fit_end(self, trainer):
+        if self.active:
+            self.head.set_margin(self.full)

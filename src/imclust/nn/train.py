@@ -10,7 +10,13 @@ state at its start (the weights and optimizer state saved in the checkpoint), so
 checkpoint of epoch E reaches the same result as one never interrupted.
 
 The caller supplies a ``train_step(batch, trainer) -> loss`` and a ``make_batches(epoch, generator)``
-iterable; hooks before and after each epoch let DeepCluster recompute pseudo-labels, and so on.
+iterable; hooks before and after each epoch let DeepCluster recompute pseudo-labels, and so on. An optional
+``load_batch(indices)`` turns each batch of indices into tensors; with ``config.workers > 0`` that runs in
+background threads ahead of the step (it must not draw random numbers, so batches stay the same). Learning-
+rate schedules and warm-ups are *callbacks* (:class:`Callback`: ``on_fit_start``, ``on_epoch_start``,
+``on_epoch_end``, ``on_fit_end``), given to the Trainer; :class:`LRSchedule` is one. Trainable encoders do
+not drive the Trainer by hand: :class:`imclust.encoders.base.TrainableEncoder` does it from their hooks.
+:func:`extract_features` is the one inference loop (eval mode, autocast, channels_last, DDP gather).
 
 Distributed (``torchrun``): when the environment names a world of more than one process, the Trainer joins
 the process group (gloo on CPU, nccl on CUDA, each rank on the GPU of its LOCAL_RANK), wraps every module
@@ -27,9 +33,8 @@ import contextlib
 import hashlib
 import json
 import math
-import os
-import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -38,6 +43,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..base import seed_everything
 from ..errors import UserError
 from ..io import load_tensors, save_tensors, write_json
 from ..progress import log, progress
@@ -64,10 +70,11 @@ class TrainConfig:
     checkpoint_every: int = 10
     resume: bool = False
     grad_clip: float | None = None
+    workers: int = 0  # threads running load_batch ahead of the training step (0: in the loop)
     extra: dict = field(default_factory=dict)  # caller-specific settings that must match on resume
 
     # settings that may change between an interrupted run and its resumption
-    _RESUMABLE = ("epochs", "checkpoint_dir", "checkpoint_every", "resume", "device")
+    _RESUMABLE = ("epochs", "checkpoint_dir", "checkpoint_every", "resume", "device", "workers")
 
     def fingerprint(self) -> dict:
         d = asdict(self)
@@ -92,14 +99,10 @@ def pick_device(name: str = "auto") -> torch.device:
     return dev
 
 
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    return (int(seed) * 1_000_003 + int(epoch) * 7919) % (2**31 - 1)
+def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
+    """The seed of random stream ``stream`` in ``epoch`` of a run seeded ``seed`` (stream 0 seeds the epoch itself;
+    hooks take their own streams, e.g. the k-means, the sampler and the augmentations of that epoch)."""
+    return (int(seed) * 1_000_003 + int(epoch) * 7919 + int(stream) * 104_729) % (2**31 - 1)
 
 
 def batch_indices(n: int, batch_size: int, generator: torch.Generator | None = None, shuffle: bool = True,
@@ -131,25 +134,121 @@ def load_module_arrays(module: nn.Module, arrays: dict[str, np.ndarray], prefix:
         )
 
 
+class Callback:
+    """Something the Trainer calls around epochs: learning-rate schedules, warm-ups, logging.
+
+    ``on_epoch_start``/``on_epoch_end`` may return a dict that goes into the epoch's history record. Callbacks
+    run in the order given, before the encoder's own epoch hooks. Their state must follow from the epoch
+    number and the checkpointed modules/optimizer, so that a resumed run continues exactly.
+    """
+
+    def on_fit_start(self, trainer: "Trainer") -> None:
+        pass
+
+    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> dict | None:
+        return None
+
+    def on_epoch_end(self, trainer: "Trainer", epoch: int) -> dict | None:
+        return None
+
+    def on_fit_end(self, trainer: "Trainer") -> None:
+        pass
+
+
+class LRSchedule(Callback):
+    """Sets every parameter group's learning rate at each epoch's start: base rate × warm-up × schedule.
+
+    ``schedule``: ``constant``, or ``cosine`` (half a cosine from the base rate to 0 over the epochs after the
+    warm-up). ``warmup_epochs``: the rate rises linearly over the first epochs (1/(w+1), 2/(w+1), ...). The
+    factor depends on the epoch number only, so a resumed run continues on the same curve; resuming with more
+    epochs stretches the cosine from there on.
+    """
+
+    SCHEDULES = ("constant", "cosine")
+
+    def __init__(self, schedule: str = "cosine", warmup_epochs: int = 0):
+        if schedule not in self.SCHEDULES:
+            raise UserError(f"unknown lr_schedule {schedule!r}; use {' or '.join(self.SCHEDULES)}")
+        if int(warmup_epochs) < 0:
+            raise UserError(f"lr warm-up epochs must be 0 or more, got {warmup_epochs}")
+        self.schedule, self.warmup_epochs = schedule, int(warmup_epochs)
+
+    def factor(self, epoch: int, epochs: int) -> float:
+        w = self.warmup_epochs
+        f = min(1.0, (epoch + 1) / (w + 1)) if w else 1.0
+        if self.schedule == "cosine":
+            f *= 0.5 * (1.0 + math.cos(math.pi * max(0, epoch - w) / max(1, int(epochs) - w)))
+        return f
+
+    def on_epoch_start(self, trainer, epoch):
+        if self.schedule == "constant" and not self.warmup_epochs:
+            return None
+        f = self.factor(epoch, trainer.config.epochs)
+        for g in trainer.optimizer.param_groups:
+            g.setdefault("base_lr", g["lr"])
+            g["lr"] = g["base_lr"] * f
+        return {"lr_factor": f}
+
+
+class _Loaded:
+    """``load_batch`` mapped over batches, in order, optionally by background threads (a bounded look-ahead)."""
+
+    def __init__(self, batches, load_batch, workers: int):
+        self.batches, self.load_batch, self.workers = batches, load_batch, int(workers)
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        if self.workers <= 0:
+            for b in self.batches:
+                yield self.load_batch(b)
+            return
+        ahead = 2 * self.workers
+        with ThreadPoolExecutor(self.workers) as pool:
+            pending = []
+            for b in self.batches:
+                pending.append(pool.submit(self.load_batch, b))
+                if len(pending) > ahead:
+                    yield pending.pop(0).result()
+            for f in pending:
+                yield f.result()
+
+
+def default_optimizer(modules: dict, c: TrainConfig) -> torch.optim.Optimizer:
+    """One optimizer of ``c.optimizer`` over every trainable parameter of ``modules``."""
+    params = [p for m in modules.values() for p in m.parameters() if p.requires_grad]
+    if c.optimizer == "adam":
+        return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+    if c.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+    if c.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+    raise UserError(f"unknown optimizer {c.optimizer!r}; use adam, adamw or sgd")
+
+
 class Trainer:
     """Runs epochs of ``train_step`` over ``make_batches`` for a dict of modules.
 
     ``modules`` holds every module with trainable state (the network, a loss with learnable centres, a
     head); all are checkpointed. ``optimizer_factory(modules, config)`` may build a custom optimizer (for
     example a separate learning rate for Center-Loss centres); by default one optimizer of
-    ``config.optimizer`` covers every parameter.
+    ``config.optimizer`` covers every parameter. ``callbacks``: :class:`Callback` objects (schedules, warm-ups).
     """
 
     def __init__(self, modules: dict[str, nn.Module], config: TrainConfig,
                  optimizer_factory: Callable[[dict, TrainConfig], torch.optim.Optimizer] | None = None,
-                 fingerprint: dict | None = None, desc: str = "train"):
+                 fingerprint: dict | None = None, desc: str = "train", callbacks=()):
         self.config = config
+        self.callbacks = list(callbacks)
         self.device = ddp.device_for_rank(pick_device(config.device))
         if config.precision not in ("fp32", "bf16"):
             raise UserError(f"unknown precision {config.precision!r}; use fp32 or bf16")
+        if int(config.workers) < 0:
+            raise UserError(f"workers must be 0 or more, got {config.workers}")
         self.distributed = ddp.init_from_env(self.device)
         self.rank, self.world_size = ddp.rank(), ddp.world_size()
-        seed_all(config.seed)
+        seed_everything(config.seed)
         for m in modules.values():
             m.to(self.device)
             if config.channels_last:
@@ -163,6 +262,13 @@ class Trainer:
         self.desc = desc
         self.step_in_epoch = 0
         self.postfix: dict = {}  # extra fields for the progress bar (hooks may set them, e.g. NMI(t, t-1))
+        self.stop_reason: str | None = None
+
+    def request_stop(self, reason: str) -> None:
+        """End training before the current epoch's batches (call from an epoch-start hook, e.g. on convergence).
+
+        The epochs completed so far stand (history, checkpoints); the epoch that asked is not run or recorded."""
+        self.stop_reason = reason
 
     # -- helpers for train_step ----------------------------------------------------------------------
     def raw(self, name: str) -> nn.Module:
@@ -174,17 +280,9 @@ class Trainer:
         return self.rank == 0
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
-        c = self.config
         if self.optimizer_factory is not None:
-            return self.optimizer_factory(self.modules, c)
-        params = [p for m in self.modules.values() for p in m.parameters() if p.requires_grad]
-        if c.optimizer == "adam":
-            return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
-        if c.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        if c.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-        raise UserError(f"unknown optimizer {c.optimizer!r}; use adam, adamw or sgd")
+            return self.optimizer_factory(self.modules, self.config)
+        return default_optimizer(self.modules, self.config)
 
     def reset_optimizer(self) -> None:
         """Rebuild the optimizer (after replacing a module, e.g. DeepCluster's fresh head)."""
@@ -285,8 +383,11 @@ class Trainer:
             make_batches: Callable[[int, torch.Generator], Iterable],
             on_epoch_start: Callable[["Trainer", int], dict | None] | None = None,
             on_epoch_end: Callable[["Trainer", int], dict | None] | None = None,
-            extra_state: Callable[[], dict[str, np.ndarray]] | None = None) -> list[dict]:
-        """Train until ``config.epochs`` epochs are complete; returns the history (one dict per epoch)."""
+            extra_state: Callable[[], dict[str, np.ndarray]] | None = None,
+            load_batch: Callable[[Any], Any] | None = None) -> list[dict]:
+        """Train until ``config.epochs`` epochs are complete; returns the history (one dict per epoch).
+
+        ``extra_state()`` gives arrays saved with each checkpoint (back in ``trainer.resumed_extra`` on resume)."""
         c = self.config
         self.resumed_extra: dict[str, np.ndarray] = {}
         if c.resume:
@@ -299,19 +400,28 @@ class Trainer:
             raise UserError(f"{self.ckpt_dir} already holds a checkpoint; pass resume to continue it, or use a new folder")
         for m in self.modules.values():
             m.train()
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
         while self.epoch < c.epochs:
             e = self.epoch
-            seed_all(epoch_seed(c.seed, e))
+            seed_everything(epoch_seed(c.seed, e))
             t0 = time.perf_counter()
             record: dict = {"epoch": e + 1}
+            for cb in self.callbacks:
+                record.update(cb.on_epoch_start(self, e) or {})
             if on_epoch_start is not None:
                 record.update(on_epoch_start(self, e) or {})
+            if self.stop_reason is not None:
+                log(f"{self.desc}: stopped before epoch {e + 1}: {self.stop_reason}")
+                break
             for m in self.modules.values():
                 m.train()
             total, count = 0.0, 0
             batches = make_batches(e, self.generator(e))
             if self.distributed:
                 batches = ddp.shard_batches(batches, self.rank, self.world_size)
+            if load_batch is not None:
+                batches = _Loaded(list(batches), load_batch, c.workers)
             n_batches = len(batches) if hasattr(batches, "__len__") else None
             bar = progress(batches, total=n_batches, desc=f"{self.desc} {e + 1}/{c.epochs}", unit="batch")
             for self.step_in_epoch, batch in enumerate(bar):
@@ -334,6 +444,8 @@ class Trainer:
                 bar.set_postfix(loss=f"{total / count:.4g}", **self.postfix)
             bar.close()
             record["loss"] = total / max(count, 1)
+            for cb in self.callbacks:
+                record.update(cb.on_epoch_end(self, e) or {})
             if on_epoch_end is not None:
                 record.update(on_epoch_end(self, e) or {})
             record["seconds"] = time.perf_counter() - t0
@@ -350,6 +462,8 @@ class Trainer:
                 ddp.barrier()
         for m in self.modules.values():
             m.eval()
+        for cb in self.callbacks:
+            cb.on_fit_end(self)
         if self.ckpt_dir is not None and self.is_main:
             write_json(self.ckpt_dir / "history.json", self.history)
         return self.history
@@ -363,19 +477,56 @@ def _first_difference(a, b, path="") -> str:
     return f"{path or 'value'}: was {a!r}, now {b!r}"
 
 
+def autocast_context(device: torch.device, precision: str):
+    """bf16 autocast, or autocast explicitly off for fp32 (so an enclosing autocast cannot change the numbers)."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def _as_input(rows, device: torch.device) -> torch.Tensor:
+    x = rows if isinstance(rows, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(rows))
+    return x.to(device, non_blocking=True)
+
+
 @torch.no_grad()
-def predict_batches(module: Callable, X: np.ndarray, batch_size: int = 512, device=None, precision: str = "fp32",
-                    channels_last: bool = False, desc: str | None = None) -> np.ndarray:
-    """Run ``module`` over an in-memory array in batches, returning float32 numpy output."""
-    device = device or torch.device("cpu")
-    outs = []
-    rng = range(0, len(X), batch_size)
-    for s in progress(rng, desc=desc, unit="batch") if desc else rng:
-        xb = torch.from_numpy(np.ascontiguousarray(X[s : s + batch_size])).to(device)
-        if channels_last and xb.dim() == 4:
-            xb = xb.contiguous(memory_format=torch.channels_last)
-        ctx = torch.autocast(device_type=device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
-        with ctx:
-            y = module(xb)
-        outs.append(y.float().cpu().numpy())
-    return np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+def extract_features(fn: Callable[[torch.Tensor], torch.Tensor], data, *, batch_size: int = 512,
+                     device=None, precision: str = "fp32", channels_last: bool = False,
+                     prepare: Callable[[Any, torch.device], torch.Tensor] | None = None, modules=(),
+                     desc: str | None = None, gather: str = "all") -> np.ndarray | None:
+    """``fn`` over every row of ``data`` (a numpy array or tensor of images or features), batch by batch.
+
+    The one inference loop of every encoder: ``modules`` are put in eval mode for the pass (and restored),
+    ``prepare(rows, device)`` turns a slice of ``data`` into the input tensor (default: as float on
+    ``device``), 4-D inputs go channels_last on request, ``fn`` runs under the precision's autocast, and the
+    outputs come back as float32 numpy. Under torchrun each process computes its share of the batches;
+    ``gather="all"`` returns every row on every process, ``"main"`` on rank 0 only (None elsewhere).
+    """
+    if gather not in ("all", "main"):
+        raise ValueError(f"gather must be 'all' or 'main', got {gather!r}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    modules = [m for m in (modules.values() if isinstance(modules, dict) else modules)]
+    was_training = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    n, bs = len(data), max(1, int(batch_size))
+    batches = ddp.rank_batches([np.arange(s, min(s + bs, n)) for s in range(0, n, bs)])
+    bar = progress(batches, desc=desc, unit="batch") if desc and len(batches) > 4 else batches
+    def run(rows):
+        x = prepare(rows, device) if prepare is not None else _as_input(rows, device)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast_context(device, precision):
+            return fn(x).float().cpu().numpy()
+
+    try:
+        outs = [run(data[int(idx[0]): int(idx[-1]) + 1]) for idx in bar]
+        if not outs and n:  # a process with no batch still needs the row shape for the gather
+            outs = [run(data[0:1])[:0]]
+    finally:
+        for m, t in zip(modules, was_training):
+            m.train(t)
+    local = np.concatenate(outs) if outs else np.zeros((0,), np.float32)
+    if gather == "main":
+        return ddp.gather_rows(local, bs, n)
+    return ddp.all_gather_rows(local, bs, n)

@@ -200,7 +200,8 @@ def _run_section(r: _Run) -> str:
         ("Skipped files", f"{len(r.skipped):,}" + (" (listed <a href=\"#skipped\">below</a>)" if r.skipped else "")),
         ("Recipe", f"<code>{e(str(info.get('recipe', '?')))}</code>"
                    + (f" — {e(str(cfg.get('description')))}" if cfg.get("description") else "")),
-        ("Clusters (k)", e(str(info.get("k", "?")))),
+        ("Clusters (k)", e(str(info.get("k", "?"))) + (" — the encoder's own clusters"
+                                                        if (cfg.get("clusterer") or {}).get("type") == "encoder" else "")),
         ("Seed", e(str(info.get("seed")))),
     ]
     if info.get("command"):
