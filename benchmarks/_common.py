@@ -55,13 +55,19 @@ def command() -> str:
     return "python " + " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
 
 
-def update_section(name: str, body: str) -> None:
-    """Replace (or append) the block between <!-- name:start --> and <!-- name:end --> in RESULTS.md."""
+def update_section(name: str, body: str, top: bool = False) -> None:
+    """Replace the block between <!-- name:start --> and <!-- name:end --> in RESULTS.md; a new block is
+    appended, or with ``top`` put right after the title and its introduction (before the first block or
+    ``## `` section)."""
     start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
     block = f"{start}\n{body.rstrip()}\n{end}"
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEvery figure here comes from a script in this folder; rerun it with the command given.\n"
     if start in text:
         text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda m: block, text, flags=re.S)
+    elif top:
+        first = re.search(r"^(<!-- |## )", text, flags=re.M)
+        cut = first.start() if first else len(text)
+        text = text[:cut].rstrip() + "\n\n" + block + "\n\n" + text[cut:].lstrip()
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     from imclust.io import write_text
