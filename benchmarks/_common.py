@@ -14,6 +14,26 @@ REPO = HERE.parent
 DATA = Path(os.environ.get("IMCLUST_SHARED_DATA", REPO.parent / "shared" / "data"))
 RESULTS = HERE / "RESULTS.md"
 
+#: the benchmark suite: the builtin digits and the 14 sets of ../shared/data, as `imclust run` takes them
+#: (CIFAR-10 as its 10k test folder)
+SUITE_SETS = {
+    "digits": "digits",
+    "mnist-test": DATA / "mnist-test" / "t10k-images-idx3-ubyte.gz",
+    "usps": DATA / "usps" / "usps.npz",
+    "fashion-mnist-1k": DATA / "fashion-mnist-1k" / "fashion_mnist_test_1k.npz",
+    "cifar10": DATA / "cifar10" / "test",
+    "flowers5": DATA / "flowers5",
+    "umist": DATA / "umist" / "umist.npz",
+    "pie27": DATA / "pie27" / "pie27.npz",
+    "eth80": DATA / "eth80" / "eth80.npz",
+    "mpeg7": DATA / "mpeg7" / "mpeg7.npz",
+    "mednist": DATA / "mednist" / "mednist.npz",
+    "kannada-test": DATA / "kannada-test" / "kannada-test.npz",
+    "notmnist-test": DATA / "notmnist-test" / "notmnist-test.npz",
+    "gtsrb-test": DATA / "gtsrb-test" / "gtsrb-test.npz",
+    "intel-scenes": DATA / "intel-scenes",
+}
+
 DATASETS = {
     "digits": "digits",
     "mnist-test": DATA / "mnist-test" / "t10k-images-idx3-ubyte.gz",

@@ -14,7 +14,7 @@ time, images per second and the peak resident memory of the whole process tree (
 ``synthetic``: 1,000,000 points of 128 dimensions drawn from 100 Gaussian clusters (seeded), each stage in a
 fresh process: the neighbour graph (15 neighbours through a faiss IVF index, as ``imclust.manifold`` does
 beyond 200,000 points, then UMAP's fuzzy graph), faiss k-means on all points (k = 100, k-means++ start,
-one run), an IVF-PQ index (the compressed index ``docs/SCALE.md`` needs at 100M points), and the manifold
+one run), an IVF-PQ index (the compressed index that 100M points would need), and the manifold
 stage on a 20,000-point sample with every other point placed by its neighbours. Time and peak memory per
 stage; recalls are measured against exact search.
 

@@ -40,7 +40,7 @@ os.environ.setdefault("IMCLUST_QUIET", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DATA, command, machine, table, today, update_section  # noqa: E402
+from _common import SUITE_SETS, command, machine, table, today, update_section  # noqa: E402
 
 from imclust import components  # noqa: E402,F401
 from imclust.base import build  # noqa: E402
@@ -50,23 +50,7 @@ from imclust.metrics import evaluate  # noqa: E402
 from imclust.pipeline import Pipeline  # noqa: E402
 from imclust.recipes import default_recipe, load_recipe  # noqa: E402
 
-SUITE = {
-    "digits": "digits",
-    "mnist-test": DATA / "mnist-test" / "t10k-images-idx3-ubyte.gz",
-    "usps": DATA / "usps" / "usps.npz",
-    "fashion-mnist-1k": DATA / "fashion-mnist-1k" / "fashion_mnist_test_1k.npz",
-    "cifar10-test": DATA / "cifar10" / "test",
-    "flowers5": DATA / "flowers5",
-    "umist": DATA / "umist" / "umist.npz",
-    "pie27": DATA / "pie27" / "pie27.npz",
-    "eth80": DATA / "eth80" / "eth80.npz",
-    "mpeg7": DATA / "mpeg7" / "mpeg7.npz",
-    "mednist": DATA / "mednist" / "mednist.npz",
-    "kannada-test": DATA / "kannada-test" / "kannada-test.npz",
-    "notmnist-test": DATA / "notmnist-test" / "notmnist-test.npz",
-    "gtsrb-test": DATA / "gtsrb-test" / "gtsrb-test.npz",
-    "intel-scenes": DATA / "intel-scenes",
-}
+SUITE = SUITE_SETS
 PEER_SCRIPT = Path(__file__).resolve().with_name("_clustimage_peer.py")
 
 

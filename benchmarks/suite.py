@@ -46,27 +46,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 SRC = REPO / "src"
-DATA = Path(os.environ.get("IMCLUST_SHARED_DATA", REPO.parent / "shared" / "data"))
 CACHE = HERE / ".suite-cache"
+sys.path.insert(0, str(HERE))
 
-# name -> source as `imclust run` takes it (builtin name, file or folder)
-SETS = {
-    "digits": "digits",
-    "mnist-test": DATA / "mnist-test" / "t10k-images-idx3-ubyte.gz",
-    "usps": DATA / "usps" / "usps.npz",
-    "fashion-mnist-1k": DATA / "fashion-mnist-1k" / "fashion_mnist_test_1k.npz",
-    "cifar10": DATA / "cifar10" / "test",
-    "flowers5": DATA / "flowers5",
-    "umist": DATA / "umist" / "umist.npz",
-    "pie27": DATA / "pie27" / "pie27.npz",
-    "eth80": DATA / "eth80" / "eth80.npz",
-    "mpeg7": DATA / "mpeg7" / "mpeg7.npz",
-    "mednist": DATA / "mednist" / "mednist.npz",
-    "kannada-test": DATA / "kannada-test" / "kannada-test.npz",
-    "notmnist-test": DATA / "notmnist-test" / "notmnist-test.npz",
-    "gtsrb-test": DATA / "gtsrb-test" / "gtsrb-test.npz",
-    "intel-scenes": DATA / "intel-scenes",
-}
+from _common import SUITE_SETS as SETS  # noqa: E402  (name -> source as `imclust run` takes it)
 METHODS = ("recipe", "kmeans", "manifold")
 PEER_NAMES = {"kmeans": "raw-pixel k-means", "manifold": "PCA-50 → UMAP → GMM"}
 QUICK_MAX = 2000

@@ -12,7 +12,7 @@ from imclust import components  # noqa: F401
 from imclust.base import REGISTRY, build
 from imclust.errors import UserError
 from imclust.metrics import evaluate
-from imclust.temi import TEMI, nearest_neighbours, neighbour_information
+from imclust.temi import TEMI, neighbour_information
 
 
 def _blobs(n_per=80, k=4, d=16, seed=0):
@@ -42,13 +42,6 @@ def test_neighbour_information_by_hand():
     assert neighbour_information(merged, same, 3) < math.log(3) - 0.3  # a merge costs information
     rs = np.random.RandomState(0)
     assert neighbour_information(rs.randint(0, 3, 12), rs.randint(0, 12, (12, 2)), 3) < 0.5
-
-
-def test_nearest_neighbours_are_cosine_and_never_self():
-    Z = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], np.float32)
-    Z /= np.linalg.norm(Z, axis=1, keepdims=True)
-    nb = nearest_neighbours(Z, 1)
-    np.testing.assert_array_equal(nb[:, 0], [1, 0, 3, 2])
 
 
 def test_temi_clusters_blobs_and_is_seeded():

@@ -45,7 +45,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from .base import Clusterer, check_input, register
 from .errors import UserError
-from .progress import log, progress
+from .nn.contrastive import mine_neighbours
+from .progress import log
 
 
 class MultiHead(nn.Module):
@@ -95,20 +96,6 @@ def seed_directions(heads: MultiHead, Z: np.ndarray, seed: int, sample: int = 50
     for i in range(heads.v.shape[0]):
         centres, _ = kmeans_plusplus(z[i], k, random_state=int(rs.randint(0, 2**31 - 1)))
         heads.v[i] = torch.from_numpy(centres.T.astype(np.float32))
-
-
-def nearest_neighbours(Z: np.ndarray, k: int, block: int = 2048) -> np.ndarray:
-    """``(n, k)`` indices of each row's k most cosine-similar other rows (``Z`` rows are unit vectors)."""
-    n = len(Z)
-    k = int(min(k, n - 1))
-    Zt = torch.from_numpy(np.ascontiguousarray(Z, dtype=np.float32))
-    out = np.empty((n, k), dtype=np.int64)
-    blocks = range(0, n, block)
-    for s in progress(blocks, desc="neighbours", unit="block") if n > 2 * block else blocks:
-        sim = Zt[s : s + block] @ Zt.T
-        sim[torch.arange(len(sim)), torch.arange(s, s + len(sim))] = -math.inf  # never one's own neighbour
-        out[s : s + block] = torch.topk(sim, k, dim=1).indices.numpy()
-    return out
 
 
 def neighbour_information(labels: np.ndarray, nbrs: np.ndarray, k: int) -> float:
@@ -215,7 +202,7 @@ class TEMI(Clusterer):
         self._check(n)
         self.mean_ = X.mean(0).astype(np.float32) if self.center else np.zeros(X.shape[1], np.float32)
         Z = self._inputs(X)
-        nbrs = nearest_neighbours(Z, min(int(self.knn), n - 1))
+        nbrs = mine_neighbours(Z, min(int(self.knn), n - 1))  # cosine; Z's rows are unit vectors
         seed = 0 if self.random_state is None else int(self.random_state)
         k = self.n_clusters_ = resolve_n_clusters(self.n_clusters, Z, seed)
         H = int(self.n_heads)

@@ -119,8 +119,9 @@ def mine_neighbours(features: np.ndarray, k: int, backend: str = "faiss", block:
         raise ValueError(f"mine_neighbours: k must be between 1 and n-1={n - 1}, got {k}")
     X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
     if backend == "faiss":
-        import faiss
+        from ..threads import import_faiss
 
+        faiss = import_faiss()
         index = faiss.IndexFlatIP(X.shape[1])
         index.add(X)
         _, idx = index.search(X, k + 1)
