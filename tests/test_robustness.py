@@ -257,12 +257,23 @@ def test_evaluate_refuses_swapped_binary_and_latin1_files(tmp_path):
     ("clusterer.n_init=true", "takes a whole number"),
     ("seed=-1", "out of range"),
     ("encoder=5", "name an option of the encoder"),
+    ("clusterer={type='kmean'}", "did you mean 'kmeans'"),
+    ("clusterer={type='kmeans', n_iint=3}", "did you mean 'n_init'"),
+    ("clusterer={type='pca'}", "'pca' is a reducer, not a clusterer"),
 ])
 def test_set_is_checked_with_suggestions(assignment, message):
     from imclust.api import build_pipeline
 
     with pytest.raises(UserError, match=message.replace("(", "\\(")):
         build_pipeline("baseline", [assignment])
+
+
+def test_set_replaces_a_whole_part():
+    from imclust.api import build_pipeline
+
+    pipe, cfg = build_pipeline("baseline", ["clusterer={type='gmm', n_init=2}"])
+    assert pipe.clusterer.component_name == "gmm" and pipe.clusterer.get_params()["n_init"] == 2
+    assert cfg["clusterer"] == {"type": "gmm", "n_init": 2}  # the shipped clusterer's options are gone
 
 
 def test_sizes_and_array_headers_are_checked_against_memory(tmp_path, monkeypatch):

@@ -157,7 +157,7 @@ def apply_override(recipe: dict, assignment: str) -> None:
     else:
         if len(path) == 1 and isinstance(value, dict):  # a whole part: --set clusterer={type='encoder'}
             recipe[head] = value
-            recipe.setdefault("_set", {}).update({f"{head}.{o}": f"{key}={{{o} = ...}}" for o in value})
+            recipe.setdefault("_set", {}).update({f"{head}.{o}": f"{key}={text.strip()}" for o in value})
             return
         if len(path) < 2:
             raise UserError(f"{where}: name an option of the {head}, e.g. --set {head}.type=..., "
