@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import DATA, machine, table, today, update_section  # noqa: E402
+from _common import SUITE_SETS, machine, table, today, update_section  # noqa: E402
 from imclust import components  # noqa: E402,F401
 from imclust.base import build, seed_everything  # noqa: E402
 from imclust.data import load_source  # noqa: E402
@@ -46,13 +46,9 @@ from imclust.metrics import evaluate  # noqa: E402
 from imclust.pipeline import Pipeline  # noqa: E402
 from imclust.recipes import load_recipe  # noqa: E402
 
-SOURCES = {
-    "cifar10-test": DATA / "cifar10" / "test",
-    "flowers5": DATA / "flowers5",
-    "intel-scenes": DATA / "intel-scenes",
-    "eth80": DATA / "eth80" / "eth80.npz",
-    "gtsrb-test": DATA / "gtsrb-test" / "gtsrb-test.npz",
-}
+#: the five colour sets of the suite (CIFAR-10 under its name in this table)
+SOURCES = {("cifar10-test" if name == "cifar10" else name): SUITE_SETS[name]
+           for name in ("cifar10", "flowers5", "intel-scenes", "eth80", "gtsrb-test")}
 
 UMAP_GMM = {"reducers": [{"type": "pca", "n_components": 50},
                          {"type": "umap", "n_components": 10, "n_neighbors": 15, "min_dist": 0.0}],
