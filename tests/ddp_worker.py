@@ -1,9 +1,10 @@
 """Run by tests/test_distributed.py, once as a plain process and once under torchrun with 2 CPU processes.
 
 It trains (a) a small regression net through the shared Trainer and (b) DeepCluster for one epoch, and
-writes what the test compares into OUT/<world size>/.
+gathers a small JSON record from every rank, and writes what the test compares into OUT/<world size>/.
 """
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -40,7 +41,11 @@ def main(out: Path):
     enc = DeepClusterEncoder(k_train=8, epochs=1, batch_size=16, pca_dim=16, width=4, feat_dim=16,
                              flip=False, kmeans_iter=5, feature_batch=10, device="cpu", seed=3).fit(ds)
     feats = enc.transform(ds)
+    # (c) small records (a rank's unreadable files) gathered as JSON, in rank order
+    records = ddp.all_gather_json({str(ddp.rank() * 10 + 3): f"rank {ddp.rank()}: bad file"})
     if ddp.is_main():
+        (out / "records.json").parent.mkdir(parents=True, exist_ok=True)
+        (out / "records.json").write_text(json.dumps(records))
         out.mkdir(parents=True, exist_ok=True)
         np.save(out / "trainer_weights.npy", np.concatenate([p.detach().numpy().ravel() for p in net.parameters()]))
         np.save(out / "trainer_loss.npy", np.array([h["loss"] for h in hist]))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -95,6 +96,8 @@ def test_two_cpu_processes_match_one(tmp_path):
                                rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(np.load(one / "trainer_loss.npy"), np.load(two / "trainer_loss.npy"), rtol=1e-4)
     assert (two / "ckpt" / "last.safetensors").exists() and (two / "ckpt" / "history.json").exists()
+    assert json.loads((one / "records.json").read_text()) == [{"3": "rank 0: bad file"}]
+    assert json.loads((two / "records.json").read_text()) == [{"3": "rank 0: bad file"}, {"13": "rank 1: bad file"}]
 
 
 @pytest.mark.slow
@@ -119,3 +122,42 @@ def test_torchrun_imclust_run_cli(tmp_path):
     a = Pipeline.load(tmp_path / "one" / "model").encoder.pseudo_labels_
     b = Pipeline.load(tmp_path / "two" / "model").encoder.pseudo_labels_
     assert len(a) == 60 and np.array_equal(a, b)
+
+
+@pytest.mark.slow
+def test_torchrun_shares_pretrained_feature_extraction(tmp_path):
+    """A recipe with nothing to train under ``torchrun --nproc_per_node=2``: each process encodes its share of
+    the batches, and the gathered features, the clusters and the skipped file equal a single-process run."""
+    from conftest import write_image_folder
+
+    root = write_image_folder(tmp_path / "imgs", k=2, n_per=5, size=20)
+    good = (root / "class0" / "img0.png").read_bytes()
+    (root / "class1" / "broken.png").write_bytes(good[: len(good) // 2])  # skipped when the folder is listed
+    # 10 readable images in batches of 4: three batches, two for rank 0 (6 images) and one for rank 1
+    opts = ["run", str(root), "--recipe", "cnn-kmeans", "--k", "2", "--seed", "1",
+            "--set", "encoder.backbone='resnet18'", "--set", "encoder.layer='layer2'", "--set", "encoder.size=32",
+            "--set", "encoder.workers=0", "--set", "encoder.cache=false", "--set", "encoder.batch_size=4"]
+    single = subprocess.run([sys.executable, "-m", "imclust", *opts, "--out", str(tmp_path / "one")],
+                            capture_output=True, text=True, env=_env(), timeout=300)
+    assert single.returncode == 0, single.stderr[-3000:]
+    loud = {**_env(), "IMCLUST_QUIET": "0"}  # rank 0 says how many images it encoded (rank 1 stays quiet)
+    multi = subprocess.run(_torchrun("-m", "imclust", *opts, "--out", str(tmp_path / "two")),
+                           capture_output=True, text=True, env=loud, timeout=300)
+    assert multi.returncode == 0, _why(multi.stderr)
+    assert "features: 6 images" in multi.stderr  # its share: batches 0 and 2, not all 10 images
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert np.load(one / "embedding.npy").shape == (10, 128)
+    np.testing.assert_allclose(np.load(two / "embedding.npy"), np.load(one / "embedding.npy"), rtol=1e-5, atol=1e-6)
+    assert (two / "predictions.csv").read_text() == (one / "predictions.csv").read_text()
+    assert "broken.png" in (two / "skipped.csv").read_text()
+    assert (two / "skipped.csv").read_text() == (one / "skipped.csv").read_text()
+    # predict under torchrun: shared the same way, written once, the fitted clusters reproduced
+    again = subprocess.run(_torchrun("-m", "imclust", "predict", str(two), str(root), "--out", str(tmp_path / "p")),
+                           capture_output=True, text=True, env=_env(), timeout=300)
+    assert again.returncode == 0, _why(again.stderr)
+    assert again.stdout.count("outputs in") == 1
+    assert (tmp_path / "p" / "predictions.csv").read_text() == (one / "predictions.csv").read_text()
+
+
+def test_all_gather_json_single_process_is_a_list_of_one():
+    assert ddp.all_gather_json({"3": "bad file"}) == [{"3": "bad file"}]

@@ -347,6 +347,40 @@ def test_feature_cache_computes_only_new_images(tmp_path, monkeypatch):
     assert computed[-1] == 12
 
 
+def test_features_reach_the_cache_while_computing_so_an_interrupted_run_resumes(tmp_path, monkeypatch):
+    from imclust.encoders import pretrained as pmod
+
+    root = write_image_folder(tmp_path / "imgs", k=2, n_per=5, size=20)
+    kw = dict(backbone="resnet18", layer="layer2", size=32, workers=0, batch_size=2, cache_dir=str(tmp_path / "fc"))
+    whole = PretrainedEncoder(**{**kw, "cache": False}).fit_transform(load_source(root))
+    monkeypatch.setattr(pmod, "CACHE_FLUSH_ROWS", 4)
+    real_pooled, calls = pmod.pooled, []
+
+    def dies_on_the_fourth_batch(y):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real_pooled(y)
+
+    monkeypatch.setattr(pmod, "pooled", dies_on_the_fourth_batch)
+    with pytest.raises(KeyboardInterrupt):
+        PretrainedEncoder(**kw).fit_transform(load_source(root))
+    monkeypatch.setattr(pmod, "pooled", real_pooled)
+    assert len(list((tmp_path / "fc").rglob("shard-*.safetensors"))) == 1  # batches 1-2 flushed; batch 3 was pending
+    computed = []
+    real_compute = PretrainedEncoder._compute
+
+    def spy(self, ds, indices, *a):
+        computed.append(len(indices))
+        return real_compute(self, ds, indices, *a)
+
+    monkeypatch.setattr(PretrainedEncoder, "_compute", spy)
+    resumed = PretrainedEncoder(**kw).fit_transform(load_source(root))
+    assert computed == [6]  # the 4 images flushed before the interruption are not computed again
+    np.testing.assert_array_equal(resumed, whole)
+    assert len(list((tmp_path / "fc").rglob("shard-*.safetensors"))) == 3  # 4 rows, then 4 + 2
+
+
 def test_damaged_cache_shard_is_ignored(tmp_path):
     root = write_image_folder(tmp_path / "imgs", k=2, n_per=2, size=20)
     kw = dict(backbone="resnet18", layer="layer1", size=32, workers=0, cache_dir=str(tmp_path / "fc"))

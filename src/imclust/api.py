@@ -215,12 +215,17 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
                        k=_k_of(pipe, labels_pred), timings=timings, source=str(source), source_kind=ds.kind,
                        dataset=ds)
     if out is not None:
-        from .nn.launch import barrier, is_main
-
-        if is_main():  # under torchrun every rank holds the same result; rank 0 writes it
-            write_outputs(out, result, export, kind="run")
-        barrier()
+        _write_once(out, result, export, kind="run")
     return result
+
+
+def _write_once(out, result: RunResult, export, kind: str) -> None:
+    """Write the outputs; under torchrun every rank holds the same result and rank 0 writes it."""
+    from .nn.launch import barrier, is_main
+
+    if is_main():
+        write_outputs(out, result, export, kind=kind)
+    barrier()
 
 
 def _k_part(cfg: dict) -> dict:
@@ -343,7 +348,7 @@ def predict(model_dir, source, out=None, size=None, channels=None, image_key=Non
                        k=_k_of(pipe, lab), timings={"predict": metrics["seconds"]},
                        source=str(source), source_kind=ds.kind, dataset=ds)
     if out is not None:
-        write_outputs(out, result, export, kind="predict")
+        _write_once(out, result, export, kind="predict")
     return result
 
 

@@ -192,6 +192,10 @@ def _predict_cmd(p):
         res = predict(model, args.source, out=out, size=_size(args), channels=args.channels, labels=args.labels,
                       image_key=args.image_key, label_key=args.label_key, layout=args.layout, weights=_abs(args.weights),
                       export=args.export)
+        from .nn.launch import is_main
+
+        if not is_main():  # under torchrun, rank 0 reports
+            return
         print(f"predicted {len(res.ids)} images into {res.k} clusters")
         _print_accounting(res, out)
         _print_metrics(res.metrics)

@@ -39,6 +39,9 @@ from .base import Encoder
 from .feature_cache import FeatureCache, content_keys, default_root
 
 
+CACHE_FLUSH_ROWS = 4096  # features go to the cache in shards of about this many rows while they are computed
+
+
 class _PilDataset(torch.utils.data.Dataset):
     """Item j: image ``indices[j]`` of ``ds`` preprocessed to a uint8 tensor, and the decode error if any."""
 
@@ -306,22 +309,35 @@ class PretrainedEncoder(Encoder):
             feats, found = None, np.zeros(n, dtype=bool)
         todo = np.flatnonzero(~found)
         if len(todo):
-            new, failed = self._compute(ds, todo, runner, fwd, prep)
+            store = None if cache is None else (lambda rows, f: cache.store(keys[rows], f))
+            new, failed = self._compute(ds, todo, runner, fwd, prep, store)
             if feats is None:
                 feats = np.zeros((n, new.shape[1]), dtype=np.float32)
             feats[todo] = new
             for i, reason in failed.items():
                 ds.failed[int(i)] = reason
-            if cache is not None:
-                ok = np.array([int(i) not in failed for i in todo], dtype=bool)
-                cache.store(keys[todo[ok]], new[ok])
         if feats is None:
             feats = np.zeros((0, 0), dtype=np.float32)
         self.feature_dim_ = int(feats.shape[1]) if feats.ndim == 2 else 0
         return feats
 
-    def _compute(self, ds, indices, runner, fwd, prep):
-        device = self._device()
+    def _compute(self, ds, indices, runner, fwd, prep, store=None):
+        """Features of ``ds[indices]`` and the images that failed to decode ({index: reason}).
+
+        ``store(rows, features)`` (the feature cache) receives the decoded rows every
+        :data:`CACHE_FLUSH_ROWS` images and at the end, so an interrupted extraction resumes from what was
+        already computed. Under torchrun each process encodes its own share of the batches (batches r,
+        r + W, ...), stores its own rows, and the rows are gathered back in order on every process, so N
+        processes (on one node or many) give the features of one process in about 1/N of the time.
+        """
+        from ..nn import distributed as ddp
+
+        device = ddp.device_for_rank(self._device())
+        ddp.init_from_env(device)
+        all_indices, bs = np.asarray(indices), int(self.batch_size)
+        mine = ddp.rank_batches([all_indices[s:s + bs] for s in range(0, len(all_indices), bs)])
+        # a process left without a batch encodes one image anyway: the gather needs the row shape
+        indices = np.concatenate(mine) if mine else all_indices[:1]
         workers = self._n_workers()
         ctx = None
         if workers > 0:
@@ -331,7 +347,7 @@ class PretrainedEncoder(Encoder):
                 log("DataLoader workers need the 'fork' start method; decoding in the main process")
                 workers = 0
         loader = torch.utils.data.DataLoader(
-            _PilDataset(ds, indices, prep), batch_size=int(self.batch_size), shuffle=False, num_workers=workers,
+            _PilDataset(ds, indices, prep), batch_size=bs, shuffle=False, num_workers=workers,
             multiprocessing_context=ctx, persistent_workers=False, pin_memory=device.type == "cuda")
         runner.to(device)
         if self.channels_last:
@@ -339,6 +355,13 @@ class PretrainedEncoder(Encoder):
         out = None
         failed: dict[int, str] = {}
         pos = 0
+        pending: list[tuple[np.ndarray, np.ndarray]] = []
+
+        def flush():
+            if pending:
+                store(np.concatenate([r for r, _ in pending]), np.concatenate([f for _, f in pending]))
+                pending.clear()
+
         t0 = time.perf_counter()
         bar = progress(total=len(indices), desc=f"features {self.backbone}", unit="img")
         try:
@@ -356,16 +379,29 @@ class PretrainedEncoder(Encoder):
                     out = np.zeros((len(indices), y.shape[1]), dtype=np.float32)
                 out[pos:pos + len(y)] = y
                 pos += len(y)
-                for i, e in zip(idx.tolist(), errs):
+                ok = []
+                for j, (i, e) in enumerate(zip(idx.tolist(), errs)):
                     if e:
                         failed[int(i)] = e
+                    else:
+                        ok.append(j)
+                if store is not None and mine:
+                    pending.append((idx.numpy()[ok], y[ok]))
+                    if sum(len(r) for r, _ in pending) >= CACHE_FLUSH_ROWS:
+                        flush()
                 bar.update(len(y))
+            flush()
         finally:
             bar.close()
         secs = time.perf_counter() - t0
         if len(indices):
             log(f"features: {len(indices)} images in {secs:.1f}s ({len(indices) / max(secs, 1e-9):.1f} img/s)")
         self._throughput = float(len(indices) / max(secs, 1e-9))
+        if ddp.is_distributed():
+            if not mine:
+                out, failed = out[:0], {}
+            out = ddp.all_gather_rows(out, bs, len(all_indices))
+            failed = {int(i): e for part in ddp.all_gather_json(failed) for i, e in part.items()}
         return out, failed
 
     # -- state --------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ What the pieces do, and who uses them:
   splits every batch of the epoch into one slice per rank (:func:`shard_batches`), averages the logged
   loss across ranks, and writes checkpoints and logs on rank 0 only;
 - an encoder computes features on its own share of the batches (:func:`rank_batches`) and gathers them
-  (:func:`gather_rows` to rank 0 or :func:`all_gather_rows` to every rank);
+  (:func:`gather_rows` to rank 0 or :func:`all_gather_rows` to every rank); the pretrained encoder does the
+  same even when nothing trains, so ``torchrun`` shares feature extraction across processes and nodes;
 - values decided on rank 0 (DeepCluster's k-means pseudo-labels) reach the others through
   :func:`broadcast_array`; :func:`broadcast_module` makes freshly initialised weights identical.
 
@@ -23,6 +24,7 @@ A multi-node run needs the checkpoint folder on a file system every node can rea
 from __future__ import annotations
 
 import atexit
+import json
 import os
 from typing import Sequence
 
@@ -225,6 +227,18 @@ def all_gather_rows(local: np.ndarray, batch_size: int, n: int) -> np.ndarray:
     if not is_distributed():
         return local
     return _interleave(_gather_parts(local, None), batch_size, n)
+
+
+def all_gather_json(value) -> list:
+    """Every rank's ``value`` (anything JSON can hold), in rank order; ``[value]`` when single-process.
+
+    JSON rather than ``all_gather_object``: nothing is unpickled, even between our own processes.
+    """
+    if not is_distributed():
+        return [value]
+    data = np.frombuffer(json.dumps(value).encode(), dtype=np.uint8)
+    parts = _gather_parts(data[:, None].astype(np.float32), None)
+    return [json.loads(bytes(part[:, 0].astype(np.uint8)).decode()) for part in parts]
 
 
 def shard_batches(batches: Sequence, rank_: int | None = None, world: int | None = None) -> list:
