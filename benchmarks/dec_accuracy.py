@@ -156,7 +156,9 @@ def report(results: dict, loads: tuple, cmd: str, args) -> str:
         "Refinement periods run (DEC): " + "; ".join(f"{n} {v}" for n, v in conv.items())
         + ". IDEC: " + "; ".join(f"{n} {v}" for n, v in iconv.items()) + ".",
         "Published (full MNIST, 70,000 images): DEC 0.843, IDEC 0.881; USPS: IDEC 0.761.",
-    ])
+    ] + (["With `--pretrain-dir`, a pretraining checkpoint already in that folder was resumed (a finished one "
+          "loaded, an interrupted one continued): the pretraining seconds are those of the run that made it, and "
+          "the refinement seconds are this run's."] if "--pretrain-dir" in cmd else []))
 
 
 if __name__ == "__main__":

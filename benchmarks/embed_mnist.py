@@ -20,7 +20,7 @@ import numpy as np
 os.environ.setdefault("IMCLUST_QUIET", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _common import DATASETS, command, machine, today, update_section  # noqa: E402
+from _common import DATASETS, command, load_average, machine, today, update_section  # noqa: E402
 
 
 _INIT_DOC = {"auto": "by the heads' default (auto: evenly spread around the circle in 2-D)",
@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--section", default="embed-mnist")
     ap.add_argument("--no-write", action="store_true", help="print only; do not update RESULTS.md")
     args = ap.parse_args()
+    load_start = load_average()
     import torch
 
     if args.threads:
@@ -85,9 +86,10 @@ def main() -> None:
         f"## Supervised 2-D embeddings on MNIST-test: train 8,000, k-means on the held-out 2,000 ({', '.join(args.heads)}; "
         f"seeds {', '.join(map(str, args.seeds))}{'' if args.weight_init == 'auto' else '; ' + args.weight_init + ' init'}; issue 6)",
         "",
-        f"Command: `flock /tmp/imclust-bench.lock {command()}`  ",
-        f"Machine: 2-core CPU, 24 GiB, no GPU ({machine()}); the machine was shared with other jobs, so wall time "
-        "is inflated; CPU time is the process's own.  ",
+        f"Command: `{command()}`  ",
+        f"Machine: 2-core CPU, 24 GiB, no GPU ({machine()}); 1-min load average {load_start:.1f} at the start and "
+        f"{load_average():.1f} at the end (above 1, other work shared the machine and wall time is inflated; CPU "
+        "time is the process's own).  ",
         f"Date: {today()}  ",
         f"Network: tutorial 4's {args.net.upper()} with a 2-D feature layer, {args.epochs} epochs, Adam lr 1e-3 with cosine "
         f"decay, batch 128, {args.precision}, random shifts of up to {args.augment_shift} px; ArcFace/CosFace: "
