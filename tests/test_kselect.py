@@ -48,6 +48,17 @@ def test_blobs_with_known_k(k):
     assert len(sel.score) == len(sel.stability) == len(sel.reference) == len(sel.candidates)
 
 
+def test_wide_embedding_is_compared_on_its_leading_components():
+    """Groups in 6 of 300 dimensions, the other 294 noise (the shape of pretrained features): k is found on the
+    sample's leading principal components, and the selection says so."""
+    rng = np.random.RandomState(1)
+    X = np.concatenate([_blobs(k=6, seed=2), 0.3 * rng.randn(720, 294).astype(np.float32)], axis=1)
+    sel = select_k(X, "auto:2-12", random_state=0)
+    assert sel.k == 6 and not sel.weak
+    assert sel.dims == 50 and sel.to_dict()["dims"] == 50
+    assert select_k(_blobs(k=6, seed=2), "auto:2-12", random_state=0).dims is None  # narrow: used as it is
+
+
 @pytest.mark.parametrize("k", [4, 6])
 def test_rings_with_known_k(k):
     sel = select_k(_rings(k=k), "auto:2-12", random_state=0)

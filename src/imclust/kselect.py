@@ -14,6 +14,10 @@ best one: among the k the data support about equally well, the coarsest.
 The runner-up is the best-scoring candidate clearly apart from the chosen one.
 
 Nothing here reads labels, and nothing refits the encoder: only the embedding the clusterer sees is used.
+An embedding wider than :data:`MAX_DIMS` (pretrained features: 384–1,280 dimensions) is compared on the
+sample's leading :data:`MAX_DIMS` principal components, the width the manifold recipes reduce to as well:
+k-means partitions are decided by the leading directions, and hundreds of k-means fits per candidate in
+1,280 dimensions would cost minutes where the run with k given takes seconds.
 Candidates are every k up to 20, then steps of about 10 % (the grid the report draws).
 """
 
@@ -40,6 +44,7 @@ SUBSAMPLE = 0.8  # share of the sample each fit sees
 PLATEAU = 0.9  # chosen: the smallest k whose smoothed score reaches this share of the best
 APART = 1.25  # the runner-up differs from the chosen k by at least this factor
 WEAK = 0.1  # a best score below this: the groups are barely more reproducible than in a cloud without any
+MAX_DIMS = 50  # wider embeddings are compared on the sample's leading principal components (the recipes' PCA-50)
 
 _AUTO = re.compile(r"auto(?::(\d+)-(\d+))?")
 
@@ -108,6 +113,7 @@ class KSelection:
     criterion: str = CRITERION
     plateau: float = PLATEAU
     sample_size: int = 0
+    dims: int | None = None  # the principal components the sample was compared on; None: the embedding itself
     repeats: int = REPEATS
     seed: int = 0
     seconds: float = 0.0
@@ -196,6 +202,12 @@ def select_k(X, k="auto", random_state: int | None = 0) -> KSelection:
     rs = np.random.RandomState(seed)
     m = min(n, max(SAMPLE, POINTS_PER_CLUSTER * k_max))
     sample = X[np.sort(rs.choice(n, m, replace=False))] if m < n else X
+    dims = None
+    if sample.shape[1] > MAX_DIMS:
+        from .reduce import PCA
+
+        dims = int(min(MAX_DIMS, m))
+        sample = PCA(dims, random_state=seed).fit_transform(sample)
     sample = sample.astype(np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a flat direction makes the covariance only semi-definite: fine here
@@ -215,9 +227,10 @@ def select_k(X, k="auto", random_state: int | None = 0) -> KSelection:
     apart = [j for j, kk in enumerate(ks) if max(kk, chosen) / min(kk, chosen) >= APART]
     runner_up = int(ks[max(apart, key=lambda j: score[j])]) if apart else None
     sel = KSelection(chosen, runner_up, k_min, k_max, [int(v) for v in ks], _round(score), _round(gap),
-                     _round(stab), _round(ref), _round(stab_sd), sample_size=int(m), seed=seed,
+                     _round(stab), _round(ref), _round(stab_sd), sample_size=int(m), dims=dims, seed=seed,
                      seconds=time.perf_counter() - t0)
     log(f"chose k={chosen} by the {CRITERION} among {k_min}-{k_max}" +
+        (f" (on the embedding's {dims} leading principal components)" if dims else "") +
         (f" (runner-up k={runner_up})" if runner_up is not None else "") + (
             "; no k gave groups clearly more reproducible than a cloud without clusters, so this choice is weak"
             if sel.weak else ""))

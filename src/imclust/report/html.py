@@ -358,7 +358,9 @@ def _k_section(r: _Run) -> str:
     ks = [int(v) for v in sel["candidates"]]
     lead = (f"k was not given, so it was chosen from the embedding, between {sel.get('k_min', ks[0])} and "
             f"{sel.get('k_max', ks[-1])}, without reading any labels. For each candidate k, k-means was fitted on "
-            f"{sel.get('repeats', '?')} random subsamples of {int(sel.get('sample_size', 0)):,} images and the fits were compared "
+            f"{sel.get('repeats', '?')} random subsamples of {int(sel.get('sample_size', 0)):,} images"
+            + (f" (on their {int(sel['dims'])} leading principal components)" if sel.get("dims") else "")
+            + " and the fits were compared "
             "(stability: 1 means the same clusters every time); the same was done on a cloud of points without clusters "
             "(reference). The score, the " + e(str(sel.get("criterion", "stability gap"))) + ", is stability minus reference, "
             "smoothed over neighbouring k: how much more reproducible the groups are than in a cloud with none. The chosen k "
