@@ -44,9 +44,8 @@ def main(out: Path):
     # (c) small records (a rank's unreadable files) gathered as JSON, in rank order
     records = ddp.all_gather_json({str(ddp.rank() * 10 + 3): f"rank {ddp.rank()}: bad file"})
     if ddp.is_main():
-        (out / "records.json").parent.mkdir(parents=True, exist_ok=True)
-        (out / "records.json").write_text(json.dumps(records))
         out.mkdir(parents=True, exist_ok=True)
+        (out / "records.json").write_text(json.dumps(records))
         np.save(out / "trainer_weights.npy", np.concatenate([p.detach().numpy().ravel() for p in net.parameters()]))
         np.save(out / "trainer_loss.npy", np.array([h["loss"] for h in hist]))
         np.save(out / "pseudo_labels.npy", enc.pseudo_labels_)
