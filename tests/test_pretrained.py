@@ -314,16 +314,21 @@ def test_vgg16_tutorial_cut_gives_4096_and_recipe_writes_submission(tmp_path):
     assert sorted(p.name for p in (tmp_path / "out" / "montages").iterdir()) == [f"montage_{c}.png" for c in range(5)]
 
 
-def test_feature_cache_computes_only_new_images(tmp_path, monkeypatch):
-    root = write_image_folder(tmp_path / "imgs", k=2, n_per=4, size=20)
-    computed = []
-    real = PretrainedEncoder._compute
+def _count_computed(monkeypatch) -> list[int]:
+    """From now on, the number of images each feature pass of a PretrainedEncoder computes (not read from the cache)."""
+    computed, real = [], PretrainedEncoder._compute
 
     def spy(self, ds, indices, *a):
         computed.append(len(indices))
         return real(self, ds, indices, *a)
 
     monkeypatch.setattr(PretrainedEncoder, "_compute", spy)
+    return computed
+
+
+def test_feature_cache_computes_only_new_images(tmp_path, monkeypatch):
+    root = write_image_folder(tmp_path / "imgs", k=2, n_per=4, size=20)
+    computed = _count_computed(monkeypatch)
     kw = dict(backbone="resnet18", layer="layer2", size=32, workers=0, cache_dir=str(tmp_path / "fc"))
     first = PretrainedEncoder(**kw).fit_transform(load_source(root))
     again = PretrainedEncoder(**kw).fit_transform(load_source(root))
@@ -367,14 +372,7 @@ def test_features_reach_the_cache_while_computing_so_an_interrupted_run_resumes(
         PretrainedEncoder(**kw).fit_transform(load_source(root))
     monkeypatch.setattr(pmod, "pooled", real_pooled)
     assert len(list((tmp_path / "fc").rglob("shard-*.safetensors"))) == 1  # batches 1-2 flushed; batch 3 was pending
-    computed = []
-    real_compute = PretrainedEncoder._compute
-
-    def spy(self, ds, indices, *a):
-        computed.append(len(indices))
-        return real_compute(self, ds, indices, *a)
-
-    monkeypatch.setattr(PretrainedEncoder, "_compute", spy)
+    computed = _count_computed(monkeypatch)
     resumed = PretrainedEncoder(**kw).fit_transform(load_source(root))
     assert computed == [6]  # the 4 images flushed before the interruption are not computed again
     np.testing.assert_array_equal(resumed, whole)
