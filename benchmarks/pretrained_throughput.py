@@ -129,8 +129,9 @@ def main():
         cmd = "flock /tmp/imclust-bench.lock python benchmarks/pretrained_throughput.py " + " ".join(sys.argv[1:])
         update_section(args.update, f"Command: `{cmd}`  \nMachine: {machine()}; {today()}; 1-min load average "
                        f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end. Images per second; "
-                       f"random weights; batch {args.batch}, {args.workers} DataLoader worker(s); forward: {args.seconds:.0f} s timed per cell; end-to-end: {args.data}, a random subset "
-                       f"(96 images per model).\n\n{table}")
+                       f"random weights; batch {args.batch}, {args.workers} DataLoader worker(s); "
+                       f"forward: {args.seconds:.0f} s timed per cell; end-to-end: {args.data}, "
+                       f"a random subset (96 images per model).\n\n{table}")
     if args.append:
         cmd = "flock /tmp/imclust-bench.lock python benchmarks/pretrained_throughput.py " + " ".join(sys.argv[1:])
         with open(RESULTS, "a", encoding="utf-8") as fh:
