@@ -89,6 +89,22 @@ def update_section(name: str, body: str, top: bool = False) -> None:
     write_text(RESULTS, text)
 
 
+def by_dataset_and_method(rows: list[dict]) -> list[tuple[str, str, list[dict]]]:
+    """Measured rows (dicts with ``dataset``, ``method``, ``acc``, ``nmi``, ``ari``) grouped by (dataset, method),
+    in the order first seen: one group per line of a scoreboard table."""
+    keys = list(dict.fromkeys((r["dataset"], r["method"]) for r in rows))
+    return [(d, m, [r for r in rows if r["dataset"] == d and r["method"] == m]) for d, m in keys]
+
+
+def score_cells(group: list[dict]) -> list[str]:
+    """ACC (mean ± sd), NMI and ARI (means) of a group of rows, as table cells."""
+    import numpy as np
+
+    acc = np.array([r["acc"] for r in group])
+    return [f"{acc.mean():.3f} ± {acc.std():.3f}", f"{np.mean([r['nmi'] for r in group]):.3f}",
+            f"{np.mean([r['ari'] for r in group]):.3f}"]
+
+
 def table(rows: list[list], header: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]

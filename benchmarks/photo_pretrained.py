@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import SUITE_SETS, machine, table, today, update_section  # noqa: E402
+from _common import SUITE_SETS, by_dataset_and_method, machine, score_cells, table, today, update_section  # noqa: E402
 from imclust import components  # noqa: E402,F401
 from imclust.base import build, seed_everything  # noqa: E402
 from imclust.data import load_source  # noqa: E402
@@ -131,19 +131,16 @@ def measure(name: str, backbones, seeds, stages, with_peers: bool) -> list[dict]
 
 
 def summarise(rows) -> str:
-    keys = list(dict.fromkeys((r["dataset"], r["method"]) for r in rows))
     out = []
-    for d, m in keys:
-        rs = [r for r in rows if r["dataset"] == d and r["method"] == m]
-        acc = np.array([r["acc"] for r in rs])
+    for d, m, rs in by_dataset_and_method(rows):
+        acc = np.mean([r["acc"] for r in rs])
 
         def ratio(peer):
             p = [r["acc"] for r in rows if r["dataset"] == d and r["method"] == peer]
-            return f"{acc.mean() / np.mean(p):.2f}×" if p else "–"
+            return f"{acc / np.mean(p):.2f}×" if p else "–"
 
-        out.append([f"{d} (n={rs[0]['n']})", m, f"{acc.mean():.3f} ± {acc.std():.3f}",
-                    f"{np.mean([r['nmi'] for r in rs]):.3f}", f"{np.mean([r['ari'] for r in rs]):.3f}",
-                    f"{np.mean([r['seconds'] for r in rs]):.0f}", len(rs), ratio(PEER_PHOTO_UMAP), ratio(PEER_PIXELS)])
+        out.append([f"{d} (n={rs[0]['n']})", m, *score_cells(rs), f"{np.mean([r['seconds'] for r in rs]):.0f}",
+                    len(rs), ratio(PEER_PHOTO_UMAP), ratio(PEER_PIXELS)])
     return table(out, ["dataset", "method", "ACC (mean ± sd)", "NMI", "ARI", "cluster s/run", "seeds",
                        "ACC ÷ photo-umap", "ACC ÷ raw-pixel k-means"])
 

@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
 import torch  # noqa: E402
-from _common import DATA, command, machine, table, today, update_section  # noqa: E402
+from _common import DATA, by_dataset_and_method, command, machine, score_cells, table, today, update_section  # noqa: E402
 
 from imclust import components  # noqa: E402,F401
 from imclust.data import load_source  # noqa: E402
@@ -132,19 +132,16 @@ def measure(name: str, seeds, only=None, overrides=()) -> list[dict]:
 
 
 def summarise(rows) -> str:
-    keys = list(dict.fromkeys((r["dataset"], r["method"]) for r in rows))
     out = []
-    for d, m in keys:
-        rs = [r for r in rows if r["dataset"] == d and r["method"] == m]
-        acc = np.array([r["acc"] for r in rs])
+    for d, m, rs in by_dataset_and_method(rows):
+        acc = np.mean([r["acc"] for r in rs])
         px = [r["acc"] for r in rows if r["dataset"] == d and r["method"] == PIXELS]
         dflt = [r["acc"] for r in rows if r["dataset"] == d and r["method"] in ("photo-umap", "hog-umap")]
         secs = [r["seconds"] for r in rs]
-        out.append([f"{d} (n={rs[0]['n']})", m, f"{acc.mean():.3f} ± {acc.std():.3f}",
-                    f"{np.mean([r['nmi'] for r in rs]):.3f}", f"{np.mean([r['ari'] for r in rs]):.3f}",
+        out.append([f"{d} (n={rs[0]['n']})", m, *score_cells(rs),
                     f"{np.mean(secs):.0f} ({max(secs):.0f})" if m != PRETEXT else "(from ours)",
-                    f"{acc.mean() - np.mean(dflt):+.3f}" if dflt else "–",
-                    f"{acc.mean() / np.mean(px):.2f}×" if px else "–",
+                    f"{acc - np.mean(dflt):+.3f}" if dflt else "–",
+                    f"{acc / np.mean(px):.2f}×" if px else "–",
                     str(sum(r["warnings"] for r in rs)) if m == OURS else "",
                     f"{min(r['load_start'] for r in rs):.1f}–{max(r['load_end'] for r in rs):.1f}", len(rs)])
     return table(out, ["dataset", "method", "ACC (mean ± sd)", "NMI", "ARI", "seconds per run (max)",
