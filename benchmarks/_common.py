@@ -66,7 +66,10 @@ def today() -> str:
 
 
 def command() -> str:
-    return "python " + " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
+    """The command that ran this script, quoted so that it can be pasted back into a shell."""
+    import shlex
+
+    return "python " + shlex.join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
 
 
 def update_section(name: str, body: str, top: bool = False) -> None:

@@ -38,7 +38,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import SUITE_SETS, by_dataset_and_method, machine, score_cells, table, today, update_section  # noqa: E402
+from _common import SUITE_SETS, by_dataset_and_method, command, machine, score_cells, table, today, update_section  # noqa: E402
 from imclust import components  # noqa: E402,F401
 from imclust.base import build, seed_everything  # noqa: E402
 from imclust.data import load_source  # noqa: E402
@@ -187,8 +187,7 @@ def main(argv=None):
     body = summarise(rows)
     print(body)
     if args.update:
-        cmd = "python benchmarks/photo_pretrained.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        head = (f"Command: `{cmd}`  \nMachine: {machine()}; {today()}; 1-min load average {load_before:.1f} at the "
+        head = (f"Command: `{command()}`  \nMachine: {machine()}; {today()}; 1-min load average {load_before:.1f} at the "
                 f"start, {os.getloadavg()[0]:.1f} at the end (accuracy only; features from the feature cache, "
                 "computed with bf16 autocast and channels_last).\n\n")
         update_section(args.section, head + body)
