@@ -40,7 +40,7 @@ class _Chosen(Exception):
     pass
 
 
-@pytest.mark.parametrize("channels,recipe,want", [(3, None, "photo-umap"), (1, None, "hog-umap"),
+@pytest.mark.parametrize("channels,recipe,want", [(3, None, "photo-umap"), (1, None, "hog-ae-umap"),
                                                   (3, "baseline", "baseline"), (1, "photo-umap", "photo-umap")])
 def test_run_picks_the_default_by_colour_unless_a_recipe_is_named(monkeypatch, tmp_path, capsys, channels, recipe, want):
     from imclust.nn import efficientnet

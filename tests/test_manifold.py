@@ -157,6 +157,15 @@ def test_umap_reducer_refuses_bad_options():
         UMAP(n_epochs=0).fit(X)
     with pytest.raises(UserError, match="minimum of 3"):
         UMAP().fit(X[:2])
+    with pytest.raises(UserError, match="views 'both'"):
+        UMAP(views="both").fit(X)
+    # fused views need the view blocks, which only a views encoder right before gives, and our backend
+    with pytest.raises(UserError, match="needs a 'views' encoder"):
+        UMAP(views="intersect").fit(X)
+    red = UMAP(views="intersect", backend="umap-learn")
+    red.set_view_dims([4, 4])
+    with pytest.raises(UserError, match="backend = 'imclust'"):
+        red.fit(X)
 
 
 def test_umap_reducer_state_roundtrip_places_points_the_same():
@@ -168,3 +177,45 @@ def test_umap_reducer_state_roundtrip_places_points_the_same():
     twin = build(red.to_spec())
     twin.set_state(arrays, extra)
     np.testing.assert_array_equal(twin.transform(X[:7]), red.transform(X[:7]))
+
+
+def test_intersection_keeps_shared_edges_strongest_and_stays_a_fuzzy_graph():
+    import scipy.sparse as sp
+
+    # edges 0-1 and 2-3 in both graphs, 0-2 only in the first, 1-3 only in the second
+    def graph(edges):
+        W = np.zeros((4, 4), np.float32)
+        for (i, j), w in edges.items():
+            W[i, j] = W[j, i] = w
+        return sp.csr_matrix(W)
+
+    A = graph({(0, 1): 1.0, (2, 3): 1.0, (0, 2): 0.8})
+    B = graph({(0, 1): 0.9, (2, 3): 1.0, (1, 3): 0.4})
+    G = M.intersect_graphs([A, B]).toarray()
+    assert np.allclose(G, G.T) and G.diagonal().max() == 0
+    assert 0 < G[G > 0].min() and G.max() <= 1
+    assert min(G[0, 1], G[2, 3]) > max(G[0, 2], G[1, 3])  # the edges both views have lead
+    assert G[0, 2] > 0 and G[1, 3] > 0  # an edge one view lacks is weakened, not cut
+    assert M.intersect_graphs([A]) is A
+
+
+def test_intersected_views_keep_the_neighbours_both_views_see():
+    rs = np.random.RandomState(0)
+    y = np.repeat(np.arange(4), 100)
+    # one latent point per image; view 1 (dims 0-2) cannot tell clusters 0 and 1 apart, view 2 (dims 1-3)
+    # cannot tell 2 and 3 apart: each view's graph joins a merged pair, the pairs differ
+    means = np.array([[0, 6, 0, 6], [0, 6, 0, -6], [6, -6, 0, 0], [-6, -6, 0, 0]], float)
+    Z = (means[y] + rs.randn(400, 4)).astype(np.float32)
+    graphs = [M.fuzzy_simplicial_set(*M.nearest_neighbors(np.ascontiguousarray(V), 10)) for V in (Z[:, :3], Z[:, 1:])]
+
+    def within_share(G):
+        G = G.tocoo()
+        return G.data[y[G.row] == y[G.col]].sum() / G.data.sum()
+
+    alone = [within_share(G) for G in graphs]
+    fused = within_share(M.intersect_graphs(graphs))
+    assert max(alone) < 0.8 and fused > max(alone) + 0.05, (alone, fused)
+    emb = M.umap_embedding(np.hstack([Z[:, :3], Z[:, 1:]]), n_components=2, n_neighbors=10, n_epochs=20, views=[3, 3])
+    assert emb.shape == (400, 2) and np.isfinite(emb).all()
+    with pytest.raises(UserError, match="do not tile"):
+        M.umap_embedding(Z, views=[2, 1])

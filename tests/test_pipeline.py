@@ -117,11 +117,11 @@ def test_baseline_matches_sklearn_raw_pixel_kmeans():
 
 
 @pytest.mark.parametrize("path, n", [("umist/umist.npz", None), ("fashion-mnist-1k/fashion_mnist_test_1k.npz", None),
-                                     ("mednist/mednist.npz", 1500)])
+                                     ("pie27/pie27.npz", 1000)])
 def test_default_beats_raw_pixel_kmeans_on_small_suite_sets(shared_data, path, n):
     """What `imclust run SET` picks, at the true number of classes, against scikit-learn's k-means (10 starts) on
-    the pixels: faces under pose, clothing and medical scans (a seeded subsample), kinds of image the default
-    was not tuned on."""
+    the pixels: faces under pose, clothing and faces under lighting (a seeded subsample), kinds of image the
+    default was not tuned on."""
     from sklearn.cluster import KMeans as SK
 
     from imclust.api import fit_pipeline

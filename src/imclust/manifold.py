@@ -151,11 +151,50 @@ def fuzzy_simplicial_set(idx: np.ndarray, dist: np.ndarray, local_connectivity: 
     w[~np.isfinite(dist)] = 0
     P = sp.csr_matrix((w.ravel(), (np.repeat(np.arange(n), k), idx.ravel())), shape=(n, n))
     P.eliminate_zeros()
+    return symmetric_union(P)
+
+
+def symmetric_union(P):
+    """The fuzzy union ``P + Pᵀ - P∘Pᵀ`` of a (possibly asymmetric) membership matrix, as CSR float32."""
     Pt = P.T.tocsr()
-    G = (P + Pt - P.multiply(Pt)).tocsr()
+    G = (P + Pt - P.multiply(Pt)).tocsr().astype(np.float32)
     G.eliminate_zeros()
     G.sort_indices()
     return G
+
+
+def intersect_graphs(graphs: list):
+    """The fuzzy intersection of several fuzzy graphs over the same points (multi-view UMAP).
+
+    An edge's weight is the geometric mean of its memberships in every graph; a graph that lacks the edge
+    counts half its own smallest membership rather than zero, so an edge one view misses is weakened, not
+    cut. Each point's memberships are then rescaled so its strongest edge is 1 (every point keeps a
+    neighbour of full weight, as UMAP's local connectivity asks) and the result is made symmetric again
+    by the fuzzy union. So neighbours that every view agrees on dominate the layout.
+    """
+    import scipy.sparse as sp
+
+    if not graphs:
+        raise ValueError("intersect_graphs needs at least one graph")
+    if len(graphs) == 1:
+        return graphs[0]
+    support = graphs[0].copy().tocsr()
+    for G in graphs[1:]:
+        support = support + G
+    support = support.tocsr()
+    support.eliminate_zeros()
+    rows, cols = support.nonzero()
+    log_sum = np.zeros(len(rows))
+    for G in graphs:
+        G = G.tocsr()
+        floor = max(float(G.data.min()) / 2 if G.nnz else 1e-8, 1e-8)
+        w = np.asarray(G[rows, cols]).ravel()
+        log_sum += np.log(np.where(w > 0, w, floor))
+    n = support.shape[0]
+    P = sp.csr_matrix((np.exp(log_sum / len(graphs)), (rows, cols)), shape=(n, n))
+    top = np.asarray(P.max(axis=1).todense()).ravel()
+    P = sp.diags(1.0 / np.where(top > 0, top, 1.0)) @ P
+    return symmetric_union(P.tocsr())
 
 
 # -- 3. spectral start ----------------------------------------------------------------------------------
@@ -364,11 +403,13 @@ def optimize_layout(Y: np.ndarray, G, n_epochs: int, a: float, b: float, seed: i
 def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15, min_dist: float = 0.1,
                    spread: float = 1.0, n_epochs: int | None = None, negative_sample_rate: int = 5,
                    metric: str = "euclidean", seed: int | None = 0, exact_max: int = 200_000,
-                   desc: str = "UMAP layout") -> np.ndarray:
+                   views: list[int] | None = None, desc: str = "UMAP layout") -> np.ndarray:
     """UMAP of ``X`` (n, d) → (n, n_components) float32 through the four steps of this module.
 
     ``metric``: ``euclidean``, or ``cosine`` (1 - cos, found as Euclidean neighbours of the unit vectors).
-    ``n_neighbors`` counts the point itself, as in umap-learn.
+    ``n_neighbors`` counts the point itself, as in umap-learn. ``views``: the widths of consecutive column
+    blocks of ``X`` (summing to d), each a view of the same images; each gets its own neighbour graph and
+    the graphs are fused by :func:`intersect_graphs` before the layout.
     """
     X = np.ascontiguousarray(X, dtype=np.float32)
     n = len(X)
@@ -376,13 +417,23 @@ def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15,
         raise UserError(f"UMAP needs at least 3 samples, got {n}")
     if metric not in ("euclidean", "cosine"):
         raise UserError(f"UMAP metric {metric!r}: use euclidean or cosine")
+    widths = [X.shape[1]] if views is None else [int(w) for w in views]
+    if sum(widths) != X.shape[1] or min(widths) < 1:
+        raise UserError(f"UMAP views of widths {widths} do not tile the {X.shape[1]} feature columns")
+    bounds = np.cumsum([0] + widths)
+    blocks = [X[:, a:b] for a, b in zip(bounds[:-1], bounds[1:])]
     if metric == "cosine":
-        X = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+        blocks = [B / np.maximum(np.linalg.norm(B, axis=1, keepdims=True), 1e-12) for B in blocks]
+        X = np.hstack(blocks)
     k = int(min(n_neighbors, n - 1))
-    idx, dist = nearest_neighbors(X, k, exact_max=exact_max, seed=0 if seed is None else seed)
-    if metric == "cosine":
-        dist = dist**2 / 2
-    G = fuzzy_simplicial_set(idx, dist)
+    graphs = []
+    for block in blocks:
+        idx, dist = nearest_neighbors(np.ascontiguousarray(block), k, exact_max=exact_max,
+                                      seed=0 if seed is None else seed)
+        if metric == "cosine":
+            dist = dist**2 / 2
+        graphs.append(fuzzy_simplicial_set(idx, dist))
+    G = intersect_graphs(graphs)
     epochs = default_epochs(n) if n_epochs is None else int(n_epochs)
     Y = spectral_init(G, int(n_components), seed, X=X)
     # UMAP scales each coordinate of the start into [0, 10]

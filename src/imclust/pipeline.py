@@ -157,6 +157,9 @@ class Pipeline:
         self.timings_["encode"] = time.perf_counter() - t
         self.features_ = check_finite(X, f"encode ({self.encoder.component_name})")
         X = self.features_
+        if self.reducers and hasattr(self.reducers[0], "set_view_dims"):
+            # the column blocks of an encoder with several views (multi-view reducers build a graph per view)
+            self.reducers[0].set_view_dims(getattr(self.encoder, "view_dims_", None))
         for i, r in enumerate(self.reducers):
             t = time.perf_counter()
             log(f"[{self.name}] reduce with {r.component_name}")

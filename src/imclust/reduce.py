@@ -469,11 +469,17 @@ class UMAP(_KNNPlacement, Reducer):
     umap-learn) mean the same for both. With a ``random_state`` umap-learn runs single-threaded and is
     reproducible; ``random_state = -1`` lets it run in parallel (faster, not reproducible); our backend is
     reproducible either way. New points: k-nearest-neighbour placement (see the base).
+
+    ``views = "intersect"`` (our backend, first reducer after a ``views`` encoder): one neighbour graph per
+    view of the encoder, fused by fuzzy intersection (:func:`imclust.manifold.intersect_graphs`), so the
+    layout keeps the neighbours the views agree on. ``views = "joint"``: one graph of all the columns.
     """
+
+    VIEW_MODES = ("joint", "intersect")
 
     def __init__(self, n_components: int = 10, n_neighbors: int = 15, min_dist: float = 0.0, metric: str = "euclidean",
                  n_epochs: int | None = None, backend: str = "imclust", out_of_sample: str = "knn",
-                 placement_neighbors: int = 10, random_state: int | None = 0):
+                 placement_neighbors: int = 10, views: str = "joint", random_state: int | None = 0):
         self.n_components = n_components
         self.n_neighbors = n_neighbors
         self.min_dist = min_dist
@@ -482,7 +488,13 @@ class UMAP(_KNNPlacement, Reducer):
         self.backend = backend
         self.out_of_sample = out_of_sample
         self.placement_neighbors = placement_neighbors
+        self.views = views
         self.random_state = random_state
+
+    def set_view_dims(self, dims: list[int] | None) -> None:
+        """The widths of the encoder's views in the columns to come (the pipeline calls this for its first
+        reducer; None when the encoder has no views)."""
+        self._view_dims = None if dims is None else [int(d) for d in dims]
 
     def fit(self, X, y=None):
         self.fit_transform(X)
@@ -502,6 +514,13 @@ class UMAP(_KNNPlacement, Reducer):
             raise UserError(f"umap n_neighbors must be a whole number of at least 2, got {self.n_neighbors!r}")
         if self.n_epochs is not None and (not isinstance(self.n_epochs, (int, np.integer)) or self.n_epochs < 1):
             raise UserError(f"umap n_epochs must be a whole number of at least 1 (or None), got {self.n_epochs!r}")
+        if self.views not in self.VIEW_MODES:
+            raise UserError(f"umap views {self.views!r}: use {' or '.join(self.VIEW_MODES)}")
+        if self.views == "intersect" and self.backend != "imclust":
+            raise UserError("umap views = 'intersect' needs backend = 'imclust' (umap-learn builds one graph)")
+        if self.views == "intersect" and getattr(self, "_view_dims", None) is None:
+            raise UserError("umap views = 'intersect' needs a 'views' encoder right before it (no reducer in "
+                            "between); with another encoder use views = 'joint'")
         if self.backend == "imclust":
             emb = self._fit_imclust(X)
         else:
@@ -517,7 +536,8 @@ class UMAP(_KNNPlacement, Reducer):
                             "other metrics need backend = 'umap-learn'")
         seed = None if self.random_state in (None, -1) else int(self.random_state)
         return umap_embedding(X, n_components=int(self.n_components), n_neighbors=int(self.n_neighbors),
-                              min_dist=float(self.min_dist), n_epochs=self.n_epochs, metric=self.metric, seed=seed)
+                              min_dist=float(self.min_dist), n_epochs=self.n_epochs, metric=self.metric, seed=seed,
+                              views=self._view_dims if self.views == "intersect" else None)
 
     def _fit_umap_learn(self, X):
         import warnings

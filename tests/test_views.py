@@ -1,0 +1,83 @@
+"""The views encoder (several encoders side by side) and the multi-view recipe, on small real data."""
+
+import json
+
+import numpy as np
+import pytest
+
+from imclust.api import build_pipeline, fit_pipeline
+from imclust.base import build
+from imclust.data import load_source
+from imclust.errors import UserError
+from imclust.pipeline import Pipeline
+
+PIXELS_AND_HOG = {"pixels": {"type": "pixels"}, "shape": {"type": "hog", "cell_px": [4], "grids": [4]}}
+
+
+@pytest.fixture(scope="module")
+def digits300():
+    return load_source("digits").subset(np.arange(300))
+
+
+def test_views_are_reduced_centred_and_scaled_side_by_side(digits300):
+    enc = build({"type": "views", "views": PIXELS_AND_HOG, "pca": 20}, kind="encoder")
+    F = enc.fit_transform(digits300)
+    # in the order of the names: pixels (64 columns, PCA to 20), then shape (HOG, PCA to 20)
+    assert enc.view_dims_ == [20, 20] and F.shape == (300, 40) and F.dtype == np.float32
+    for block in (F[:, :20], F[:, 20:]):
+        assert np.abs(block.mean(0)).max() < 1e-4
+        assert np.sqrt((block.astype(np.float64) ** 2).sum(1).mean()) == pytest.approx(1.0, rel=1e-4)
+    np.testing.assert_allclose(enc.transform(digits300), F, atol=1e-5)
+    narrow = build({"type": "views", "views": PIXELS_AND_HOG, "pca": 0}, kind="encoder").fit(digits300)
+    assert narrow.view_dims_[0] == 64 and not narrow.pcas_  # pca = 0 keeps each view whole
+
+
+@pytest.mark.parametrize("views, pca, match", [
+    ({}, 50, "at least one view"),
+    ({"a": {"cell_px": [4]}}, 50, "with an encoder type"),
+    ({"a.b": {"type": "pixels"}}, 50, "no dots"),
+    ({"a": {"type": "views", "views": PIXELS_AND_HOG}}, 50, "itself a views encoder"),
+    ({"a": {"type": "pixels", "bogus": 1}}, 50, "view 'a'.*unknown option"),
+    ({"a": {"type": "kmeans"}}, 50, "view 'a'.*not an encoder"),
+    (PIXELS_AND_HOG, -1, "pca must be"),
+])
+def test_views_encoder_refuses_bad_views(digits300, views, pca, match):
+    with pytest.raises(UserError, match=match):
+        build({"type": "views", "views": views, "pca": pca}, kind="encoder").fit(digits300)
+
+
+def test_multi_view_pipeline_saves_and_loads_without_changing_a_prediction(digits300, tmp_path, one_torch_thread):
+    pipe, _ = build_pipeline("hog-ae-umap", ["encoder.views.autoencoder.min_steps=30",
+                                             "encoder.views.autoencoder.epochs=1"], seed=3)
+    fit_pipeline(pipe, digits300, 10)
+    ae = pipe.encoder.encoders_["autoencoder"]
+    assert ae.seed == 3  # the pipeline's seed reaches the views
+    assert pipe.encoder.view_dims_ == [10, 50]
+    pipe.save(tmp_path / "m")
+    json.loads((tmp_path / "m" / "pipeline.json").read_text())
+    loaded = Pipeline.load(tmp_path / "m")
+    assert list(loaded.encoder.encoders_) == ["autoencoder", "hog"]
+    first50 = digits300.subset(np.arange(50))
+    np.testing.assert_allclose(loaded.transform(first50), pipe.transform(first50), atol=1e-5)
+    np.testing.assert_array_equal(loaded.predict(digits300), pipe.predict(digits300))
+
+
+def test_intersected_views_cluster_digits_better_than_chance(digits300):
+    pipe, _ = build_pipeline("hog-ae-umap", ["encoder.views={pixels={type='pixels'}, shape={type='hog'}}"], seed=0)
+    fit_pipeline(pipe, digits300, 10)
+    from imclust.metrics import evaluate
+
+    assert evaluate(pipe.labels_, digits300.labels)["acc"] > 0.7  # chance is about 0.1
+
+
+def test_default_grey_run_draws_the_autoencoder_views_figures(tmp_path, one_torch_thread):
+    from imclust.api import run
+
+    # the grey default trains its autoencoder view: its loss curve and reconstructions reach the run folder
+    res = run("digits", out=tmp_path / "run", seed=0, overrides=["encoder.views.autoencoder.min_steps=20",
+                                                                 "encoder.views.autoencoder.epochs=1"])
+    assert res.recipe_name == "hog-ae-umap"
+    for name in ("loss_curve.png", "reconstructions.png", "history.json"):
+        assert (tmp_path / "run" / name).is_file(), name
+    page = (tmp_path / "run" / "report.html").read_text()
+    assert 'alt="training loss per epoch"' in page and 'alt="originals and reconstructions"' in page
