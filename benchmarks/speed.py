@@ -6,7 +6,7 @@ output: report, figures, thumbnails), ``--runs`` times; the median wall time and
 that with ``--set reducers.1.backend='umap-learn'`` (umap-learn's first run fills numba's cache; the others
 use it).
 
-``stages``: the non-trained stages (neighbour graph, manifold embedding, GMM clusterer) on the default recipe's
+``stages``: the non-trained stages (neighbour graph, manifold embedding, GMM clusterer) on hog-umap's
 features (HOG -> PCA-50, computed once by the parent and handed to each child as a file), each side in a fresh
 Python process per dataset and seed:
 
@@ -227,7 +227,7 @@ def stages(args) -> str:
     return (f"## Non-trained stages against umap-learn, fresh processes (issue 15)\n\n"
             f"Command: `{command()}`  \nMachine: {machine()}; 1-min load average {args.load_start:.1f} at the start, "
             f"{load_average():.1f} at the end  \nDate: {today()}  \n"
-            f"Features: the default recipe's (HOG -> PCA-50). Stages: neighbour graph + 10-D UMAP embedding + GMM "
+            f"Features: hog-umap's (HOG -> PCA-50). Stages: neighbour graph + 10-D UMAP embedding + GMM "
             f"(full covariance, best of 10 starts); mean over seeds {args.seeds}, every side in its own fresh process "
             "per seed. \"import umap s\" is the time to import umap-learn (with pynndescent and numba) inside the "
             "child (for the last side with the cache set-up); it is not part of the stages. On the last side the "

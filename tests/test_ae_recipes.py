@@ -109,8 +109,9 @@ def test_cli_bad_recipe_option_is_one_line(tmp_path):
 @pytest.mark.slow
 def test_n2d_and_default_recipes_on_digits(tmp_path):
     # the recipes' own settings; chance is 0.1. The default recipe must hold issue 3's digits target (0.95).
-    # This call gives 0.966; with umap-learn as the UMAP backend it gives 0.963, and gave 0.949 (a failure)
-    # with the previous 0.7-px blur (`encoder.sigma=0.7`).
+    # This call (hog-ae-umap, seed 0) gives 0.955; seeds 1 and 2 give 0.904 and 0.953 (the scoreboard in
+    # benchmarks/RESULTS.md), so on the mean of three seeds the default is below that target; hog-umap,
+    # the HOG view alone, gives 0.966 on every seed.
     for recipe, least in (("n2d", 0.7), (default_recipe(), 0.95)):
         res = api.run("digits", recipe=recipe, seed=0)
         assert res.metrics["acc"] >= least, (recipe, res.metrics["acc"])
