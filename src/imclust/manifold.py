@@ -157,7 +157,7 @@ def fuzzy_simplicial_set(idx: np.ndarray, dist: np.ndarray, local_connectivity: 
 def symmetric_union(P):
     """The fuzzy union ``P + Pᵀ - P∘Pᵀ`` of a (possibly asymmetric) membership matrix, as CSR float32."""
     Pt = P.T.tocsr()
-    G = (P + Pt - P.multiply(Pt)).tocsr().astype(np.float32)
+    G = (P + Pt - P.multiply(Pt)).tocsr().astype(np.float32, copy=False)
     G.eliminate_zeros()
     G.sort_indices()
     return G
@@ -178,10 +178,7 @@ def intersect_graphs(graphs: list):
         raise ValueError("intersect_graphs needs at least one graph")
     if len(graphs) == 1:
         return graphs[0]
-    support = graphs[0].copy().tocsr()
-    for G in graphs[1:]:
-        support = support + G
-    support = support.tocsr()
+    support = sum(graphs[1:], graphs[0]).tocsr()  # every edge some view has
     support.eliminate_zeros()
     rows, cols = support.nonzero()
     log_sum = np.zeros(len(rows))

@@ -63,6 +63,9 @@ class ViewsEncoder(Encoder):
                 enc.set_params(**{key: self.seed})
         return enc
 
+    def _new_pca(self):
+        return build({"type": "pca", "n_components": int(self.pca), "random_state": self.seed}, kind="reducer")
+
     # -- fitting ---------------------------------------------------------------------------------------
     def fit(self, ds: ImageSet, y=None):
         self.fit_transform(ds)
@@ -77,8 +80,7 @@ class ViewsEncoder(Encoder):
             log(f"[views] view {name!r}: {enc.component_name}")
             F = np.asarray(enc.fit_transform(ds), dtype=np.float32)
             if self.pca and F.shape[1] > self.pca:
-                self.pcas_[name] = build({"type": "pca", "n_components": int(self.pca), "random_state": self.seed},
-                                         kind="reducer")
+                self.pcas_[name] = self._new_pca()
                 F = self.pcas_[name].fit_transform(F)
             centre = F.mean(0)
             F = F - centre
@@ -144,6 +146,6 @@ class ViewsEncoder(Encoder):
             self.encoders_[name] = enc
             self.centres_[name] = np.asarray(arrays[f"centre.{name}"], dtype=np.float32)
             if "pca" in entry:
-                pca = build({"type": "pca", "n_components": int(self.pca), "random_state": self.seed}, kind="reducer")
+                pca = self._new_pca()
                 pca.set_state({k: arrays[f"pca.{name}.{k}"] for k in entry["pca_arrays"]}, entry["pca"])
                 self.pcas_[name] = pca
