@@ -163,7 +163,7 @@ def test_umap_reducer_refuses_bad_options():
     with pytest.raises(UserError, match="needs a 'views' encoder"):
         UMAP(views="intersect").fit(X)
     red = UMAP(views="intersect", backend="umap-learn")
-    red.set_view_dims([4, 4])
+    red.set_views([4, 4])
     with pytest.raises(UserError, match="backend = 'imclust'"):
         red.fit(X)
 
@@ -219,3 +219,129 @@ def test_intersected_views_keep_the_neighbours_both_views_see():
     assert emb.shape == (400, 2) and np.isfinite(emb).all()
     with pytest.raises(UserError, match="do not tile"):
         M.umap_embedding(Z, views=[2, 1])
+
+
+def _subspaces(n_per=40, k=3, d=30, dim=3, seed=0):
+    """Points on k random linear subspaces of dimension ``dim`` through the origin: overlapping near the
+    origin, so Euclidean neighbours mix the classes while each point is a combination of its own class."""
+    rs = np.random.RandomState(seed)
+    bases = [np.linalg.qr(rs.randn(d, dim))[0] for _ in range(k)]
+    X = np.concatenate([rs.randn(n_per, dim) @ B.T for B in bases]).astype(np.float32)
+    return X, np.repeat(np.arange(k), n_per)
+
+
+def test_mean_conductance_by_hand():
+    import scipy.sparse as sp
+
+    # two triangles (weights 1) joined by one edge of weight 0.5
+    W = np.zeros((6, 6), np.float32)
+    for i, j in [(0, 1), (1, 2), (0, 2), (3, 4), (4, 5), (3, 5)]:
+        W[i, j] = W[j, i] = 1.0
+    W[2, 3] = W[3, 2] = 0.5
+    G = sp.csr_matrix(W)
+    # each triangle: volume 6.5, 0.5 of it leaves
+    assert M.mean_conductance(G, np.array([0, 0, 0, 1, 1, 1])) == pytest.approx(0.5 / 6.5)
+    assert M.mean_conductance(G, np.zeros(6, int)) == 0.0
+    # cutting a triangle apart: {0, 1} loses 2 of its 4, {2..5} loses 2 of its 9
+    assert M.mean_conductance(G, np.array([0, 0, 1, 1, 1, 1])) == pytest.approx((2 / 4 + 2 / 9) / 2)
+
+
+@pytest.mark.parametrize("n_per, d", [(40, 30), (8, 60)])  # the feature-dimension and the Gram-matrix solve
+def test_self_expressive_graph_keeps_the_largest_coefficients(n_per, d):
+    X, _ = _subspaces(n_per=n_per, k=3, d=d)
+    n, keep = len(X), 5
+    G = M.self_expressive_graph(X, n_neighbors=keep + 1, ridge=0.5).toarray()
+    Xn = X.astype(np.float64) - X.mean(0)
+    Xn /= np.linalg.norm(Xn, axis=1, keepdims=True)
+    gram = Xn @ Xn.T
+    C = np.abs(np.linalg.solve(gram + 0.5 * np.eye(n), gram))  # the n×n definition
+    np.fill_diagonal(C, -1)
+    top = np.argsort(-C, axis=1)[:, :keep]
+    P = np.zeros((n, n))
+    np.put_along_axis(P, top, np.take_along_axis(C, top, 1) / C.max(1, keepdims=True), 1)
+    ref = P + P.T - P * P.T
+    np.testing.assert_allclose(G, ref, atol=1e-4)
+
+
+def test_self_expressive_graph_separates_subspaces_that_euclidean_neighbours_mix():
+    X, y = _subspaces(d=12, dim=4)  # 4-D subspaces in 12-D: close in angle, so Euclidean neighbours cross
+    subspace = M.self_expressive_graph(X, n_neighbors=10)
+    idx, dist = M.nearest_neighbors(X, 10)
+    euclidean = M.fuzzy_simplicial_set(idx, dist)
+    # labels only score the graphs here
+    assert M.mean_conductance(subspace, y) < 0.05 < 0.2 < M.mean_conductance(euclidean, y)
+
+
+def _two_views(shared_has_groups: bool, n_per=40, k=3, seed=0):
+    """A view named "px" holding subspaces, and a view "other" holding either well-separated blobs of the
+    same classes or plain noise; the pixels hold noise when the other view holds the groups."""
+    rs = np.random.RandomState(seed)
+    S, y = _subspaces(n_per=n_per, k=k, seed=seed)
+    blobs, _ = _blobs(n_per=n_per, k=k, d=6, sep=10.0, seed=seed)
+    if shared_has_groups:
+        return np.hstack([blobs, rs.randn(*S.shape).astype(np.float32)]), y
+    return np.hstack([rs.randn(*blobs.shape).astype(np.float32), S]), y
+
+
+@pytest.mark.parametrize("shared_has_groups", [True, False])
+def test_umap_subspace_view_is_laid_out_only_where_its_groups_are_cleaner(shared_has_groups):
+    from imclust.cluster import KMeans
+
+    X, y = _two_views(shared_has_groups)
+    red = UMAP(n_components=3, n_neighbors=10, n_epochs=100, views="intersect", subspace="px")
+    red.set_views([6, 30], ["other", "px"])
+    red.set_n_clusters(3)
+    Z = red.fit_transform(X)
+    choice = red.graph_choice_
+    assert choice["k"] == 3 and set(choice["mean_conductance"]) == {UMAP.SHARED, UMAP.SUBSPACE}
+    assert choice["chosen"] == (UMAP.SHARED if shared_has_groups else UMAP.SUBSPACE)
+    assert evaluate(KMeans(3).fit_predict(Z), y)["acc"] > 0.9
+
+
+def test_umap_subspace_choice_without_a_given_k_uses_the_middle_of_the_auto_range():
+    X, _ = _two_views(False)
+    red = UMAP(n_components=2, n_neighbors=10, n_epochs=30, views="intersect", subspace="px")
+    red.set_views([6, 30], ["other", "px"])
+    red.set_n_clusters("auto:4-16")
+    red.fit(X)
+    assert red.graph_choice_["k"] == 8
+
+
+def test_umap_subspace_option_refuses_what_it_cannot_use():
+    X, _ = _two_views(True)
+    red = UMAP(views="intersect", subspace="nope")
+    red.set_views([6, 30], ["other", "px"])
+    with pytest.raises(UserError, match="no view of that name.*other, px"):
+        red.fit(X)
+    red = UMAP(views="joint", subspace="px")
+    red.set_views([6, 30], ["other", "px"])
+    with pytest.raises(UserError, match="needs views = 'intersect'"):
+        red.fit(X)
+    red = UMAP(views="intersect", subspace="px")
+    red.set_views([36], ["px"])
+    with pytest.raises(UserError, match="at least one other view"):
+        red.fit(X)
+    red = UMAP(views="intersect", subspace="px", subspace_ridge=0)
+    red.set_views([6, 30], ["other", "px"])
+    with pytest.raises(UserError, match="subspace_ridge"):
+        red.fit(X)
+
+
+def test_umap_subspace_layout_places_new_points_by_self_expression():
+    from imclust.base import build
+    from imclust.cluster import KMeans
+
+    X, y = _two_views(False, n_per=60)
+    train, new = np.arange(0, len(X), 2), np.arange(1, len(X), 2)
+    red = UMAP(n_components=3, n_neighbors=10, n_epochs=100, views="intersect", subspace="px")
+    red.set_views([6, 30], ["other", "px"])
+    red.set_n_clusters(3)
+    Z = red.fit_transform(X[train])
+    assert red.graph_choice_["chosen"] == UMAP.SUBSPACE
+    groups = KMeans(3).fit(Z)
+    assert evaluate(groups.predict(red.transform(X[new])), y[new])["acc"] > 0.9
+    near = red.transform(X[train[:5]])  # a training point expresses itself best: it lands on its own place
+    assert np.linalg.norm(near - Z[:5], axis=1).max() < np.ptp(Z, axis=0).max() * 0.1
+    twin = build(red.to_spec())
+    twin.set_state(*red.get_state())
+    np.testing.assert_array_equal(twin.transform(X[new]), red.transform(X[new]))

@@ -30,6 +30,14 @@ def test_views_are_reduced_centred_and_scaled_side_by_side(digits300):
     np.testing.assert_allclose(enc.transform(digits300), F, atol=1e-5)
     narrow = build({"type": "views", "views": PIXELS_AND_HOG, "pca": 0}, kind="encoder").fit(digits300)
     assert narrow.view_dims_[0] == 64 and not narrow.pcas_  # pca = 0 keeps each view whole
+    whole = build({"type": "views", "views": PIXELS_AND_HOG, "pca": 20, "unreduced": ["pixels"]},
+                  kind="encoder").fit(digits300)
+    assert whole.view_dims_ == [64, 20] and whole.view_names_ == ["pixels", "shape"] and list(whole.pcas_) == ["shape"]
+
+
+def test_views_encoder_refuses_an_unreduced_view_it_does_not_have(digits300):
+    with pytest.raises(UserError, match="unreduced must list view names.*pixels, shape"):
+        build({"type": "views", "views": PIXELS_AND_HOG, "unreduced": ["pixel"]}, kind="encoder").fit(digits300)
 
 
 @pytest.mark.parametrize("views, pca, match", [
@@ -52,22 +60,27 @@ def test_multi_view_pipeline_saves_and_loads_without_changing_a_prediction(digit
     fit_pipeline(pipe, digits300, 10)
     ae = pipe.encoder.encoders_["autoencoder"]
     assert ae.seed == 3  # the pipeline's seed reaches the views
-    assert pipe.encoder.view_dims_ == [10, 50]
+    assert pipe.encoder.view_dims_ == [10, 50, 32 * 32]  # the pixels view is kept whole, at 32×32
+    assert pipe.reducers[0].graph_choice_["k"] == 10  # the run's k reaches the graph comparison
     pipe.save(tmp_path / "m")
-    json.loads((tmp_path / "m" / "pipeline.json").read_text())
+    saved = json.loads((tmp_path / "m" / "pipeline.json").read_text())
     loaded = Pipeline.load(tmp_path / "m")
-    assert list(loaded.encoder.encoders_) == ["autoencoder", "hog"]
+    assert list(loaded.encoder.encoders_) == ["autoencoder", "hog", "pixels"]
+    assert loaded.reducers[0].graph_choice_ == pipe.reducers[0].graph_choice_ and saved
     first50 = digits300.subset(np.arange(50))
     np.testing.assert_allclose(loaded.transform(first50), pipe.transform(first50), atol=1e-5)
     np.testing.assert_array_equal(loaded.predict(digits300), pipe.predict(digits300))
 
 
 def test_intersected_views_cluster_digits_better_than_chance(digits300):
-    pipe, _ = build_pipeline("hog-ae-umap", ["encoder.views={pixels={type='pixels'}, shape={type='hog'}}"], seed=0)
+    pipe, _ = build_pipeline("hog-ae-umap", ["encoder.views={raw={type='pixels'}, shape={type='hog'}}",
+                                             "encoder.unreduced=[]", "reducers.0.subspace='raw'"], seed=0)
     fit_pipeline(pipe, digits300, 10)
     from imclust.metrics import evaluate
 
     assert evaluate(pipe.labels_, digits300.labels)["acc"] > 0.7  # chance is about 0.1
+    # digits are not linear subspaces: the HOG view's neighbours give the cleaner groups
+    assert pipe.reducers[0].graph_choice_["chosen"] == "shared neighbours"
 
 
 def test_default_grey_run_draws_the_autoencoder_views_figures(tmp_path, one_torch_thread):

@@ -18,6 +18,8 @@ UMAP (McInnes, Healy & Melville, 2018) in four steps, each on a well-kept librar
    layout every time.
 
 :func:`umap_embedding` runs the four steps; the ``umap`` reducer (:mod:`imclust.reduce`) uses it by default.
+:func:`self_expressive_graph` builds a graph of another kind (linear subspaces) that the reducer can lay out
+instead of the neighbour graph.
 """
 
 from __future__ import annotations
@@ -192,6 +194,89 @@ def intersect_graphs(graphs: list):
     top = np.asarray(P.max(axis=1).todense()).ravel()
     P = sp.diags(1.0 / np.where(top > 0, top, 1.0)) @ P
     return symmetric_union(P.tocsr())
+
+
+def _unit_rows(X: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    X = np.asarray(X, dtype=np.float64) - centre
+    return X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
+
+
+def _expression_map(Xn: np.ndarray, ridge: float) -> np.ndarray:
+    """``Xn (XnᵀXn + ridge·I)⁻¹`` (n, d) as float32: its product with a unit row ``q`` gives the ridge
+    coefficients of every row of ``Xn`` in expressing ``q``. Solved in the smaller of the two dimensions."""
+    n, d = Xn.shape
+    if d <= n:
+        return (Xn @ np.linalg.inv(Xn.T @ Xn + ridge * np.eye(d))).astype(np.float32)
+    # fewer points than features: Xn (XnᵀXn + rI)⁻¹ = (XnXnᵀ + rI)⁻¹ Xn
+    return np.linalg.solve(Xn @ Xn.T + ridge * np.eye(n), Xn).astype(np.float32)
+
+
+def _strongest_coefficients(XM: np.ndarray, Q: np.ndarray, k: int, skip_self: bool, block_floats: int):
+    """For each unit row of ``Q``, the ``k`` training rows with the largest |coefficient| and those values."""
+    n = len(XM)
+    Qt = np.ascontiguousarray(Q.T, dtype=np.float32)
+    rows = max(1, int(block_floats // n))
+    idx = np.empty((len(Q), k), dtype=np.int64)
+    val = np.empty((len(Q), k), dtype=np.float32)
+    for a in range(0, len(Q), rows):
+        C = np.abs(XM @ Qt[:, a:a + rows]).T  # (block, n)
+        if skip_self:
+            C[np.arange(len(C)), np.arange(a, a + len(C))] = -1.0  # never its own neighbour
+        top = np.argpartition(-C, k - 1, axis=1)[:, :k]
+        idx[a:a + rows], val[a:a + rows] = top, np.take_along_axis(C, top, 1)
+    return idx, val
+
+
+def self_expressive_graph(X: np.ndarray, n_neighbors: int = 15, ridge: float = 1.0, block_floats: int = 32_000_000):
+    """A subspace graph: each point written as a ridge-regularised linear combination of all the others
+    (least-squares self-expression; Lu et al. 2012, the linear core of deep subspace clustering), its
+    ``n_neighbors - 1`` largest coefficients by magnitude kept as edges.
+
+    Points in one linear subspace (a face under every lighting, say) express each other and barely the
+    points of another subspace, so such classes come out as separate parts of the graph even when they are
+    not separated by Euclidean distance. The rows of ``X`` are centred and scaled to unit norm; with
+    ``Xn`` those rows the coefficients are ``C = Xn (XnᵀXn + ridge·I)⁻¹ Xnᵀ`` (the same as the n×n form
+    ``(G + ridge·I)⁻¹ G`` of the Gram matrix ``G``), computed in blocks of at most ``block_floats`` values,
+    the diagonal ignored. Each point's strongest edge is scaled to 1 and the graph made symmetric by the
+    fuzzy union, as :func:`fuzzy_simplicial_set` does for distances.
+    """
+    import scipy.sparse as sp
+
+    n = len(X)
+    if n < 3:
+        raise UserError(f"a self-expressive graph needs at least 3 samples, got {n}")
+    Xn = _unit_rows(X, np.asarray(X, dtype=np.float64).mean(0))
+    k = int(min(n_neighbors - 1, n - 1))
+    idx, val = _strongest_coefficients(_expression_map(Xn, ridge), Xn, k, True, block_floats)
+    val /= np.maximum(val.max(1, keepdims=True), 1e-12)
+    P = sp.csr_matrix((val.ravel(), (np.repeat(np.arange(n), k), idx.ravel())), shape=(n, n))
+    return symmetric_union(P)
+
+
+def place_by_self_expression(X_train: np.ndarray, emb_train: np.ndarray, X_new: np.ndarray, k: int = 10,
+                             ridge: float = 1.0, block_floats: int = 32_000_000) -> np.ndarray:
+    """Place new points where :func:`self_expressive_graph` would tie them: at the mean of the embeddings of
+    the ``k`` training points with the largest |coefficient| in expressing each new point (rows centred
+    with the training mean and scaled to unit norm), weighted by those coefficients."""
+    centre = np.asarray(X_train, dtype=np.float64).mean(0)
+    XM = _expression_map(_unit_rows(X_train, centre), ridge)
+    k = int(min(k, len(X_train)))
+    idx, val = _strongest_coefficients(XM, _unit_rows(X_new, centre), k, False, block_floats)
+    w = val / np.maximum(val.sum(1, keepdims=True), 1e-12)
+    return np.einsum("nk,nkd->nd", w, np.asarray(emb_train, dtype=np.float32)[idx]).astype(np.float32)
+
+
+def mean_conductance(G, labels: np.ndarray) -> float:
+    """How cleanly a partition is cut out of the graph ``G``: the mean over clusters of the share of each
+    cluster's edge weight that leaves it (0: every cluster is a separate part of the graph)."""
+    G = G.tocoo()
+    labels = np.asarray(labels, dtype=np.int64)
+    k = int(labels.max()) + 1
+    volume = np.bincount(labels[G.row], weights=G.data, minlength=k)
+    inside = labels[G.row] == labels[G.col]
+    within = np.bincount(labels[G.row][inside], weights=G.data[inside], minlength=k)
+    used = volume > 0
+    return float(np.mean(1.0 - within[used] / volume[used]))
 
 
 # -- 3. spectral start ----------------------------------------------------------------------------------
@@ -397,18 +482,12 @@ def optimize_layout(Y: np.ndarray, G, n_epochs: int, a: float, b: float, seed: i
     return np.ascontiguousarray(YT.T)
 
 
-def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15, min_dist: float = 0.1,
-                   spread: float = 1.0, n_epochs: int | None = None, negative_sample_rate: int = 5,
-                   metric: str = "euclidean", seed: int | None = 0, exact_max: int = 200_000,
-                   views: list[int] | None = None, desc: str = "UMAP layout") -> np.ndarray:
-    """UMAP of ``X`` (n, d) → (n, n_components) float32 through the four steps of this module.
-
-    ``metric``: ``euclidean``, or ``cosine`` (1 - cos, found as Euclidean neighbours of the unit vectors).
-    ``n_neighbors`` counts the point itself, as in umap-learn. ``views``: the widths of consecutive column
-    blocks of ``X`` (summing to d), each a view of the same images; each gets its own neighbour graph and
-    the graphs are fused by :func:`intersect_graphs` before the layout.
-    """
-    X = np.ascontiguousarray(X, dtype=np.float32)
+def view_graph(X: np.ndarray, n_neighbors: int = 15, metric: str = "euclidean", seed: int | None = 0,
+               exact_max: int = 200_000, views: list[int] | None = None):
+    """UMAP's fuzzy neighbour graph of ``X`` (n, d): steps 1 and 2. ``views``: the widths of consecutive
+    column blocks of ``X`` (summing to d), each a view of the same images; each gets its own graph and the
+    graphs are fused by :func:`intersect_graphs`."""
+    X = np.asarray(X, dtype=np.float32)
     n = len(X)
     if n < 3:
         raise UserError(f"UMAP needs at least 3 samples, got {n}")
@@ -418,26 +497,51 @@ def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15,
     if sum(widths) != X.shape[1] or min(widths) < 1:
         raise UserError(f"UMAP views of widths {widths} do not tile the {X.shape[1]} feature columns")
     bounds = np.cumsum([0] + widths)
-    blocks = [X[:, a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-    if metric == "cosine":
-        blocks = [B / np.maximum(np.linalg.norm(B, axis=1, keepdims=True), 1e-12) for B in blocks]
-        X = np.hstack(blocks)
     k = int(min(n_neighbors, n - 1))
     graphs = []
-    for block in blocks:
-        idx, dist = nearest_neighbors(np.ascontiguousarray(block), k, exact_max=exact_max,
-                                      seed=0 if seed is None else seed)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        block = np.ascontiguousarray(X[:, a:b])
+        if metric == "cosine":
+            block = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+        idx, dist = nearest_neighbors(block, k, exact_max=exact_max, seed=0 if seed is None else seed)
         if metric == "cosine":
             dist = dist**2 / 2
         graphs.append(fuzzy_simplicial_set(idx, dist))
-    G = intersect_graphs(graphs)
-    epochs = default_epochs(n) if n_epochs is None else int(n_epochs)
-    Y = spectral_init(G, int(n_components), seed, X=X)
+    return intersect_graphs(graphs)
+
+
+def graph_layout(G, X: np.ndarray, n_components: int = 10, min_dist: float = 0.1, spread: float = 1.0,
+                 n_epochs: int | None = None, negative_sample_rate: int = 5, seed: int | None = 0,
+                 desc: str = "UMAP layout") -> np.ndarray:
+    """UMAP's layout of the fuzzy graph ``G``: steps 3 and 4 (``X``, the points' features, places the
+    graph's connected components)."""
+    epochs = default_epochs(G.shape[0]) if n_epochs is None else int(n_epochs)
+    Y = spectral_init(G, int(n_components), seed, X=np.asarray(X, dtype=np.float32))
     # UMAP scales each coordinate of the start into [0, 10]
     lo, hi = Y.min(0), Y.max(0)
     Y = 10.0 * (Y - lo) / np.maximum(hi - lo, 1e-12)
     a, b = find_ab_params(spread, min_dist)
     return optimize_layout(Y, G, epochs, a, b, seed, negative_sample_rate, desc=desc)
+
+
+def umap_embedding(X: np.ndarray, n_components: int = 10, n_neighbors: int = 15, min_dist: float = 0.1,
+                   spread: float = 1.0, n_epochs: int | None = None, negative_sample_rate: int = 5,
+                   metric: str = "euclidean", seed: int | None = 0, exact_max: int = 200_000,
+                   views: list[int] | None = None, desc: str = "UMAP layout") -> np.ndarray:
+    """UMAP of ``X`` (n, d) → (n, n_components) float32 through the four steps of this module
+    (:func:`view_graph`, then :func:`graph_layout`).
+
+    ``metric``: ``euclidean``, or ``cosine`` (1 - cos, found as Euclidean neighbours of the unit vectors).
+    ``n_neighbors`` counts the point itself, as in umap-learn. ``views``: see :func:`view_graph`.
+    """
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    G = view_graph(X, n_neighbors, metric, seed, exact_max, views)
+    if metric == "cosine":
+        widths = [X.shape[1]] if views is None else [int(w) for w in views]
+        bounds = np.cumsum([0] + widths)
+        X = np.hstack([X[:, a:b] / np.maximum(np.linalg.norm(X[:, a:b], axis=1, keepdims=True), 1e-12)
+                       for a, b in zip(bounds[:-1], bounds[1:])])
+    return graph_layout(G, X, n_components, min_dist, spread, n_epochs, negative_sample_rate, seed, desc)
 
 
 def place_by_neighbours(X_train: np.ndarray, emb_train: np.ndarray, X_new: np.ndarray, k: int = 10) -> np.ndarray:

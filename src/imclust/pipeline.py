@@ -157,9 +157,12 @@ class Pipeline:
         self.timings_["encode"] = time.perf_counter() - t
         self.features_ = check_finite(X, f"encode ({self.encoder.component_name})")
         X = self.features_
-        if self.reducers and hasattr(self.reducers[0], "set_view_dims"):
+        if self.reducers and hasattr(self.reducers[0], "set_views"):
             # the column blocks of an encoder with several views (multi-view reducers build a graph per view)
-            self.reducers[0].set_view_dims(getattr(self.encoder, "view_dims_", None))
+            self.reducers[0].set_views(getattr(self.encoder, "view_dims_", None), getattr(self.encoder, "view_names_", None))
+        for r in self.reducers:
+            if hasattr(r, "set_n_clusters"):  # a reducer that compares graphs at the run's k
+                r.set_n_clusters(self.cluster_part.get_params(deep=False).get("n_clusters"))
         for i, r in enumerate(self.reducers):
             t = time.perf_counter()
             log(f"[{self.name}] reduce with {r.component_name}")

@@ -473,13 +473,24 @@ class UMAP(_KNNPlacement, Reducer):
     ``views = "intersect"`` (our backend, first reducer after a ``views`` encoder): one neighbour graph per
     view of the encoder, fused by fuzzy intersection (:func:`imclust.manifold.intersect_graphs`), so the
     layout keeps the neighbours the views agree on. ``views = "joint"``: one graph of all the columns.
+
+    ``subspace = "NAME"`` (with ``views = "intersect"``): the encoder's view NAME (raw pixels, say) takes no
+    part in the neighbour graph; instead its self-expressive graph (:func:`imclust.manifold.self_expressive_graph`,
+    ``subspace_ridge``) competes with the other views' shared-neighbour graph. Both are laid out and cut
+    into k groups by k-means; the layout whose groups are cut more cleanly from their own graph (the lower
+    :func:`imclust.manifold.mean_conductance`) is kept, and ``graph_choice_`` records both scores. k is the
+    run's number of clusters (the pipeline passes it); when k is chosen automatically, the geometric middle
+    of its range. Labels are never read.
     """
 
     VIEW_MODES = ("joint", "intersect")
+    #: the two graphs a ``subspace`` view chooses between, as the log and ``graph_choice_`` name them
+    SHARED, SUBSPACE = "shared neighbours", "subspace"
 
     def __init__(self, n_components: int = 10, n_neighbors: int = 15, min_dist: float = 0.0, metric: str = "euclidean",
                  n_epochs: int | None = None, backend: str = "imclust", out_of_sample: str = "knn",
-                 placement_neighbors: int = 10, views: str = "joint", random_state: int | None = 0):
+                 placement_neighbors: int = 10, views: str = "joint", subspace: str | None = None,
+                 subspace_ridge: float = 1.0, random_state: int | None = 0):
         self.n_components = n_components
         self.n_neighbors = n_neighbors
         self.min_dist = min_dist
@@ -489,12 +500,20 @@ class UMAP(_KNNPlacement, Reducer):
         self.out_of_sample = out_of_sample
         self.placement_neighbors = placement_neighbors
         self.views = views
+        self.subspace = subspace
+        self.subspace_ridge = subspace_ridge
         self.random_state = random_state
 
-    def set_view_dims(self, dims: list[int] | None) -> None:
-        """The widths of the encoder's views in the columns to come (the pipeline calls this for its first
-        reducer; None when the encoder has no views)."""
+    def set_views(self, dims: list[int] | None, names: list[str] | None = None) -> None:
+        """The widths (and names) of the encoder's views in the columns to come (the pipeline calls this for
+        its first reducer; None when the encoder has no views)."""
         self._view_dims = None if dims is None else [int(d) for d in dims]
+        self._view_names = None if names is None else [str(v) for v in names]
+
+    def set_n_clusters(self, k) -> None:
+        """The run's number of clusters (a whole number, or ``"auto"``/``"auto:MIN-MAX"``): the k at which a
+        ``subspace`` view's graph is compared with the shared-neighbour graph."""
+        self._n_clusters = k
 
     def fit(self, X, y=None):
         self.fit_transform(X)
@@ -521,6 +540,19 @@ class UMAP(_KNNPlacement, Reducer):
         if self.views == "intersect" and getattr(self, "_view_dims", None) is None:
             raise UserError("umap views = 'intersect' needs a 'views' encoder right before it (no reducer in "
                             "between); with another encoder use views = 'joint'")
+        if self.subspace is not None:
+            names = getattr(self, "_view_names", None) or []
+            if self.views != "intersect":
+                raise UserError(f"umap subspace = {self.subspace!r} needs views = 'intersect'")
+            if self.subspace not in names:
+                raise UserError(f"umap subspace = {self.subspace!r}: the encoder has no view of that name "
+                                f"(its views: {', '.join(names) or 'none'})")
+            if len(names) < 2:
+                raise UserError(f"umap subspace = {self.subspace!r}: the encoder needs at least one other view "
+                                "for the neighbour graph it competes with")
+            if isinstance(self.subspace_ridge, bool) or not isinstance(self.subspace_ridge, (int, float)) \
+                    or not self.subspace_ridge > 0:
+                raise UserError(f"umap subspace_ridge must be a number above 0, got {self.subspace_ridge!r}")
         if self.backend == "imclust":
             emb = self._fit_imclust(X)
         else:
@@ -535,9 +567,65 @@ class UMAP(_KNNPlacement, Reducer):
             raise UserError(f"umap metric {self.metric!r}: the imclust backend takes euclidean or cosine; "
                             "other metrics need backend = 'umap-learn'")
         seed = None if self.random_state in (None, -1) else int(self.random_state)
+        if self.subspace is not None:
+            return self._fit_choosing_graph(X, seed)
         return umap_embedding(X, n_components=int(self.n_components), n_neighbors=int(self.n_neighbors),
                               min_dist=float(self.min_dist), n_epochs=self.n_epochs, metric=self.metric, seed=seed,
                               views=self._view_dims if self.views == "intersect" else None)
+
+    def transform(self, X):
+        """New points: placed by their nearest training points, or, where the subspace graph was laid out, by
+        the training points that express them best (:func:`imclust.manifold.place_by_self_expression`)."""
+        choice = getattr(self, "graph_choice_", None)
+        if choice is None or choice["chosen"] != self.SUBSPACE or getattr(self, "train_X_", None) is None:
+            return super().transform(X)
+        from .manifold import place_by_self_expression
+
+        check_is_fitted(self)
+        X = check_input(self, X, reset=False)
+        a, b = choice["subspace_columns"]
+        return place_by_self_expression(self.train_X_[:, a:b], self.train_embedding_, X[:, a:b],
+                                        int(self.placement_neighbors), float(self.subspace_ridge))
+
+    def _comparison_k(self, n: int) -> int:
+        from .kselect import is_auto, parse_auto
+
+        k = getattr(self, "_n_clusters", None)
+        if k is None or is_auto(k):
+            lo, hi = parse_auto(k or "auto", n)
+            return int(round(np.sqrt(lo * hi)))
+        return int(k)
+
+    def _fit_choosing_graph(self, X, seed):
+        """Lay out the shared-neighbour graph of the other views and the subspace view's self-expressive graph;
+        keep the layout whose k-means groups are cut more cleanly from their own graph."""
+        from sklearn.cluster import KMeans
+
+        from .manifold import graph_layout, mean_conductance, self_expressive_graph, view_graph
+        from .progress import log
+
+        bounds = np.cumsum([0] + self._view_dims)
+        blocks = dict(zip(self._view_names, zip(bounds[:-1], bounds[1:])))
+        a, b = blocks[self.subspace]
+        others = np.hstack([X[:, lo:hi] for name, (lo, hi) in blocks.items() if name != self.subspace])
+        widths = [hi - lo for name, (lo, hi) in blocks.items() if name != self.subspace]
+        graphs = {
+            self.SHARED: view_graph(others, int(self.n_neighbors), self.metric, seed, views=widths),
+            self.SUBSPACE: self_expressive_graph(X[:, a:b], int(self.n_neighbors), float(self.subspace_ridge)),
+        }
+        k = self._comparison_k(len(X))
+        layouts, scores = {}, {}
+        for name, G in graphs.items():
+            layouts[name] = graph_layout(G, X, int(self.n_components), float(self.min_dist), n_epochs=self.n_epochs,
+                                         seed=seed, desc=f"UMAP layout ({name})")
+            groups = KMeans(k, n_init=3, random_state=0 if seed is None else seed).fit_predict(layouts[name])
+            scores[name] = round(mean_conductance(G, groups), 4)
+        chosen = min(scores, key=scores.get)  # a tie keeps the shared-neighbour graph (first)
+        self.graph_choice_ = {"k": k, "mean_conductance": scores, "chosen": chosen, "subspace_view": self.subspace,
+                              "subspace_columns": [int(a), int(b)]}
+        log(f"UMAP: laid out the {chosen} graph (mean conductance of {k} k-means groups on their own graph: " +
+            ", ".join(f"{name} {v:.3f}" for name, v in scores.items()) + "; lower is cleaner)")
+        return layouts[chosen]
 
     def _fit_umap_learn(self, X):
         import warnings

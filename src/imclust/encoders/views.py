@@ -3,9 +3,11 @@
 A ``views`` encoder fits one encoder per view (a hand-made descriptor and a network trained on the images,
 say), shrinks each view wider than ``pca`` columns to that many principal components, centres each view
 and scales it to unit root-mean-square norm, and returns the views as consecutive column blocks. Its
-``view_dims_`` gives the block widths: a ``umap`` reducer with ``views = "intersect"`` right after it
-builds one neighbour graph per view and keeps the neighbours the views agree on
-(:func:`imclust.manifold.intersect_graphs`). Any other reducer sees the plain concatenation.
+``view_dims_`` gives the block widths (``view_names_`` their names): a ``umap`` reducer with
+``views = "intersect"`` right after it builds one neighbour graph per view and keeps the neighbours the views
+agree on (:func:`imclust.manifold.intersect_graphs`); its ``subspace`` option lays out one view's
+self-expressive graph instead where that view's groups come out cleaner. Any other reducer sees the plain
+concatenation.
 """
 
 from __future__ import annotations
@@ -26,13 +28,16 @@ class ViewsEncoder(Encoder):
     ``views``: a table of named encoder specs, ``{name: {"type": ..., **options}}`` (in a recipe,
     ``[encoder.views.NAME]`` tables), fitted and laid out in the order of their names (a saved model's
     JSON keeps no other order). ``pca``: a view wider than this many columns is
-    reduced to its leading principal components (0 keeps every view whole). ``seed`` reaches every view
-    that takes a seed and the PCAs.
+    reduced to its leading principal components (0 keeps every view whole). ``unreduced``: names of views
+    kept whole whatever their width (pixels for a self-expressive graph, whose subspaces PCA would merge).
+    ``seed`` reaches every view that takes a seed and the PCAs.
     """
 
-    def __init__(self, views: dict | None = None, pca: int = 50, seed: int | None = 0):
+    def __init__(self, views: dict | None = None, pca: int = 50, unreduced: list | None = None,
+                 seed: int | None = 0):
         self.views = views
         self.pca = pca
+        self.unreduced = unreduced
         self.seed = seed
 
     # -- building -------------------------------------------------------------------------------------
@@ -50,6 +55,15 @@ class ViewsEncoder(Encoder):
                 raise UserError(f"views encoder: view {name!r} is itself a views encoder; list its views here instead")
         if isinstance(self.pca, bool) or not isinstance(self.pca, (int, np.integer)) or self.pca < 0:
             raise UserError(f"views encoder: pca must be a whole number of at least 0 (0: no PCA), got {self.pca!r}")
+        unknown = sorted(set(self.unreduced or []) - set(self.views))
+        if not isinstance(self.unreduced, (list, tuple, type(None))) or unknown:
+            raise UserError(f"views encoder: unreduced must list view names (views: {', '.join(sorted(self.views))}), "
+                            f"got {self.unreduced!r}")
+
+    @property
+    def view_names_(self) -> list[str]:
+        """The views' names in the order of their column blocks (``view_dims_``)."""
+        return list(self.encoders_)
 
     def _build_view(self, name: str):
         """The view's encoder, with the encoder's seed where the view takes one."""
@@ -79,7 +93,7 @@ class ViewsEncoder(Encoder):
         for name, enc in self.encoders_.items():
             log(f"[views] view {name!r}: {enc.component_name}")
             F = np.asarray(enc.fit_transform(ds), dtype=np.float32)
-            if self.pca and F.shape[1] > self.pca:
+            if self.pca and F.shape[1] > self.pca and name not in (self.unreduced or []):
                 self.pcas_[name] = self._new_pca()
                 F = self.pcas_[name].fit_transform(F)
             centre = F.mean(0)
