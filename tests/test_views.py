@@ -94,3 +94,11 @@ def test_default_grey_run_draws_the_autoencoder_views_figures(tmp_path, one_torc
         assert (tmp_path / "run" / name).is_file(), name
     page = (tmp_path / "run" / "report.html").read_text()
     assert 'alt="training loss per epoch"' in page and 'alt="originals and reconstructions"' in page
+
+
+def test_graph_comparison_with_k_chosen_automatically_uses_the_middle_of_the_range(digits300, one_torch_thread):
+    pipe, _ = build_pipeline("hog-ae-umap", ["encoder.views.autoencoder.min_steps=20",
+                                             "encoder.views.autoencoder.epochs=1"], seed=0)
+    fit_pipeline(pipe, digits300, "auto:4-16")
+    assert pipe.reducers[0].graph_choice_["k"] == 8  # √(4·16): k is not known when the graphs are compared
+    assert pipe.k_selection_ is not None and 4 <= pipe.n_clusters_ <= 16
