@@ -242,6 +242,7 @@ def test_mean_conductance_by_hand():
     # each triangle: volume 6.5, 0.5 of it leaves
     assert M.mean_conductance(G, np.array([0, 0, 0, 1, 1, 1])) == pytest.approx(0.5 / 6.5)
     assert M.mean_conductance(G, np.zeros(6, int)) == 0.0
+    assert M.mean_conductance(sp.csr_matrix((6, 6), dtype=np.float32), np.arange(6) % 2) == 1.0  # no edges
     # cutting a triangle apart: {0, 1} loses 2 of its 4, {2..5} loses 2 of its 9
     assert M.mean_conductance(G, np.array([0, 0, 1, 1, 1, 1])) == pytest.approx((2 / 4 + 2 / 9) / 2)
 

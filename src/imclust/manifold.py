@@ -268,7 +268,8 @@ def place_by_self_expression(X_train: np.ndarray, emb_train: np.ndarray, X_new: 
 
 def mean_conductance(G, labels: np.ndarray) -> float:
     """How cleanly a partition is cut out of the graph ``G``: the mean over clusters of the share of each
-    cluster's edge weight that leaves it (0: every cluster is a separate part of the graph)."""
+    cluster's edge weight that leaves it (0: every cluster is a separate part of the graph; 1 for a graph
+    without edges, which separates nothing)."""
     G = G.tocoo()
     labels = np.asarray(labels, dtype=np.int64)
     k = int(labels.max()) + 1
@@ -276,7 +277,7 @@ def mean_conductance(G, labels: np.ndarray) -> float:
     inside = labels[G.row] == labels[G.col]
     within = np.bincount(labels[G.row][inside], weights=G.data[inside], minlength=k)
     used = volume > 0
-    return float(np.mean(1.0 - within[used] / volume[used]))
+    return float(np.mean(1.0 - within[used] / volume[used])) if used.any() else 1.0
 
 
 # -- 3. spectral start ----------------------------------------------------------------------------------

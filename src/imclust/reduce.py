@@ -594,7 +594,7 @@ class UMAP(_KNNPlacement, Reducer):
         if k is None or is_auto(k):
             lo, hi = parse_auto(k or "auto", n)
             return int(round(np.sqrt(lo * hi)))
-        return int(k)
+        return int(min(int(k), n - 1))  # k-means needs fewer groups than points
 
     def _fit_choosing_graph(self, X, seed):
         """Lay out the shared-neighbour graph of the other views and the subspace view's self-expressive graph;
