@@ -14,7 +14,7 @@ MiniBatchKMeans(n_clusters=2, random_state=0).
 Ours (imclust): kernel_pca (float32 kernel, randomized eigensolver) -> tsne (openTSNE, FFT) ->
 minibatch_kmeans(k=2), i.e. the reducers of the ``hw9`` recipe.
 
-    flock /tmp/imclust-bench.lock python benchmarks/hw9_chain.py --seeds 0 1 2 --append
+    flock /tmp/imclust-bench.lock python benchmarks/hw9_chain.py --seeds 0 1 2 --write
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ import numpy as np
 
 os.environ.setdefault("IMCLUST_QUIET", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
+from _common import command, load_average, machine, today, update_section  # noqa: E402
 
 from imclust import components  # noqa: E402,F401
 from imclust.metrics import evaluate  # noqa: E402
@@ -111,10 +113,10 @@ def main(argv=None):
                     help="seeds of our chain and of the tutorial chain's repeat (numpy global seed)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--torch-threads", type=int, default=1)
-    ap.add_argument("--append", action="store_true")
+    ap.add_argument("--write", action="store_true", help="replace the table in benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.torch_threads)
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     x, y = load_cifar_9000()
     Z, ae_s, hist = latents(x, args.epochs, 0)
     print(f"latents {Z.shape} in {ae_s:.0f} s; loss per epoch {[round(h['loss'], 4) for h in hist]}", flush=True)
@@ -149,13 +151,10 @@ def main(argv=None):
                f"tutorial's 100 epochs at lr 1e-5.")
     table = "\n".join(lines)
     print(table + "\n" + summary)
-    if args.append:
-        cmd = "python benchmarks/hw9_chain.py " + " ".join(sys.argv[1:])
-        from _results import append_to_section, run_header
-
-        append_to_section("## Tutorial-1 chain on 9,000 CIFAR-10 images (issue 3)",
-                          f"{run_header(cmd, load_before, args.torch_threads)} 9,000 CIFAR-10 train images (900/class), "
-                          f"vehicles vs animals.\n\n{table}\n\n{summary}\n")
+    if args.write:
+        update_section("hw9-chain", f"Command: `{command()}`  \nMachine: {machine()}; 1-min load average "
+                       f"{load_before:.1f} at the start and {load_average():.1f} at the end  \nDate: {today()}\n\n"
+                       f"9,000 CIFAR-10 train images (900/class), vehicles vs animals.\n\n{table}\n\n{summary}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ dataset and seed, measured in the same run:
 
 k = number of classes; labels are read only to score. Mean over seeds; ratios as in ``ae_accuracy.py``.
 
-    flock /tmp/imclust-bench.lock python benchmarks/photo_accuracy.py --datasets flowers5 cifar10-test --seeds 0 1 2 --append
+    flock /tmp/imclust-bench.lock python benchmarks/photo_accuracy.py --datasets flowers5 cifar10-test --seeds 0 1 2 --write
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 os.environ.setdefault("IMCLUST_QUIET", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import command, load_average, machine, today, update_section  # noqa: E402
 from ae_accuracy import DATA, measure, summarise  # noqa: E402
 
 from imclust.data import load_source  # noqa: E402
@@ -54,9 +55,9 @@ def main(argv=None):
     ap.add_argument("--datasets", nargs="+", default=list(SOURCES), choices=list(SOURCES))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--only", nargs="+", default=None, help="run only methods whose name starts with these")
-    ap.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
+    ap.add_argument("--write", action="store_true", help="replace the table in benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     rows = []
     for name in args.datasets:
         if not SOURCES[name].is_dir():
@@ -64,12 +65,10 @@ def main(argv=None):
         rows += measure(name, load_source(str(SOURCES[name])), methods(), args.seeds, args.only)
     table = summarise(rows)
     print(table)
-    if args.append:
-        from _results import append_to_section, run_header
-
-        cmd = "python benchmarks/photo_accuracy.py " + " ".join(sys.argv[1:])
-        append_to_section("## Colour photos without pretrained weights: the photo-umap default",
-                          f"{run_header(cmd, load_before)} No method here uses torch.\n\n{table}\n")
+    if args.write:
+        update_section("photo-umap", f"Command: `{command()}`  \nMachine: {machine()}; 1-min load average "
+                       f"{load_before:.1f} at the start and {load_average():.1f} at the end  \nDate: {today()}\n\n"
+                       f"No method here uses torch.\n\n{table}")
 
 
 if __name__ == "__main__":

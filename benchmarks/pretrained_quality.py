@@ -10,13 +10,12 @@ backbone / layer / input size below, and with recipe ``baseline``. Reports ACC (
 (mean ± std over seeds) and seconds.
 
 Run (serialised with the other benchmarks):
-    flock /tmp/imclust-bench.lock python benchmarks/pretrained_quality.py --append
+    flock /tmp/imclust-bench.lock python benchmarks/pretrained_quality.py --update pretrained-quality-flowers5
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 from pathlib import Path
@@ -27,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from imclust import api  # noqa: E402
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
@@ -54,8 +52,9 @@ def main():
                     help="use only the first N files (sorted by name) of each class folder, linked into a temporary folder")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast + channels_last for the CNN")
     ap.add_argument("--pixel-size", type=int, default=32, help="image size of the raw-pixel peer (bounded runtime)")
-    ap.add_argument("--append", action="store_true")
+    ap.add_argument("--update", metavar="SECTION", help="write the table into the named block of benchmarks/RESULTS.md")
     args = ap.parse_args()
+    load_before = os.getloadavg()[0]
     os.environ.setdefault("IMCLUST_QUIET", "1")
     sources = {"flowers5": (DATA / "flowers5", 5), "cifar10-test": (DATA / "cifar10" / "test", 10)}
     rows = []
@@ -91,12 +90,13 @@ def main():
         lines.append(f"| {name} | {label} | {fmt(acc)} | {fmt(nmi)} | {fmt(ari)} | {ratio} | {np.mean(sec):.0f} |")
     table = "\n".join(lines)
     print(table)
-    if args.append:
-        cmd = "flock /tmp/imclust-bench.lock python benchmarks/pretrained_quality.py " + " ".join(sys.argv[1:])
-        with open(RESULTS, "a", encoding="utf-8") as fh:
-            fh.write(f"\n### Quality run {datetime.date.today().isoformat()}\n\n`{cmd}` — 2-core CPU, 24 GiB, no GPU (shared machine; load average at the end {os.getloadavg()[0]:.1f}); "
-                     f"seeds {args.seeds} (mean ± std); k = number of classes; feature cache off.\n\n{table}\n")
+    if args.update:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _common import command, machine, today, update_section
 
+        update_section(args.update, f"Command: `{command()}`  \nMachine: {machine()}; {today()}; 1-min load average "
+                       f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end. Seeds {args.seeds} "
+                       f"(mean ± std); k = number of classes; feature cache off.\n\n{table}")
 
 if __name__ == "__main__":
     main()

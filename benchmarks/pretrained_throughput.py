@@ -9,7 +9,7 @@ Two measurements per configuration:
   crop, normalise, forward), feature cache off.
 
 Run (serialised with the other benchmarks):
-    flock /tmp/imclust-bench.lock python benchmarks/pretrained_throughput.py --append
+    flock /tmp/imclust-bench.lock python benchmarks/pretrained_throughput.py --update pretrained-throughput
     flock /tmp/imclust-bench.lock python benchmarks/pretrained_throughput.py --threads 1 \
         --archs efficientnet-lite0 efficientnet-lite1 efficientnet-lite2 resnet50 --update photo-throughput
 """
@@ -17,7 +17,6 @@ Run (serialised with the other benchmarks):
 from __future__ import annotations
 
 import argparse
-import datetime
 import os
 import sys
 import time
@@ -32,7 +31,6 @@ from imclust.data import load_source  # noqa: E402
 from imclust.encoders.pretrained import PretrainedEncoder  # noqa: E402
 from imclust.nn import backbones as bb  # noqa: E402
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
 
 
 def input_size(arch: str) -> int:
@@ -89,7 +87,6 @@ def main():
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--archs", nargs="+", default=["resnet18", "vgg16"])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
-    ap.add_argument("--append", action="store_true", help="append the table to benchmarks/RESULTS.md")
     ap.add_argument("--update", metavar="SECTION", help="write the table into the named block of benchmarks/RESULTS.md")
     args = ap.parse_args()
     os.environ.setdefault("IMCLUST_QUIET", "1")
@@ -132,15 +129,6 @@ def main():
                        f"random weights; batch {args.batch}, {args.workers} DataLoader worker(s); "
                        f"forward: {args.seconds:.0f} s timed per cell; end-to-end: {args.data}, "
                        f"a random subset (96 images per model).\n\n{table}")
-    if args.append:
-        cmd = "flock /tmp/imclust-bench.lock python benchmarks/pretrained_throughput.py " + " ".join(sys.argv[1:])
-        with open(RESULTS, "a", encoding="utf-8") as fh:
-            fh.write(f"\n### Throughput run {datetime.date.today().isoformat()}\n\n`{cmd}` — "
-                     f"2-core CPU, 24 GiB, no GPU (shared machine; load average at the end {os.getloadavg()[0]:.1f}); torch {torch.__version__}, {torch.get_num_threads()} threads; "
-                     f"224x224 input, batch {args.batch}, {args.workers} DataLoader worker(s); images per second "
-                     f"(forward: {args.seconds:.0f} s timed per cell; end-to-end: {args.data}, random subset).\n\n"
-                     f"{table}\n")
-
 
 if __name__ == "__main__":
     main()

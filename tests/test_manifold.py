@@ -346,3 +346,25 @@ def test_umap_subspace_layout_places_new_points_by_self_expression():
     twin = build(red.to_spec())
     twin.set_state(*red.get_state())
     np.testing.assert_array_equal(twin.transform(X[new]), red.transform(X[new]))
+
+
+@pytest.mark.parametrize("shared_has_groups", [True, False])
+def test_umap_subspace_choice_keeps_and_places_by_the_chosen_views_columns_only(shared_has_groups):
+    from imclust.cluster import KMeans
+
+    X, y = _two_views(shared_has_groups, n_per=60)
+    train, new = np.arange(0, len(X), 2), np.arange(1, len(X), 2)
+    red = UMAP(n_components=3, n_neighbors=10, n_epochs=100, views="intersect", subspace="px")
+    red.set_views([6, 30], ["other", "px"])
+    red.set_n_clusters(3)
+    Z = red.fit_transform(X[train])
+    kept = slice(0, 6) if shared_has_groups else slice(6, 36)
+    assert red.graph_choice_["columns"] == [[kept.start, kept.stop]]
+    np.testing.assert_array_equal(red.train_X_, X[train][:, kept])  # the model stores only the chosen views
+    # the views that were not laid out do not move new points: scramble them and the placement is the same
+    scrambled = X[new].copy()
+    other = slice(6, 36) if shared_has_groups else slice(0, 6)
+    scrambled[:, other] = np.random.RandomState(1).randn(len(new), other.stop - other.start)
+    placed = red.transform(X[new])
+    np.testing.assert_array_equal(red.transform(scrambled), placed)
+    assert evaluate(KMeans(3).fit(Z).predict(placed), y[new])["acc"] > 0.9

@@ -329,9 +329,18 @@ class _KNNPlacement:
     the training data are not stored and ``transform`` of new points is refused with a clear message.
     """
 
+    def _placement_features(self, X):
+        """The columns of the input that place new points (all of them here)."""
+        return X
+
+    def _place(self, F):
+        from .manifold import place_by_neighbours
+
+        return place_by_neighbours(self.train_X_, self.train_embedding_, F, int(self.placement_neighbors))
+
     def _store_for_placement(self, X, emb):
         if self.out_of_sample == "knn":
-            self.train_X_ = np.ascontiguousarray(X, dtype=np.float32)
+            self.train_X_ = np.ascontiguousarray(self._placement_features(X), dtype=np.float32)
             self.train_embedding_ = np.ascontiguousarray(emb, dtype=np.float32)
         elif self.out_of_sample != "none":
             raise UserError(f"{self.component_name} out_of_sample {self.out_of_sample!r}: use knn or none")
@@ -342,9 +351,7 @@ class _KNNPlacement:
         if getattr(self, "train_X_", None) is None:
             raise UserError(f"{self.component_name} cannot place new points: it was fitted with out_of_sample = 'none'; "
                             "refit with out_of_sample = 'knn'")
-        from .manifold import place_by_neighbours
-
-        return place_by_neighbours(self.train_X_, self.train_embedding_, X, int(self.placement_neighbors))
+        return self._place(self._placement_features(X))
 
 
 def opentsne_available() -> bool:
@@ -480,7 +487,8 @@ class UMAP(_KNNPlacement, Reducer):
     into k groups by k-means; the layout whose groups are cut more cleanly from their own graph (the lower
     :func:`imclust.manifold.mean_conductance`) is kept, and ``graph_choice_`` records both scores. k is the
     run's number of clusters (the pipeline passes it); when k is chosen automatically, the geometric middle
-    of its range. Labels are never read.
+    of its range. Labels are never read. Only the columns of the kept graph's views are stored, and new
+    points are placed by them alone (by self-expression where the subspace graph was kept).
     """
 
     VIEW_MODES = ("joint", "intersect")
@@ -573,19 +581,23 @@ class UMAP(_KNNPlacement, Reducer):
                               min_dist=float(self.min_dist), n_epochs=self.n_epochs, metric=self.metric, seed=seed,
                               views=self._view_dims if self.views == "intersect" else None)
 
-    def transform(self, X):
-        """New points: placed by their nearest training points, or, where the subspace graph was laid out, by
-        the training points that express them best (:func:`imclust.manifold.place_by_self_expression`)."""
+    # New points are placed in the columns of the views whose graph was laid out (only those are kept in the
+    # model): by their nearest training points, or, where the subspace graph won, by the training points that
+    # express them best (:func:`imclust.manifold.place_by_self_expression`).
+    def _placement_features(self, X):
         choice = getattr(self, "graph_choice_", None)
-        if choice is None or choice["chosen"] != self.SUBSPACE or getattr(self, "train_X_", None) is None:
-            return super().transform(X)
+        if choice is None:
+            return X
+        return np.hstack([X[:, a:b] for a, b in choice["columns"]])
+
+    def _place(self, F):
+        choice = getattr(self, "graph_choice_", None)
+        if choice is None or choice["chosen"] != self.SUBSPACE:
+            return super()._place(F)
         from .manifold import place_by_self_expression
 
-        check_is_fitted(self)
-        X = check_input(self, X, reset=False)
-        a, b = choice["subspace_columns"]
-        return place_by_self_expression(self.train_X_[:, a:b], self.train_embedding_, X[:, a:b],
-                                        int(self.placement_neighbors), float(self.subspace_ridge))
+        return place_by_self_expression(self.train_X_, self.train_embedding_, F, int(self.placement_neighbors),
+                                        float(self.subspace_ridge))
 
     def _comparison_k(self, n: int) -> int:
         from .kselect import is_auto, parse_auto
@@ -621,8 +633,11 @@ class UMAP(_KNNPlacement, Reducer):
             groups = KMeans(k, n_init=3, random_state=0 if seed is None else seed).fit_predict(layouts[name])
             scores[name] = round(mean_conductance(G, groups), 4)
         chosen = min(scores, key=scores.get)  # a tie keeps the shared-neighbour graph (first)
+        columns = {self.SHARED: [[int(lo), int(hi)] for name, (lo, hi) in blocks.items() if name != self.subspace],
+                   self.SUBSPACE: [[int(a), int(b)]]}
+        # columns: the input columns of the chosen graph's views, where new points are placed
         self.graph_choice_ = {"k": k, "mean_conductance": scores, "chosen": chosen, "subspace_view": self.subspace,
-                              "subspace_columns": [int(a), int(b)]}
+                              "columns": columns[chosen]}
         log(f"UMAP: laid out the {chosen} graph (mean conductance of {k} k-means groups on their own graph: " +
             ", ".join(f"{name} {v:.3f}" for name, v in scores.items()) + "; lower is cleaner)")
         return layouts[chosen]
