@@ -328,16 +328,21 @@ def test_umap_subspace_option_refuses_what_it_cannot_use():
         red.fit(X)
 
 
-def test_umap_subspace_layout_places_new_points_by_self_expression():
-    from imclust.base import build
-    from imclust.cluster import KMeans
-
-    X, y = _two_views(False, n_per=60)
+def _fitted_on_even_rows(shared_has_groups: bool):
+    """A reducer choosing between the views of :func:`_two_views`, fitted on the even rows; the odd rows are new."""
+    X, y = _two_views(shared_has_groups, n_per=60)
     train, new = np.arange(0, len(X), 2), np.arange(1, len(X), 2)
     red = UMAP(n_components=3, n_neighbors=10, n_epochs=100, views="intersect", subspace="px")
     red.set_views([6, 30], ["other", "px"])
     red.set_n_clusters(3)
-    Z = red.fit_transform(X[train])
+    return red, red.fit_transform(X[train]), X, y, train, new
+
+
+def test_umap_subspace_layout_places_new_points_by_self_expression():
+    from imclust.base import build
+    from imclust.cluster import KMeans
+
+    red, Z, X, y, train, new = _fitted_on_even_rows(False)
     assert red.graph_choice_["chosen"] == UMAP.SUBSPACE
     groups = KMeans(3).fit(Z)
     assert evaluate(groups.predict(red.transform(X[new])), y[new])["acc"] > 0.9
@@ -352,12 +357,7 @@ def test_umap_subspace_layout_places_new_points_by_self_expression():
 def test_umap_subspace_choice_keeps_and_places_by_the_chosen_views_columns_only(shared_has_groups):
     from imclust.cluster import KMeans
 
-    X, y = _two_views(shared_has_groups, n_per=60)
-    train, new = np.arange(0, len(X), 2), np.arange(1, len(X), 2)
-    red = UMAP(n_components=3, n_neighbors=10, n_epochs=100, views="intersect", subspace="px")
-    red.set_views([6, 30], ["other", "px"])
-    red.set_n_clusters(3)
-    Z = red.fit_transform(X[train])
+    red, Z, X, y, train, new = _fitted_on_even_rows(shared_has_groups)
     kept = slice(0, 6) if shared_has_groups else slice(6, 36)
     assert red.graph_choice_["columns"] == [[kept.start, kept.stop]]
     np.testing.assert_array_equal(red.train_X_, X[train][:, kept])  # the model stores only the chosen views
