@@ -98,5 +98,6 @@ def main():
                        f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end. Seeds {args.seeds} "
                        f"(mean ± std); k = number of classes; feature cache off.\n\n{table}")
 
+
 if __name__ == "__main__":
     main()

@@ -32,7 +32,6 @@ from imclust.encoders.pretrained import PretrainedEncoder  # noqa: E402
 from imclust.nn import backbones as bb  # noqa: E402
 
 
-
 def input_size(arch: str) -> int:
     from imclust.nn import efficientnet
 
@@ -129,6 +128,7 @@ def main():
                        f"random weights; batch {args.batch}, {args.workers} DataLoader worker(s); "
                        f"forward: {args.seconds:.0f} s timed per cell; end-to-end: {args.data}, "
                        f"a random subset (96 images per model).\n\n{table}")
+
 
 if __name__ == "__main__":
     main()
