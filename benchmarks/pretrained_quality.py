@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import command, load_average, machine, today, update_section  # noqa: E402
 
 from imclust import api  # noqa: E402
 
@@ -54,7 +57,7 @@ def main():
     ap.add_argument("--pixel-size", type=int, default=32, help="image size of the raw-pixel peer (bounded runtime)")
     ap.add_argument("--update", metavar="SECTION", help="write the table into the named block of benchmarks/RESULTS.md")
     args = ap.parse_args()
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     os.environ.setdefault("IMCLUST_QUIET", "1")
     sources = {"flowers5": (DATA / "flowers5", 5), "cifar10-test": (DATA / "cifar10" / "test", 10)}
     rows = []
@@ -91,11 +94,8 @@ def main():
     table = "\n".join(lines)
     print(table)
     if args.update:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from _common import command, machine, today, update_section
-
         update_section(args.update, f"Command: `{command()}`  \nMachine: {machine()}; {today()}; 1-min load average "
-                       f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end. Seeds {args.seeds} "
+                       f"{load_before:.1f} at the start, {load_average():.1f} at the end. Seeds {args.seeds} "
                        f"(mean ± std); k = number of classes; feature cache off.\n\n{table}")
 
 

@@ -26,6 +26,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import load_average, machine, today, update_section  # noqa: E402
 
 from imclust.data import load_source  # noqa: E402
 from imclust.encoders.pretrained import PretrainedEncoder  # noqa: E402
@@ -91,7 +94,7 @@ def main():
     os.environ.setdefault("IMCLUST_QUIET", "1")
     if args.threads:
         torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     full = load_source(args.data)
     rows = []
     for arch in args.archs:
@@ -119,12 +122,9 @@ def main():
     table = "\n".join(lines)
     print(table)
     if args.update:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from _common import machine, today, update_section
-
         cmd = "flock /tmp/imclust-bench.lock python benchmarks/pretrained_throughput.py " + " ".join(sys.argv[1:])
         update_section(args.update, f"Command: `{cmd}`  \nMachine: {machine()}; {today()}; 1-min load average "
-                       f"{load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end. Images per second; "
+                       f"{load_before:.1f} at the start, {load_average():.1f} at the end. Images per second; "
                        f"random weights; batch {args.batch}, {args.workers} DataLoader worker(s); "
                        f"forward: {args.seconds:.0f} s timed per cell; end-to-end: {args.data}, "
                        f"a random subset (96 images per model).\n\n{table}")
