@@ -260,12 +260,24 @@ def test_evaluate_refuses_swapped_binary_and_latin1_files(tmp_path):
     ("clusterer={type='kmean'}", "did you mean 'kmeans'"),
     ("clusterer={type='kmeans', n_iint=3}", "did you mean 'n_init'"),
     ("clusterer={type='pca'}", "'pca' is a reducer, not a clusterer"),
+    ("clusterer.n_init.x=3", "clusterer.n_init is not a table of options"),
 ])
 def test_set_is_checked_with_suggestions(assignment, message):
     from imclust.api import build_pipeline
 
     with pytest.raises(UserError, match=message.replace("(", "\\(")):
         build_pipeline("baseline", [assignment])
+
+
+def test_set_reaches_into_a_table_option_the_recipe_leaves_out():
+    from imclust.api import build_pipeline
+
+    # the scan recipe names no [encoder.pretext] table; its options still take one, over the preset's
+    pipe, cfg = build_pipeline("scan", ["encoder.pretext.epochs=7", "encoder.selflabel.epochs=0"])
+    assert cfg["encoder"]["pretext"] == {"epochs": 7} and cfg["encoder"]["selflabel"] == {"epochs": 0}
+    assert pipe.encoder.get_params()["pretext"] == {"epochs": 7}
+    with pytest.raises(UserError, match="did you mean 'pretext'"):
+        build_pipeline("scan", ["encoder.pretxt.epochs=7"])
 
 
 def test_set_replaces_a_whole_part():

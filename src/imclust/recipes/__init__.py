@@ -126,7 +126,8 @@ def _suggest(name: str, choices) -> str:
 
 def apply_override(recipe: dict, assignment: str) -> None:
     """Apply ``part.option=value`` (``encoder.epochs=5``, ``reducers.0.n_components=30``, ``k=5``), or a whole
-    part as a TOML inline table (``clusterer={type='gmm'}``), to a recipe dict. The place must exist (a typo gets a suggestion); :func:`check_recipe` then checks options and types."""
+    part as a TOML inline table (``clusterer={type='gmm'}``), to a recipe dict. The part must exist (a typo gets a suggestion); a table option the recipe leaves out
+    (``encoder.pretext.epochs=60``) starts empty; :func:`check_recipe` then checks options and types."""
     if "=" not in assignment:
         raise UserError(f"--set {assignment!r}: expected PART.OPTION=VALUE, for example clusterer.n_init=5")
     key, text = assignment.split("=", 1)
@@ -163,8 +164,10 @@ def apply_override(recipe: dict, assignment: str) -> None:
             raise UserError(f"{where}: name an option of the {head}, e.g. --set {head}.type=..., "
                             f"or replace it whole with --set {head}={{type='...'}}")
         node, part, rest = recipe.setdefault(head, {}), head, path[1:]
-    for name in rest[:-1]:  # an option that is itself a table
-        if not isinstance(node.get(name), dict):
+    for name in rest[:-1]:  # an option that is itself a table; one the recipe leaves out starts empty
+        if name not in node:
+            node[name] = {}
+        if not isinstance(node[name], dict):
             raise UserError(f"{where}: {part}.{name} is not a table of options; use {part}.{name}=VALUE")
         node = node[name]
     node[rest[-1]] = value
