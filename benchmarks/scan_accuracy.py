@@ -6,7 +6,8 @@ For each dataset and seed, k = the number of classes (labels are read only for t
   to end (decoding, every stage, the final assignment); a fresh pretext cache per run, so nothing is reused;
 - ``pretext + k-means``: k-means (10 restarts) on the L2-normalised features of the same run's pretext (read
   back from that run's cache, so it costs no training): what SCAN's later stages add;
-- the defaults a user gets without SCAN: ``photo-umap`` for colour sets, ``hog-umap`` for grey ones;
+- the default a user gets without SCAN and without pretrained weights (what ``imclust run --weightless`` picks
+  for the set: the colour default for colour sets, the grey default for grey ones);
 - raw-pixel k-means (the pixels at 32x32 for photos, k-means++, 10 restarts).
 
 Collapse warnings of our runs (empty or dominant clusters) are counted in the table. Results go to the
@@ -39,7 +40,7 @@ from imclust import components  # noqa: E402,F401
 from imclust.data import load_source  # noqa: E402
 from imclust.metrics import evaluate  # noqa: E402
 from imclust.pipeline import Pipeline  # noqa: E402
-from imclust.recipes import load_recipe  # noqa: E402
+from imclust.recipes import default_recipe, load_recipe  # noqa: E402
 
 SOURCES = {
     "cifar10-test": DATA / "cifar10" / "test",
@@ -64,8 +65,7 @@ def recipe_spec(name: str, overrides=()) -> dict:
 
 
 def peers(ds) -> dict[str, dict]:
-    colour = ds.shape[0] == 3
-    default = "photo-umap" if colour else "hog-umap"
+    default = default_recipe(ds.channels, weightless=True)
     pixels = {"type": "pixels", "size": 32} if min(ds.shape[1:]) > 32 else {"type": "pixels"}
     return {default: recipe_spec(default),
             PIXELS: {"encoder": pixels, "reducers": [], "clusterer": {"type": "kmeans", "n_init": 10}}}
@@ -103,11 +103,13 @@ def measure(name: str, seeds, only=None, overrides=()) -> list[dict]:
     k = len(np.unique(ds.labels))
     rows = []
 
+    default = default_recipe(ds.channels, weightless=True)
+
     def record(method, labels, secs, load0, warnings=0):
         m = evaluate(labels, ds.labels)
         row = {"dataset": name, "n": len(ds), "method": method, "seed": seed, "acc": m["acc"], "nmi": m["nmi"],
                "ari": m["ari"], "seconds": secs, "load_start": load0, "load_end": os.getloadavg()[0],
-               "warnings": warnings}
+               "warnings": warnings, "default": method == default}
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -136,7 +138,7 @@ def summarise(rows) -> str:
     for d, m, rs in by_dataset_and_method(rows):
         acc = np.mean([r["acc"] for r in rs])
         px = [r["acc"] for r in rows if r["dataset"] == d and r["method"] == PIXELS]
-        dflt = [r["acc"] for r in rows if r["dataset"] == d and r["method"] in ("photo-umap", "hog-umap")]
+        dflt = [r["acc"] for r in rows if r["dataset"] == d and r.get("default")]
         secs = [r["seconds"] for r in rs]
         out.append([f"{d} (n={rs[0]['n']})", m, *score_cells(rs),
                     f"{np.mean(secs):.0f} ({max(secs):.0f})" if m != PRETEXT else "(from ours)",

@@ -23,8 +23,8 @@ largest cluster's share and the number of clusters in use among the training bat
 **Sizes.** ``preset = "auto"`` chooses from the images (channels and side, never labels) among
 :data:`PRESETS`: ``grey`` (one channel: working side at most 32 px, small ConvNet, no flips, no colour
 jitter), ``colour-32`` (colour up to 48 px: 32 px), ``photo`` (larger colour images: 64 px, blur in the
-views). ``budget = "auto"`` sizes networks and epochs for the device: ``cpu`` (small ConvNet, a few tens of
-pretext epochs) or, when training on a CUDA GPU, ``gpu`` (CIFAR-stem ResNet-18, hundreds of epochs). Any
+views). ``budget = "auto"`` sizes networks and epochs for the device: ``cpu`` (small ConvNet, 60 pretext
+epochs) or, when training on a CUDA GPU, ``gpu`` (CIFAR-stem ResNet-18, hundreds of epochs). Any
 value can be overridden with the ``pretext``, ``scan`` and ``selflabel`` tables (``--set
 encoder.pretext.epochs=50``); the settings used are in ``settings_`` and ``scan.json``.
 
@@ -55,7 +55,7 @@ from .contrastive import ImageNormaliser, aug_generator, in_memory, uint8_of
 #: ``simclr`` encoder), ``scan`` and ``selflabel`` (options of those stages). ``cpu``: a small ConvNet and a
 #: frozen backbone in the scan stage (sized for a two-core CPU); ``gpu``: the published CIFAR-stem ResNet-18,
 #: SCAN with the backbone training (SimCLR hyper-parameters as SCAN's: SGD lr 0.4, t = 0.1, batch 512).
-_CPU = {"pretext": {"arch": "convnet", "width": 16, "epochs": 30, "min_steps": 800},
+_CPU = {"pretext": {"arch": "convnet", "width": 16, "epochs": 60, "min_steps": 800},
         "scan": {"update_backbone": False, "epochs": 100, "min_steps": 2000, "lr": 1e-3},
         "selflabel": {"epochs": 4, "min_steps": 150}}
 _GPU = {"pretext": {"arch": "resnet18", "width": 64, "epochs": 100, "min_steps": 8000, "batch_size": 512,
