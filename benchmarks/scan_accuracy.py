@@ -64,8 +64,8 @@ def recipe_spec(name: str, overrides=()) -> dict:
     return {"encoder": cfg["encoder"], "reducers": cfg.get("reducers", []), "clusterer": cfg["clusterer"]}
 
 
-def peers(ds) -> dict[str, dict]:
-    default = default_recipe(ds.channels, weightless=True)
+def peers(ds, default: str) -> dict[str, dict]:
+    """The set's weightless default recipe ``default`` and raw-pixel k-means."""
     pixels = {"type": "pixels", "size": 32} if min(ds.shape[1:]) > 32 else {"type": "pixels"}
     return {default: recipe_spec(default),
             PIXELS: {"encoder": pixels, "reducers": [], "clusterer": {"type": "kmeans", "n_init": 10}}}
@@ -113,7 +113,7 @@ def measure(name: str, seeds, only=None, overrides=()) -> list[dict]:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    methods = {OURS: recipe_spec("scan", overrides), **peers(ds)}
+    methods = {OURS: recipe_spec("scan", overrides), **peers(ds, default)}
     for seed in seeds:
         for mname, spec in methods.items():
             if only and not any(mname.startswith(o) for o in only):

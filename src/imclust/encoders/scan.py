@@ -24,8 +24,8 @@ largest cluster's share and the number of clusters in use among the training bat
 :data:`PRESETS`: ``grey`` (one channel: working side at most 32 px, small ConvNet, no flips, no colour
 jitter), ``colour-32`` (colour up to 48 px: 32 px), ``photo`` (larger colour images: 64 px, blur in the
 views). ``budget = "auto"`` sizes networks and epochs for the device: ``cpu`` (small ConvNet, 60 pretext
-epochs) or, when training on a CUDA GPU, ``gpu`` (CIFAR-stem ResNet-18, hundreds of epochs). Any
-value can be overridden with the ``pretext``, ``scan`` and ``selflabel`` tables (``--set
+epochs) or, when training on a CUDA GPU, ``gpu`` (CIFAR-stem ResNet-18, 100 pretext epochs and at least
+8,000 steps). Any value can be overridden with the ``pretext``, ``scan`` and ``selflabel`` tables (``--set
 encoder.pretext.epochs=50``); the settings used are in ``settings_`` and ``scan.json``.
 
 The encoder owns its clusters (:class:`~imclust.encoders.base.ClusteringEncoder`; recipe ``[clusterer]

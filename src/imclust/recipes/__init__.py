@@ -126,8 +126,9 @@ def _suggest(name: str, choices) -> str:
 
 def apply_override(recipe: dict, assignment: str) -> None:
     """Apply ``part.option=value`` (``encoder.epochs=5``, ``reducers.0.n_components=30``, ``k=5``), or a whole
-    part as a TOML inline table (``clusterer={type='gmm'}``), to a recipe dict. The part must exist (a typo gets a suggestion); a table option the recipe leaves out
-    (``encoder.pretext.epochs=60``) starts empty; :func:`check_recipe` then checks options and types."""
+    part as a TOML inline table (``clusterer={type='gmm'}``), to a recipe dict. The part must exist (a typo
+    gets a suggestion); a table option the recipe leaves out (``encoder.pretext.epochs=60``) starts empty;
+    :func:`check_recipe` then checks options and types."""
     if "=" not in assignment:
         raise UserError(f"--set {assignment!r}: expected PART.OPTION=VALUE, for example clusterer.n_init=5")
     key, text = assignment.split("=", 1)
