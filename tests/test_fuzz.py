@@ -749,13 +749,16 @@ def test_kill_9_leaves_old_or_new_and_whole_checkpoints(tmp_path):
     # SIGTERM (kill's default) is caught: the unfinished folder is removed on the way out
     shutil.rmtree(ckpt, ignore_errors=True)
     before = tree_digest(out)
+    # a folder that a SIGKILLed trial left stays until a later run reaches its output stage and sweeps it; a
+    # run stopped before that stage cannot have swept it, so only what this run adds counts against it
+    left_before = set(leftovers(out))
     p = subprocess.Popen(argv(True), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     time.sleep(rng.uniform(0.5 * (t_full or 8.0), t_full or 8.0))
     p.send_signal(signal.SIGTERM)
     _, err = p.communicate()
     assert p.returncode in (0, 143, -signal.SIGTERM), err
     if p.returncode == 143:
-        assert b"terminated" in err and tree_digest(out) == before and not leftovers(out)
+        assert b"terminated" in err and tree_digest(out) == before and set(leftovers(out)) <= left_before
     last = subprocess.run(argv(True), capture_output=True, text=True, env=env, timeout=600)
     assert last.returncode == 0, last.stderr
     verify(out)
