@@ -4,14 +4,17 @@ For each dataset and seed, k = the number of classes (labels are read only for t
 
 - ours: the ``scan`` recipe (SimCLR pretext -> neighbours -> clustering heads -> self-labelling), timed end
   to end (decoding, every stage, the final assignment); a fresh pretext cache per run, so nothing is reused;
+- ``scan heads (before self-labelling)``: the same run's clusters after its scan stage (the kept head), so
+  the table shows what self-labelling adds;
 - ``pretext + k-means``: k-means (10 restarts) on the L2-normalised features of the same run's pretext (read
   back from that run's cache, so it costs no training): what SCAN's later stages add;
 - the default a user gets without SCAN and without pretrained weights (what ``imclust run --weightless`` picks
   for the set: the colour default for colour sets, the grey default for grey ones);
 - raw-pixel k-means (the pixels at 32x32 for photos, k-means++, 10 restarts).
 
-Collapse warnings of our runs (empty or dominant clusters) are counted in the table. Results go to the
-``scan-cpu`` block of RESULTS.md with ``--write``.
+Collapse warnings of our runs (empty or dominant clusters, after any stage) are counted in the table, with the
+runs whose self-labelling was kept (it is discarded when it collapses the scan stage's clusters). Results go to the
+``scan-cpu`` block of RESULTS.md with ``--write`` (another block with ``--section NAME``).
 
     flock /tmp/imclust-bench.lock python benchmarks/scan_accuracy.py --datasets cifar10-test --seeds 0 1 2 --write
 """
@@ -51,6 +54,7 @@ SOURCES = {
     "pie27": DATA / "pie27" / "pie27.npz",
 }
 OURS = "ours (scan)"
+HEADS = "scan heads (before self-labelling)"
 PRETEXT = "pretext + k-means"
 PIXELS = "raw-pixel k-means"
 
@@ -105,11 +109,11 @@ def measure(name: str, seeds, only=None, overrides=()) -> list[dict]:
 
     default = default_recipe(ds.channels, weightless=True)
 
-    def record(method, labels, secs, load0, warnings=0):
+    def record(method, labels, secs, load0, warnings=0, **extra):
         m = evaluate(labels, ds.labels)
         row = {"dataset": name, "n": len(ds), "method": method, "seed": seed, "acc": m["acc"], "nmi": m["nmi"],
                "ari": m["ari"], "seconds": secs, "load_start": load0, "load_end": os.getloadavg()[0],
-               "warnings": warnings, "default": method == default}
+               "warnings": warnings, "default": method == default, **extra}
         rows.append(row)
         print(json.dumps(row), flush=True)
 
@@ -124,7 +128,9 @@ def measure(name: str, seeds, only=None, overrides=()) -> list[dict]:
                     spec = json.loads(json.dumps(spec))
                     spec["encoder"]["cache_dir"] = cache
                     pipe, secs = fit(spec, ds, k, seed, mname)
-                    record(mname, pipe.labels_, secs, load0, len(pipe.encoder.warnings_))
+                    collapses = sum("COLLAPSE" in w for w in pipe.encoder.warnings_)
+                    record(mname, pipe.labels_, secs, load0, collapses, selflabel_kept=pipe.encoder.selflabel_kept_)
+                    record(HEADS, pipe.encoder.scan_labels_, 0.0, load0)
                     t = time.perf_counter()
                     record(PRETEXT, pretext_kmeans(pipe, ds, k, seed), time.perf_counter() - t, load0)
             else:
@@ -141,13 +147,15 @@ def summarise(rows) -> str:
         dflt = [r["acc"] for r in rows if r["dataset"] == d and r.get("default")]
         secs = [r["seconds"] for r in rs]
         out.append([f"{d} (n={rs[0]['n']})", m, *score_cells(rs),
-                    f"{np.mean(secs):.0f} ({max(secs):.0f})" if m != PRETEXT else "(from ours)",
+                    f"{np.mean(secs):.0f} ({max(secs):.0f})" if m not in (HEADS, PRETEXT) else "(from ours)",
                     f"{acc - np.mean(dflt):+.3f}" if dflt else "–",
                     f"{acc / np.mean(px):.2f}×" if px else "–",
                     str(sum(r["warnings"] for r in rs)) if m == OURS else "",
+                    f"{sum(r['selflabel_kept'] for r in rs)} of {len(rs)}" if m == OURS else "",
                     f"{min(r['load_start'] for r in rs):.1f}–{max(r['load_end'] for r in rs):.1f}", len(rs)])
     return table(out, ["dataset", "method", "ACC (mean ± sd)", "NMI", "ARI", "seconds per run (max)",
-                       "ACC − default", "ACC ÷ raw-pixel k-means", "collapse warnings", "load (1-min)", "seeds"])
+                       "ACC − default", "ACC ÷ raw-pixel k-means", "collapse warnings",
+                       "self-labelling kept", "load (1-min)", "seeds"])
 
 
 def main(argv=None):
@@ -159,7 +167,8 @@ def main(argv=None):
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="override of the scan recipe")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the timed runs hold the bench lock)")
     ap.add_argument("--json", default=None, help="also write the raw rows here")
-    ap.add_argument("--write", action="store_true", help="replace the scan-cpu block of benchmarks/RESULTS.md")
+    ap.add_argument("--write", action="store_true", help="replace the --section block of benchmarks/RESULTS.md")
+    ap.add_argument("--section", default="scan-cpu", help="name of the RESULTS.md block that --write replaces")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     missing = [d for d in args.datasets if not SOURCES[d].exists()]
@@ -173,10 +182,10 @@ def main(argv=None):
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     if args.write:
-        head = (f"## SCAN on this CPU (issue 14)\n\nCommand: `{command()}`  \nMachine: {machine()}; date {today()}. "
+        head = (f"## SCAN on this CPU (issue 14): {', '.join(args.datasets)}\n\nCommand: `{command()}`  \nMachine: {machine()}; date {today()}. "
                 f"Each run is timed end to end (decode, pretext, neighbours, heads, self-labelling, assignment); "
                 f"the load column is the 1-min load average at the start and end of the runs.\n\n")
-        update_section("scan-cpu", head + body)
+        update_section(args.section, head + body)
 
 
 if __name__ == "__main__":

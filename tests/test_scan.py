@@ -159,6 +159,40 @@ def test_collapse_is_reported(one_torch_thread, two_classes):
     assert enc.clusters_["empty_clusters"] > 0 or enc.clusters_["largest_cluster"] > dominant_share(4)
 
 
+class _AllInClusterZero(torch.nn.Module):
+    """Logits that put every image in cluster 0: a self-labelling stage that collapsed completely."""
+
+    def forward(self, h):
+        out = torch.zeros(len(h), 2, dtype=h.dtype, device=h.device)
+        out[:, 0] = 10.0
+        return out
+
+
+def test_self_labelling_that_collapses_the_scan_stages_clusters_is_discarded(one_torch_thread, two_classes,
+                                                                              monkeypatch):
+    from imclust.encoders import scan as scan_module
+
+    ds, y = two_classes
+    kept = tiny_scan().fit(ds)
+    assert kept.selflabel_kept_ and cluster_acc(y, kept.labels_) == 1.0
+    real_fit = scan_module.SelfLabelStage.fit
+
+    def collapsing_fit(stage, data):
+        real_fit(stage, data)
+        stage.head_ = torch.nn.Sequential(stage.head_, _AllInClusterZero())
+        return stage
+
+    monkeypatch.setattr(scan_module.SelfLabelStage, "fit", collapsing_fit)
+    enc = tiny_scan().fit(ds)
+    assert not enc.selflabel_kept_ and enc.selflabel_history_  # it ran, and was discarded
+    assert any("COLLAPSE after self-labelling" in w for w in enc.warnings_)
+    assert any("self-labelling's network is discarded" in w for w in enc.warnings_)
+    # the scan stage's network and clusters stand, and new images are placed with them
+    assert np.array_equal(enc.labels_, enc.scan_labels_) and cluster_acc(y, enc.labels_) == 1.0
+    assert np.array_equal(enc.predict(ds), enc.labels_)
+    assert enc.clusters_["largest_cluster"] <= dominant_share(2) and enc.summary()["selflabel_kept"] is False
+
+
 def test_presets_follow_the_images_and_overrides_are_checked():
     assert data_kind((1, 28, 28)) == "grey" and data_kind((3, 32, 32)) == "colour-32"
     assert data_kind((3, 96, 96)) == "photo" and data_kind((3, 48, 64)) == "colour-32"

@@ -18,7 +18,10 @@ checkpoints in ``checkpoint_dir/<stage>`` and exact resume, DDP under torchrun):
 **Collapse is reported, never hidden.** After each stage the clusters of the training images are counted;
 an empty cluster, or one holding more than :func:`dominant_share` of the images, is written to the log, to
 ``history.json``/``scan.json`` and to the run's warnings (``run.json``). The per-epoch history records the
-largest cluster's share and the number of clusters in use among the training batches' predictions.
+largest cluster's share and the number of clusters in use among the training batches' predictions. A collapse
+that self-labelling makes out of clusters the scan stage had kept apart discards self-labelling's network: the
+scan stage's network and clusters are kept, and the log, the warnings and ``scan.json`` (``selflabel_kept``)
+say so.
 
 **Sizes.** ``preset = "auto"`` chooses from the images (channels and side, never labels) among
 :data:`PRESETS`: ``grey`` (one channel: working side at most 32 px, small ConvNet, no flips, no colour
@@ -543,18 +546,32 @@ class ScanEncoder(ClusteringEncoder):
             f"cluster sizes {rec['counts']}")
         # 3. self-labelling
         self.selflabel_history_ = []
+        self.selflabel_kept_ = False
         sl = settings["selflabel"]
         if int(sl.get("epochs", SelfLabelStage.epochs)) > 0:
             stage = SelfLabelStage(**{**sl, "n_clusters": k, "init": f"{init}/scan-head-{self.best_head_}",
                                       **self._shared("selflabel")})
             stage.fit(_StageData(images, self.mean_, self.std_, self.net_, head=self.head_))
             self.selflabel_history_ = stage.history_
+            scan_net, scan_head = self.net_, self.head_
             self.net_, self.head_ = stage.net_, stage.head_
+            self.selflabel_kept_ = True
             if stage.history_ and max(h.get("confident", 0.0) for h in stage.history_) == 0:
                 self._warn([f"scan: self-labelling found no image above the threshold {stage.threshold}; "
                             "its epochs changed nothing (the scan stage's clusters stand)"])
-        self.labels_ = self._probabilities(uint8_of(images)).argmax(1).astype(np.int64)
-        rec, warn = collapse_report(self.labels_, k, "self-labelling" if self.selflabel_history_ else "the scan stage")
+            selflabel_labels = self._probabilities(uint8_of(images)).argmax(1).astype(np.int64)
+            rec_sl, warn_sl = collapse_report(selflabel_labels, k, "self-labelling")
+            self._warn(warn_sl)
+            if warn_sl and not warn:
+                # a collapse that self-labelling made, not one it inherited: its network is worse than the one it
+                # started from, so that one is kept (the collapse stays reported above)
+                self.net_, self.head_ = scan_net, scan_head
+                self.selflabel_kept_ = False
+                self._warn([f"scan: self-labelling's network is discarded and the scan stage's kept: self-labelling "
+                            f"collapsed clusters that the scan stage had kept apart (cluster sizes {rec['counts']} "
+                            f"after the scan stage, {rec_sl['counts']} after self-labelling)"])
+        self.labels_ = selflabel_labels if self.selflabel_kept_ else self.scan_labels_
+        rec, warn = collapse_report(self.labels_, k, "self-labelling" if self.selflabel_kept_ else "the scan stage")
         self.clusters_ = rec
         self._warn(warn)
         self.net_.eval()
@@ -619,7 +636,7 @@ class ScanEncoder(ClusteringEncoder):
         extra = {k: getattr(self, k) for k in ("input_shape_", "arch_", "width_", "n_clusters_", "settings_",
                                                "best_head_", "head_losses_", "warnings_", "clusters_",
                                                "scan_clusters_", "pretext_history_", "scan_history_",
-                                               "selflabel_history_", "pretext_from_cache_")}
+                                               "selflabel_history_", "selflabel_kept_", "pretext_from_cache_")}
         return arrays, extra
 
     def set_state(self, arrays, extra):
@@ -641,6 +658,7 @@ class ScanEncoder(ClusteringEncoder):
             "head_losses": self.head_losses_, "pretext_from_cache": self.pretext_from_cache_,
             "clusters_after_scan": self.scan_clusters_, "clusters": self.clusters_,
             "confident_share": [h.get("confident") for h in self.selflabel_history_],
+            "selflabel_kept": bool(getattr(self, "selflabel_kept_", bool(self.selflabel_history_))),
             "warnings": list(self.warnings_),
             "seconds": {s: float(sum(h.get("seconds", 0.0) for h in getattr(self, f"{s}_history_")))
                         for s in ("pretext", "scan", "selflabel")},
