@@ -97,3 +97,34 @@ def test_bf16_channels_last_runs():
     step = lambda idx, t: ((t.modules["net"](t.to_device(X[idx])).float() - t.to_device(X[idx])) ** 2).mean()
     h = tr.fit(step, lambda e, g: batch_indices(len(X), 4, g))
     assert np.isfinite(h[0]["loss"])
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, native):
+    """`auto` must not choose bf16 on a CPU without native bf16 (there it emulates every convolution and runs
+    several times slower than fp32); the Trainer trains, and its checkpoints record, the precision it resolved."""
+    from imclust.nn import train as train_mod
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    want = "bf16" if native else "fp32"
+    assert train_mod.resolve_precision("auto", torch.device("cpu")) == want
+    assert train_mod.resolve_precision("fp32", torch.device("cpu")) == "fp32"
+    assert train_mod.resolve_precision("bf16", torch.device("cpu")) == "bf16"  # asked for by name: kept
+    seen = []
+
+    def step(idx, t):
+        out = t.modules["net"](t.to_device(X[idx]))
+        seen.append(out.dtype)
+        return ((out.float() - t.to_device(X[idx])) ** 2).mean()
+
+    X = np.random.RandomState(0).rand(8, 1, 8, 8).astype(np.float32)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 1, 3, padding=1))
+    tr = Trainer({"net": net}, TrainConfig(epochs=1, precision="auto"))
+    assert tr.config.precision == want and tr.fingerprint["train"]["precision"] == want
+    tr.fit(step, lambda e, g: batch_indices(len(X), 4, g))
+    assert set(seen) == {torch.bfloat16 if native else torch.float32}
+
+
+def test_unknown_precision_is_a_user_error():
+    with pytest.raises(UserError, match="unknown precision 'fp16'"):
+        Trainer({"net": _net()}, TrainConfig(epochs=1, precision="fp16"))

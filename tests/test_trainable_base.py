@@ -133,6 +133,15 @@ def test_fingerprint_leaves_out_what_may_change_on_resume():
     assert fp["params"]["lr"] == enc.lr and fp["data"] == {"n": 48, "shape": [1, 6, 6]}
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_fingerprint_records_the_precision_auto_resolves_to(monkeypatch, native):
+    """A pretext cached or checkpointed under ``auto`` is keyed by what ran (bf16 or fp32), not by ``auto``."""
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    enc = ToyAE(precision="auto", device="cpu")
+    enc.input_shape_ = [1, 6, 6]
+    assert enc.resume_fingerprint(48)["params"]["precision"] == ("bf16" if native else "fp32")
+
+
 def test_interrupted_then_resumed_equals_uninterrupted_and_longer_runs_continue(tmp_path):
     ds = _ds()
     full = ToyAE(epochs=4, seed=3, checkpoint_dir=str(tmp_path / "full"), checkpoint_every=1).fit(ds)

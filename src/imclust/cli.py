@@ -257,7 +257,8 @@ def _embed_cmd(p):
     p.add_argument("--out", default=None, help="output folder (default: runs/embed-<source name>)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
-    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "auto"),
+                   help="auto: bf16 where the device computes it natively, else fp32")
     p.add_argument("--channels-last", action="store_true")
     _threads_arg(p)
     _source_args(p)

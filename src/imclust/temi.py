@@ -129,7 +129,7 @@ class TEMI(Clusterer):
     prior_momentum : momentum of the running cluster-size estimate q̃.
     center : subtract the training mean before L2-normalising (for features that are all positive, like a
         CNN's pooled activations, cosine similarity is otherwise dominated by the mean).
-    device, precision : as for the trainable encoders (``auto``/``cpu``/``cuda``; ``fp32``/``bf16``).
+    device, precision : as for the trainable encoders (``auto``/``cpu``/``cuda``; ``fp32``/``bf16``/``auto``).
     random_state : seed of the initialisation, the batches and the neighbour draws.
     """
 

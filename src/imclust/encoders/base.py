@@ -173,6 +173,8 @@ class TrainableEncoder(Declared, Encoder):
 
     # -- the template ---------------------------------------------------------------------------------------
     def check_params(self) -> None:
+        from ..nn.train import PRECISIONS
+
         name = self.component_name
 
         def bad(what, v, want):
@@ -188,8 +190,8 @@ class TrainableEncoder(Declared, Encoder):
             bad("weight_decay", self.weight_decay, "zero or a positive number")
         if self.optimizer not in self.OPTIMIZERS:
             bad("optimizer", self.optimizer, " or ".join(self.OPTIMIZERS))
-        if self.precision not in ("fp32", "bf16"):
-            bad("precision", self.precision, "fp32 or bf16")
+        if self.precision not in PRECISIONS:
+            bad("precision", self.precision, ", ".join(PRECISIONS))
         if self.seed is not None and not _whole(self.seed):
             bad("seed", self.seed, "a whole number")
         if self.grad_clip is not None and not (isinstance(self.grad_clip, (int, float)) and self.grad_clip > 0):
@@ -210,8 +212,12 @@ class TrainableEncoder(Declared, Encoder):
     def resume_fingerprint(self, n: int) -> dict:
         """What must match for a checkpoint to be resumed: the parameters (less RESUMABLE and INFERENCE_ONLY)
         and the data's size and shape."""
+        from ..nn.train import pick_device, resolve_precision
+
         skip = set(self.RESUMABLE) | set(self.INFERENCE_ONLY)
         params = {k: v for k, v in self.get_params(deep=False).items() if k not in skip}
+        if "precision" in params:  # what ran: a pretext trained in bf16 is not an fp32 one
+            params["precision"] = resolve_precision(self.precision, pick_device(self.device))
         return {"method": self.component_name, "params": params,
                 "data": {"n": int(n), "shape": list(getattr(self, "input_shape_", []) or [])}}
 

@@ -164,8 +164,10 @@ class PretrainedEncoder(Encoder):
         return Preprocess(preset, self.size, bool(self.normalize), native)
 
     def _check_params(self):
-        if self.precision not in ("fp32", "bf16", "auto"):
-            raise UserError(f"pretrained encoder: unknown precision {self.precision!r}; use fp32, bf16 or auto")
+        from ..nn.train import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise UserError(f"pretrained encoder: unknown precision {self.precision!r}; use {', '.join(PRECISIONS)}")
         if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
             raise UserError(f"pretrained encoder: batch_size must be a whole number of at least 1, got {self.batch_size!r}")
         if self.workers is not None and (not isinstance(self.workers, (int, np.integer)) or self.workers < 0):
@@ -174,18 +176,10 @@ class PretrainedEncoder(Encoder):
             raise UserError("give either --weights PATH or --pretrained, not both")
 
     def _precision(self) -> str:
-        """``auto``: bf16 where the device computes it natively (CUDA with bf16, a CPU with AVX-512 BF16/AMX), else fp32."""
-        if self.precision != "auto":
-            return self.precision
-        dev = self._device()
-        if dev.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        if dev.type == "cpu":
-            try:  # oneDNN's own check of the CPU's bf16 instructions
-                return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-            except (AttributeError, RuntimeError):
-                return "fp32"
-        return "fp32"
+        """``fp32`` or ``bf16``: ``auto`` as :func:`imclust.nn.train.resolve_precision` decides for the device."""
+        from ..nn.train import resolve_precision
+
+        return resolve_precision(self.precision, self._device())
 
     def _n_workers(self) -> int:
         if self.workers is not None:

@@ -1,7 +1,7 @@
 """The one training loop every trainable encoder uses.
 
 It owns: device choice (cuda, mps, cpu), precision (fp32 by default; bf16 autocast plus channels_last on
-request), seeding, a progress bar showing the loss, checkpoints (safetensors + JSON state) every N epochs
+request; ``auto``: bf16 only where the device computes it natively, :func:`resolve_precision`), seeding, a progress bar showing the loss, checkpoints (safetensors + JSON state) every N epochs
 and at the end, resume, NaN detection, and the loss history.
 
 Determinism and exact resume: every epoch begins by seeding python, numpy and torch from ``(seed, epoch)``
@@ -35,7 +35,7 @@ import json
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -64,7 +64,7 @@ class TrainConfig:
     momentum: float = 0.9
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: str = "fp32"  # fp32 | bf16
+    precision: str = "fp32"  # fp32 | bf16 | auto (resolve_precision)
     channels_last: bool = False
     checkpoint_dir: str | None = None
     checkpoint_every: int = 10
@@ -81,6 +81,28 @@ class TrainConfig:
         for k in self._RESUMABLE:
             d.pop(k, None)
         return d
+
+
+#: what a ``precision`` setting may be
+PRECISIONS = ("fp32", "bf16", "auto")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``fp32`` or ``bf16`` for ``device``. ``auto``: bf16 where the device computes it natively (CUDA with bf16,
+    a CPU with AVX-512 BF16 or AMX, by oneDNN's own check), else fp32: on a CPU without those instructions bf16
+    autocast emulates every convolution and runs several times slower than fp32."""
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        try:
+            return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+        except (AttributeError, RuntimeError):
+            return "fp32"
+    return "fp32"
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -239,11 +261,11 @@ class Trainer:
     def __init__(self, modules: dict[str, nn.Module], config: TrainConfig,
                  optimizer_factory: Callable[[dict, TrainConfig], torch.optim.Optimizer] | None = None,
                  fingerprint: dict | None = None, desc: str = "train", callbacks=()):
-        self.config = config
         self.callbacks = list(callbacks)
         self.device = ddp.device_for_rank(pick_device(config.device))
-        if config.precision not in ("fp32", "bf16"):
-            raise UserError(f"unknown precision {config.precision!r}; use fp32 or bf16")
+        # the precision actually used (``auto`` resolved), so checkpoints record and match what ran
+        config = replace(config, precision=resolve_precision(config.precision, self.device))
+        self.config = config
         if int(config.workers) < 0:
             raise UserError(f"workers must be 0 or more, got {config.workers}")
         self.distributed = ddp.init_from_env(self.device)
@@ -497,8 +519,9 @@ def _first_difference(a, b, path="") -> str:
 
 
 def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast, or autocast explicitly off for fp32 (so an enclosing autocast cannot change the numbers)."""
-    if precision == "bf16":
+    """bf16 autocast, or autocast explicitly off for fp32 (so an enclosing autocast cannot change the numbers);
+    ``auto`` as :func:`resolve_precision` decides for ``device``."""
+    if resolve_precision(precision, device) == "bf16":
         return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
     return torch.autocast(device_type=device.type, enabled=False)
 
