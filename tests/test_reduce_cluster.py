@@ -178,3 +178,20 @@ def test_umap_leaves_the_torch_thread_count_as_it_was(one_torch_thread, backend)
     Z = UMAP(n_components=2, n_neighbors=5, n_epochs=20, backend=backend).fit_transform(X)
     assert Z.shape == (60, 2)
     assert torch.get_num_threads() == 1  # numba's parallel layer would leave it at the core count
+
+
+def test_pca_keeps_no_more_components_than_the_centred_data_spans(capsys, monkeypatch):
+    """12 images give at most 11 directions around their mean; a 12th component would be rounding noise that a
+    GMM then models (three tight groups of four came out mixed before the clip)."""
+    from imclust.reduce import PCA
+
+    monkeypatch.delenv("IMCLUST_QUIET", raising=False)
+    rng = np.random.RandomState(0)
+    centres = rng.randn(3, 1280).astype(np.float32) * 5
+    X = np.repeat(centres, 4, axis=0) + rng.randn(12, 1280).astype(np.float32) * 0.1
+    Z = PCA(n_components=50).fit_transform(X)
+    assert Z.shape == (12, 11)
+    assert "11 components instead of 50" in capsys.readouterr().err
+    labels = GaussianMixture(n_clusters=3, n_init=10).fit(Z).labels_
+    assert evaluate(labels, np.repeat(np.arange(3), 4))["acc"] == 1.0
+    assert PCA(n_components=5).fit_transform(X).shape == (12, 5)  # below the rank: as asked

@@ -71,8 +71,9 @@ class _Scatter:
 class PCA(Reducer):
     """Principal component analysis with optional whitening.
 
-    ``n_components`` is a count, a variance fraction in (0, 1), or None for all. It is clipped to
-    min(n_samples, n_features) with a note. The components are the leading eigenvectors of the scatter
+    ``n_components`` is a count, a variance fraction in (0, 1), or None for all. It is clipped, with a note in
+    the log, to min(n_samples - 1, n_features): the rank of the centred data, beyond which a component holds
+    rounding noise only (a clusterer that models variances, a GMM say, would fit that noise). The components are the leading eigenvectors of the scatter
     matrix, read from the input in row blocks (:class:`_Scatter`), so the input may be a memory-mapped
     feature file larger than memory.
     """
@@ -90,13 +91,18 @@ class PCA(Reducer):
                           for s in range(0, n, PCA_BLOCK_ROWS)) / n).astype(np.float32)
         scatter = _Scatter(X, self.mean_)
         nc = self.n_components
-        full = min(n, d)
+        full = min(n - 1, d)  # the centred data's rank at most
         if nc is None or (isinstance(nc, float) and 0 < nc < 1):
             k = full
         else:
-            k = min(int(nc), full)
-            if k < 1:
+            if int(nc) < 1:
                 raise InvalidInputError(f"PCA n_components must be at least 1, got {nc}")
+            k = min(int(nc), full)
+            if k < int(nc):
+                from .progress import log
+
+                log(f"PCA: {k} components instead of {int(nc)}: {n} samples of {d} features span at most {full} "
+                    "directions around their mean")
         total = scatter.total / max(n - 1, 1)
         if isinstance(nc, float) and 0 < nc < 1 and full > 1024:
             # A variance fraction rarely needs the whole spectrum: try the leading eighth first.

@@ -540,7 +540,7 @@ def extract_features(fn: Callable[[torch.Tensor], torch.Tensor], data, *, batch_
 
     The one inference loop of every encoder: ``modules`` are put in eval mode for the pass (and restored),
     ``prepare(rows, device)`` turns a slice of ``data`` into the input tensor (default: as float on
-    ``device``), 4-D inputs go channels_last on request, ``fn`` runs under the precision's autocast, and the
+    ``device``), 4-D inputs and the modules' weights go channels_last on request, ``fn`` runs under the precision's autocast, and the
     outputs come back as float32 numpy. Under torchrun each process computes its share of the batches;
     ``gather="all"`` returns every row on every process, ``"main"`` on rank 0 only (None elsewhere).
     """
@@ -551,6 +551,10 @@ def extract_features(fn: Callable[[torch.Tensor], torch.Tensor], data, *, batch_
     was_training = [m.training for m in modules]
     for m in modules:
         m.eval()
+        if channels_last:
+            # the weights in the layout training left them in (a model loaded from disk comes back contiguous,
+            # and another layout takes another kernel: the features would differ in their last bits)
+            m.to(memory_format=torch.channels_last)
     n, bs = len(data), max(1, int(batch_size))
     batches = ddp.rank_batches([np.arange(s, min(s + bs, n)) for s in range(0, n, bs)])
     bar = progress(batches, desc=desc, unit="batch") if desc and len(batches) > 4 else batches
