@@ -54,11 +54,23 @@ def available(names):
     return out
 
 
-def machine() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (what decides, for one, whether bf16 is native), else the architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine(threads: bool = True) -> str:
     import torch
 
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads, python {platform.python_version()}")
+    return (f"{platform.processor() or platform.machine()} ({cpu_model()}), {os.cpu_count()} cores, "
+            f"torch {torch.__version__}, " + (f"{torch.get_num_threads()} threads, " if threads else "")
+            + f"python {platform.python_version()}")
 
 
 def today() -> str:

@@ -50,6 +50,7 @@ CACHE = HERE / ".suite-cache"
 sys.path.insert(0, str(HERE))
 
 from _common import SUITE_SETS as SETS  # noqa: E402  (name -> source as `imclust run` takes it)
+from _common import machine  # noqa: E402
 METHODS = ("recipe", "kmeans", "manifold")
 PEER_NAMES = {"kmeans": "raw-pixel k-means", "manifold": "PCA-50 → UMAP → GMM"}
 QUICK_MAX = 2000
@@ -350,15 +351,6 @@ def summarise(results: list[dict], sets: list[str], methods: list[str]) -> tuple
     return "\n".join(lines), agg
 
 
-def machine() -> str:
-    import platform
-
-    import torch
-
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-            f"python {platform.python_version()}")
-
-
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", action="append", choices=list(SETS), metavar="SET",
@@ -410,7 +402,7 @@ def main(argv=None):
     if args.overrides:
         recipe += " with " + ", ".join(f"`{o}`" for o in args.overrides)
     body = (f"## Benchmark suite: {'the default' if not args.recipe else args.recipe} against the peers on every set\n\n"
-            f"Command: `{cmd}`  \nMachine: {machine()}; started {started}; 1-min load average {load_before:.1f} at "
+            f"Command: `{cmd}`  \nMachine: {machine(threads=False)}; started {started}; 1-min load average {load_before:.1f} at "
             f"the start, {os.getloadavg()[0]:.1f} at the end; {args.jobs} fit(s) at a time.  \n"
             f"Recipe: {recipe}. Peers: {PEER_NAMES['kmeans']} (`KMeans(n_init=10)` on the pixels as loaded) and "
             f"{PEER_NAMES['manifold']} (umap-learn, n_components = k, 10 neighbours, min_dist 0; full-covariance GMM, "

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -29,21 +28,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SUITE_SETS, command, load_average, machine, table, today, update_section  # noqa: E402
+from _common import SUITE_SETS, command, cpu_model, load_average, machine, table, today, update_section  # noqa: E402
 
 from imclust.nn.train import autocast_context, resolve_precision  # noqa: E402
 
 SETTINGS = (("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True))
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def networks():
@@ -142,7 +131,7 @@ def main():
                             f"{s / secs['fp32']:.2f}x"] for p, s in secs.items()],
                           ["autoencoder precision", "encode s", "÷ fp32"]))
 
-    body = (f"Command: `flock /tmp/imclust-bench.lock {command()}`  \nMachine: {machine()}; CPU {cpu_model()}; "
+    body = (f"Command: `flock /tmp/imclust-bench.lock {command()}`  \nMachine: {machine()}; "
             f"{today()}; 1-min load average {load_before:.1f} at the start, {load_average():.1f} at the end. "
             f"`precision = \"auto\"` resolves to **{auto}** here. Training steps per second (forward, backward, "
             f"optimizer step), random inputs, {args.seconds:.0f} s timed per cell; CL: channels_last.\n\n"
