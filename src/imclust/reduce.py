@@ -73,9 +73,9 @@ class PCA(Reducer):
 
     ``n_components`` is a count, a variance fraction in (0, 1), or None for all. It is clipped, with a note in
     the log, to min(n_samples - 1, n_features): the rank of the centred data, beyond which a component holds
-    rounding noise only (a clusterer that models variances, a GMM say, would fit that noise). The components are the leading eigenvectors of the scatter
-    matrix, read from the input in row blocks (:class:`_Scatter`), so the input may be a memory-mapped
-    feature file larger than memory.
+    rounding noise only (a clusterer that models variances, a GMM say, would fit that noise). The components
+    are the leading eigenvectors of the scatter matrix, read from the input in row blocks (:class:`_Scatter`),
+    so the input may be a memory-mapped feature file larger than memory.
     """
 
     def __init__(self, n_components=50, whiten: bool = False, random_state: int | None = 0, eps: float = 1e-8):

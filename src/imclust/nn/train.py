@@ -1,8 +1,9 @@
 """The one training loop every trainable encoder uses.
 
 It owns: device choice (cuda, mps, cpu), precision (fp32 by default; bf16 autocast plus channels_last on
-request; ``auto``: bf16 only where the device computes it natively, :func:`resolve_precision`), seeding, a progress bar showing the loss, checkpoints (safetensors + JSON state) every N epochs
-and at the end, resume, NaN detection, and the loss history.
+request; ``auto``: bf16 only where the device computes it natively, :func:`resolve_precision`), seeding, a
+progress bar showing the loss, checkpoints (safetensors + JSON state) every N epochs and at the end, resume,
+NaN detection, and the loss history.
 
 Determinism and exact resume: every epoch begins by seeding python, numpy and torch from ``(seed, epoch)``
 and the batch order comes from a generator seeded the same way. An epoch therefore depends only on the
@@ -540,8 +541,8 @@ def extract_features(fn: Callable[[torch.Tensor], torch.Tensor], data, *, batch_
 
     The one inference loop of every encoder: ``modules`` are put in eval mode for the pass (and restored),
     ``prepare(rows, device)`` turns a slice of ``data`` into the input tensor (default: as float on
-    ``device``), 4-D inputs and the modules' weights go channels_last on request, ``fn`` runs under the precision's autocast, and the
-    outputs come back as float32 numpy. Under torchrun each process computes its share of the batches;
+    ``device``), 4-D inputs and the modules' weights go channels_last on request, ``fn`` runs under the
+    precision's autocast, and the outputs come back as float32 numpy. Under torchrun each process computes its share of the batches;
     ``gather="all"`` returns every row on every process, ``"main"`` on rank 0 only (None elsewhere).
     """
     if gather not in ("all", "main"):
