@@ -142,6 +142,13 @@ def test_fingerprint_records_the_precision_auto_resolves_to(monkeypatch, native)
     assert enc.resume_fingerprint(48)["params"]["precision"] == ("bf16" if native else "fp32")
 
 
+def test_a_fit_under_auto_precision_says_what_it_resolved_to(monkeypatch, capsys):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.delenv("IMCLUST_QUIET", raising=False)
+    ToyAE(precision="auto", device="cpu", epochs=1).fit(_ds())
+    assert "precision auto -> fp32" in capsys.readouterr().err
+
+
 def test_interrupted_then_resumed_equals_uninterrupted_and_longer_runs_continue(tmp_path):
     ds = _ds()
     full = ToyAE(epochs=4, seed=3, checkpoint_dir=str(tmp_path / "full"), checkpoint_every=1).fit(ds)

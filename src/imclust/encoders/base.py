@@ -238,6 +238,7 @@ class TrainableEncoder(Declared, Encoder):
         what = self.describe()
         log(f"{self.component_name}: {self.n_train_} images {tuple(getattr(self, 'input_shape_', ()))}, {self.epochs_} epochs"
             + (f", {what}" if what else "")
+            + (f", precision auto -> {trainer.config.precision}" if self.precision == "auto" else "")
             + (f", {trainer.world_size} processes (DDP)" if trainer.distributed else ""))
         history = trainer.fit(self.training_step, self.make_batches, on_epoch_start=self.on_epoch_start,
                               on_epoch_end=self.on_epoch_end, extra_state=self.checkpoint_state,
