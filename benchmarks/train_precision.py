@@ -8,10 +8,10 @@ Two measurements:
   random inputs (the speed does not depend on the values), ``--seconds`` timed per cell after a warm-up;
 - ``recipe``: one fit of the grey default on ``--data`` (its encode stage: HOG, the autoencoder's training
   and its code, the pixels) with ``encoder.views.autoencoder.precision`` set to each precision, in this
-  process (the same imports and JIT for every row; the first row also pays them, so it runs first twice).
+  process (an untimed fp32 fit first pays the imports, JIT and caches, so every timed row finds them paid).
 
 Run (serialised with the other benchmarks):
-    flock /tmp/imclust-bench.lock python benchmarks/train_precision.py --threads 1 --update train-precision
+    flock /tmp/imclust-bench.lock python benchmarks/train_precision.py --update train-precision
 """
 
 from __future__ import annotations
