@@ -540,7 +540,7 @@ def test_cli_export_and_bad_flags(tmp_path, capsys):
     capsys.readouterr()
     for bad, msg in [
         (["run", str(root), "--weightless", "--weights", str(tmp_path / "w.pth"), "--out", str(tmp_path / "x")],
-         "uses the 'hog' encoder"),
+         "uses the 'views' encoder"),
         (["run", str(root), "--recipe", "cnn-kmeans", "--weights", str(tmp_path / "w.pth"), "--out", str(tmp_path / "x")],
          "does not exist"),
         (["run", str(root), "--recipe", "cnn-kmeans", "--set", 'encoder.backbone="vgg19"', "--out", str(tmp_path / "x")],
