@@ -111,7 +111,7 @@ def test_weightless_colour_default_joins_colour_features_and_a_network_trained_o
     monkeypatch.setenv("IMCLUST_CACHE_DIR", str(tmp_path / "cache"))  # the pretext is trained, not found in a cache
     src = write_image_folder(tmp_path / "imgs", k=3, n_per=6, size=20)
     ds = load_source(str(src))
-    pipe, cfg = build_pipeline("photo-simclr-umap", ["encoder.views.simclr.min_steps=3",
+    pipe, _ = build_pipeline("photo-simclr-umap", ["encoder.views.simclr.min_steps=3",
                                                      "reducers.0.n_neighbors=5"], seed=2)
     fit_pipeline(pipe, ds, 3)
     simclr = pipe.encoder.encoders_["simclr"]
