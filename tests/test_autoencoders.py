@@ -63,6 +63,22 @@ def test_hw9_encoder_resizes_to_multiple_of_8():
     assert enc.transform(_imageset(x)).shape == (len(x), 256 * 2 * 2)
 
 
+def test_max_side_shrinks_only_larger_images_and_keeps_their_aspect():
+    rs = np.random.RandomState(0)
+    tall = _imageset(rs.rand(6, 1, 40, 20))
+    enc = AutoencoderEncoder(arch="conv_digits", max_side=16, epochs=1, batch_size=4, device="cpu").fit(tall)
+    assert enc.input_shape_ == [1, 16, 8]
+    assert enc.transform(tall).shape == (6, 10)
+    small = _imageset(rs.rand(6, 1, 12, 12))
+    enc = AutoencoderEncoder(arch="conv_digits", max_side=16, epochs=1, batch_size=4, device="cpu").fit(small)
+    assert enc.input_shape_ == [1, 12, 12]
+    fixed = AutoencoderEncoder(arch="conv_digits", size=24, max_side=16, epochs=1, batch_size=4, device="cpu")
+    assert fixed.fit(tall).input_shape_ == [1, 24, 24]  # an explicit size wins
+    for bad in (0, 2.5, "32"):
+        with pytest.raises(UserError, match="max_side"):
+            AutoencoderEncoder(arch="conv_digits", max_side=bad, epochs=1, device="cpu").fit(small)
+
+
 @pytest.mark.parametrize("arch,shape,code", [("mlp3", (1, 28, 28), 3), ("dec", (1, 28, 28), 10),
                                              ("conv_digits", (1, 28, 28), 10), ("conv_digits", (1, 16, 16), 10),
                                              ("conv_digits", (1, 8, 8), 10), ("dec", (3, 5, 7), 10)])

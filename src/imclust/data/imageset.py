@@ -199,6 +199,15 @@ class ImageSet:
         return view
 
 
+def shrink_to_max_side(h: int, w: int, max_side: int | None) -> tuple[int, int]:
+    """``(h, w)`` scaled down, aspect kept, so that the longer side is ``max_side``; unchanged when the longer
+    side is at most ``max_side`` already, or when ``max_side`` is ``None`` or 0."""
+    if not max_side or max(h, w) <= int(max_side):
+        return int(h), int(w)
+    scale = int(max_side) / max(h, w)
+    return max(1, round(h * scale)), max(1, round(w * scale))
+
+
 def convert_batch(batch: np.ndarray, channels: int, size: tuple[int, int]) -> np.ndarray:
     """Convert a ``(B, C, H, W)`` batch to ``channels`` and ``size`` (antialiased bilinear)."""
     b, c, h, w = batch.shape

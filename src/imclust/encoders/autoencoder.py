@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 from ..base import register
-from ..data import ImageSet
+from ..data import ImageSet, shrink_to_max_side
 from ..errors import UserError
 from ..nn.augment import random_shift
 from ..nn.autoencoders import ARCHITECTURES, count_parameters, make_autoencoder
 from ..progress import log
-from .base import TrainableEncoder
+from .base import TrainableEncoder, _whole
 
 
 def _size_tuple(size):
@@ -41,7 +41,9 @@ class AutoencoderEncoder(TrainableEncoder):
     """Train an autoencoder (``arch``: conv_hw9, mlp3, dec, conv_digits) and encode images with it.
 
     Parameters: ``size`` ([H, W] or one int) and ``channels`` convert the input first (by default the
-    source's own shape; conv_hw9 rounds H and W to the nearest multiple of 8 and says so). ``code_dim``
+    source's own shape; conv_hw9 rounds H and W to the nearest multiple of 8 and says so). Without ``size``,
+    ``max_side`` shrinks images whose longer side exceeds it to that side (antialiased, aspect kept): a
+    network's cost grows with the pixels it sees, and larger scans or shapes train for minutes. ``code_dim``
     sets the code size of mlp3/dec/conv_digits. ``noise`` (std of Gaussian input noise: a denoising AE),
     ``shift`` (random translation by up to this many pixels, as augmentation). ``min_steps``: train for more
     epochs than ``epochs`` when needed to take at least this many optimizer steps (small sets otherwise get
@@ -53,6 +55,7 @@ class AutoencoderEncoder(TrainableEncoder):
 
     arch: str = "conv_digits"
     size: object = None
+    max_side: int | None = None
     channels: int | None = None
     code_dim: int | None = None
     noise: float = 0.0
@@ -70,9 +73,12 @@ class AutoencoderEncoder(TrainableEncoder):
             raise UserError(f"unknown autoencoder architecture {self.arch!r}; choose one of {', '.join(ARCHITECTURES)}")
         if self.noise < 0 or int(self.shift) < 0:
             raise UserError("autoencoder noise and shift must be zero or positive")
+        if self.max_side is not None and (not _whole(self.max_side) or self.max_side < 1):
+            raise UserError(f"autoencoder max_side={self.max_side!r}: give a whole number of pixels, e.g. 32, "
+                            "or leave it out to keep the images' size")
 
     def _fit_shape(self, ds: ImageSet) -> tuple[int, int, int]:
-        size = _size_tuple(self.size) or (int(ds.shape[1]), int(ds.shape[2]))
+        size = _size_tuple(self.size) or shrink_to_max_side(int(ds.shape[1]), int(ds.shape[2]), self.max_side)
         c = int(self.channels or ds.shape[0])
         if self.arch == "conv_hw9" and (size[0] % 8 or size[1] % 8):
             new = tuple(max(8, int(round(s / 8)) * 8) for s in size)

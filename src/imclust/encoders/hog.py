@@ -37,7 +37,7 @@ import math
 import numpy as np
 
 from ..base import register
-from ..data import ImageSet, convert_batch
+from ..data import ImageSet, convert_batch, shrink_to_max_side
 from ..errors import UserError
 from .base import Encoder
 
@@ -219,9 +219,8 @@ class HOGEncoder(Encoder):
         channels = 3 if self.colour_bins is not None and ds.channels == 3 else 1
         view = ds.resized(self.size, channels)
         h, w = int(view.shape[1]), int(view.shape[2])
-        if self.size is None and self.max_side and max(h, w) > int(self.max_side):
-            scale = int(self.max_side) / max(h, w)
-            h, w = max(1, round(h * scale)), max(1, round(w * scale))
+        if self.size is None:
+            h, w = shrink_to_max_side(h, w, self.max_side)
         self.input_shape_ = [channels, h, w]
         f = upsample_factor(h, w, int(self.min_side))
         self.upsample_factor_ = int(f)
