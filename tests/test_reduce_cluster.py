@@ -195,3 +195,14 @@ def test_pca_keeps_no_more_components_than_the_centred_data_spans(capsys, monkey
     labels = GaussianMixture(n_clusters=3, n_init=10).fit(Z).labels_
     assert evaluate(labels, np.repeat(np.arange(3), 4))["acc"] == 1.0
     assert PCA(n_components=5).fit_transform(X).shape == (12, 5)  # below the rank: as asked
+
+
+def test_pca_variance_fraction_of_identical_images_keeps_one_direction(recwarn):
+    """Identical images have no variance to explain; a fraction of nothing must not divide by zero."""
+    from imclust.reduce import PCA
+
+    X = np.ones((20, 8), dtype=np.float32)
+    p = PCA(n_components=0.9).fit(X)
+    assert p.n_components_ == 1
+    assert p.transform(X).shape == (20, 1)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

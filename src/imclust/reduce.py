@@ -117,7 +117,8 @@ class PCA(Reducer):
         Vt = Vt * signs[:, None]
         var = var / max(n - 1, 1)
         if isinstance(nc, float) and 0 < nc < 1:
-            k = int(np.searchsorted(np.cumsum(var) / total, nc) + 1)
+            # identical images leave no variance to explain: one direction says all there is
+            k = int(np.searchsorted(np.cumsum(var) / total, nc) + 1) if total > 0 else 1
         self.components_ = Vt[:k].astype(np.float32)
         self.explained_variance_ = var[:k].astype(np.float32)
         self.explained_variance_ratio_ = (var[:k] / max(total, 1e-30)).astype(np.float32)
