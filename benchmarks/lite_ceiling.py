@@ -1,0 +1,100 @@
+"""How far EfficientNet-Lite features can carry a clustering: neighbour agreement of each feature layer.
+
+For each colour set and each feature (``BACKBONE`` or ``BACKBONE@LAYER``; layers as :class:`PretrainedEncoder`
+names them: ``avgpool`` is the default pooled 1,280-d feature, ``stage6``/``stage7`` the pooled outputs of the
+last two block stages, ``fc`` the 1,000 ImageNet logits):
+
+- **20-NN agreement**: the share of each image's 20 nearest neighbours (cosine, all images) that carry its own
+  label. This is a diagnostic that reads labels, not a clustering. It measures how often the features put
+  an image beside its own class, which is what methods that learn from neighbours (SCAN, TEMI) build on. It
+  is a guide, not a bound: a clustering can score above it where the classes are compact blobs;
+- **PCA-50 -> GMM ACC**: ``photo-lite``'s own clustering stage on the same features, seeds 0–2 (labels read
+  only to score).
+
+    python benchmarks/lite_ceiling.py --datasets cifar10-test flowers5 intel-scenes --update
+
+Features come from (and go to) the content-hash feature cache, as in ``photo_pretrained.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("IMCLUST_QUIET", "1")
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent / "src"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from _common import command, machine, table, today, update_section  # noqa: E402
+from imclust.base import build  # noqa: E402
+from imclust.data import load_source  # noqa: E402
+from imclust.metrics import evaluate  # noqa: E402
+from photo_pretrained import SOURCES, STAGES, encoder_spec, fit_stage  # noqa: E402
+
+FEATURES = ["efficientnet-lite0", "efficientnet-lite0@stage6", "efficientnet-lite0@stage7", "efficientnet-lite0@fc",
+            "efficientnet-lite2"]
+NEIGHBOURS = 20
+
+
+def features(ds, feature: str) -> np.ndarray:
+    backbone, _, layer = feature.partition("@")
+    spec = encoder_spec(backbone)
+    if layer:
+        spec["layer"] = layer
+    enc = build(spec)
+    return np.asarray(enc.fit(ds).transform(ds), dtype=np.float32)
+
+
+def neighbour_agreement(X: np.ndarray, y: np.ndarray, k: int = NEIGHBOURS) -> float:
+    """Share of the k nearest neighbours (cosine; the image itself excluded) that carry the image's label."""
+    import faiss
+
+    Z = np.ascontiguousarray(X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+    index = faiss.IndexFlatIP(Z.shape[1])
+    index.add(Z)
+    _, idx = index.search(Z, k + 1)
+    others = np.array([row[row != i][:k] for i, row in enumerate(idx)])
+    return float((y[others] == y[:, None]).mean())
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=["cifar10-test", "flowers5", "intel-scenes"], choices=list(SOURCES))
+    ap.add_argument("--features", nargs="+", default=FEATURES)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--update", action="store_true", help="write the table into benchmarks/RESULTS.md")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    for name in args.datasets:
+        if not SOURCES[name].exists():
+            sys.exit(f"{SOURCES[name]}: not found; this benchmark reads ../shared/data")
+    load_before = os.getloadavg()[0]
+    lines = []
+    for name in args.datasets:
+        ds = load_source(str(SOURCES[name]))
+        y = np.asarray(ds.labels)
+        k = len(np.unique(y))
+        for feature in args.features:
+            X = features(ds, feature)
+            accs = [evaluate(fit_stage(X, STAGES["PCA-50 -> GMM"], k, seed), y)["acc"] for seed in args.seeds]
+            lines.append([f"{name} (n={len(y)})", feature, X.shape[1], f"{neighbour_agreement(X, y):.3f}",
+                          f"{np.mean(accs):.3f} ± {np.std(accs):.3f}"])
+            print(" | ".join(map(str, lines[-1])), flush=True)
+    body = table(lines, ["dataset", "feature", "dims", f"{NEIGHBOURS}-NN agreement", "PCA-50 -> GMM ACC"])
+    print(body)
+    if args.update:
+        head = (f"Command: `{command()}`  \nMachine: {machine()}; {today()}; 1-min load average {load_before:.1f} at the "
+                f"start, {os.getloadavg()[0]:.1f} at the end (features computed with bf16 autocast and channels_last; "
+                f"seeds {args.seeds}).\n\n")
+        update_section("lite-ceiling", head + body)
+
+
+if __name__ == "__main__":
+    main()
