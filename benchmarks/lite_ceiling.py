@@ -32,35 +32,19 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from _common import command, machine, table, today, update_section  # noqa: E402
-from imclust.base import build  # noqa: E402
 from imclust.data import load_source  # noqa: E402
 from imclust.metrics import evaluate  # noqa: E402
-from photo_pretrained import SOURCES, STAGES, encoder_spec, fit_stage  # noqa: E402
+from imclust.nn.contrastive import mine_neighbours  # noqa: E402
+from photo_pretrained import SOURCES, STAGES, features, fit_stage  # noqa: E402
 
 FEATURES = ["efficientnet-lite0", "efficientnet-lite0@stage6", "efficientnet-lite0@stage7", "efficientnet-lite0@fc",
             "efficientnet-lite2"]
 NEIGHBOURS = 20
 
 
-def features(ds, feature: str) -> np.ndarray:
-    backbone, _, layer = feature.partition("@")
-    spec = encoder_spec(backbone)
-    if layer:
-        spec["layer"] = layer
-    enc = build(spec)
-    return np.asarray(enc.fit(ds).transform(ds), dtype=np.float32)
-
-
 def neighbour_agreement(X: np.ndarray, y: np.ndarray, k: int = NEIGHBOURS) -> float:
     """Share of the k nearest neighbours (cosine; the image itself excluded) that carry the image's label."""
-    import faiss
-
-    Z = np.ascontiguousarray(X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12), dtype=np.float32)
-    index = faiss.IndexFlatIP(Z.shape[1])
-    index.add(Z)
-    _, idx = index.search(Z, k + 1)
-    others = np.array([row[row != i][:k] for i, row in enumerate(idx)])
-    return float((y[others] == y[:, None]).mean())
+    return float((y[mine_neighbours(X, k)] == y[:, None]).mean())
 
 
 def main(argv=None):
@@ -82,7 +66,8 @@ def main(argv=None):
         y = np.asarray(ds.labels)
         k = len(np.unique(y))
         for feature in args.features:
-            X = features(ds, feature)
+            backbone, _, layer = feature.partition("@")
+            X = features(ds, backbone, layer or None)[0]
             accs = [evaluate(fit_stage(X, STAGES["PCA-50 -> GMM"], k, seed), y)["acc"] for seed in args.seeds]
             lines.append([f"{name} (n={len(y)})", feature, X.shape[1], f"{neighbour_agreement(X, y):.3f}",
                           f"{np.mean(accs):.3f} ± {np.std(accs):.3f}"])

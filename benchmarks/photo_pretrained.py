@@ -68,9 +68,11 @@ PEER_PHOTO_UMAP = "photo-umap (no weights)"
 PEER_PIXELS = "raw-pixel k-means"
 
 
-def encoder_spec(backbone: str) -> dict:
-    return {"type": "pretrained", "backbone": backbone, "pretrained": True, "precision": "auto",
+def encoder_spec(backbone: str, layer: str | None = None) -> dict:
+    """The pretrained encoder of this table; ``layer`` None is the backbone's default feature layer."""
+    spec = {"type": "pretrained", "backbone": backbone, "pretrained": True, "precision": "auto",
             "channels_last": True, "batch_size": 32, "workers": 1}
+    return {**spec, "layer": layer} if layer else spec
 
 
 def peers() -> dict[str, dict]:
@@ -81,8 +83,8 @@ def peers() -> dict[str, dict]:
     }
 
 
-def features(ds, backbone: str) -> tuple[np.ndarray, float]:
-    enc = build(encoder_spec(backbone))
+def features(ds, backbone: str, layer: str | None = None) -> tuple[np.ndarray, float]:
+    enc = build(encoder_spec(backbone, layer))
     t = time.perf_counter()
     X = enc.fit(ds).transform(ds)
     return X, time.perf_counter() - t
