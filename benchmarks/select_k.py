@@ -21,6 +21,9 @@ at least 12 of 15, and choosing k costing at most as much again as the run with 
 
 ``--cache DIR`` keeps each set's embedding (and the reference run's scores and seconds) so that later runs,
 for example while studying a rule, skip the encoder; the timing comparison is only meaningful without it.
+``--rows FILE`` keeps every measured row, so that seeds run at different times (or in parallel, each into its own
+file, then concatenated) make one table; the header's load average then describes the last invocation only.
+``--study`` adds the other criteria studied (their k only, a table of its own).
 """
 
 from __future__ import annotations
