@@ -128,6 +128,17 @@ def test_mined_neighbours_equal_brute_force(backend):
     assert np.array_equal(got, want)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_mined_neighbours_on_the_gpu_equal_the_cpu_reference():
+    X = np.random.RandomState(1).randn(5000, 32).astype(np.float32)
+    gpu, cpu = mine_neighbours(X, 10, backend="torch", device="cuda"), mine_neighbours(X, 10, backend="torch")
+    Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
+    rows = np.arange(len(X))[:, None]
+    # the same neighbours up to near-ties, whose order rounding may swap: compare their similarities
+    assert (gpu != rows).all()
+    np.testing.assert_allclose((Xn[rows] * Xn[gpu]).sum(-1), (Xn[rows] * Xn[cpu]).sum(-1), atol=1e-5)
+
+
 def test_mined_neighbours_never_include_the_row_itself_even_with_duplicates():
     X = np.repeat(np.eye(3, dtype=np.float32), 4, axis=0)  # 3 groups of 4 identical rows
     nb = mine_neighbours(X, 3)

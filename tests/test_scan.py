@@ -202,6 +202,10 @@ def test_presets_follow_the_images_and_overrides_are_checked():
     assert s["pretext"]["blur_p"] == PRESETS["photo"]["cpu"]["pretext"]["blur_p"]
     assert enc.resolve_settings((1, 28, 28))["size"] == 28  # never upsampled beyond the images
     assert build({"type": "scan", "budget": "gpu"}, kind="encoder").resolve_settings((3, 32, 32))["pretext"]["arch"] == "resnet18"
+    # on a CPU only the 32 px colour preset affords the (narrow) ResNet-18; grey and 64 px photos keep the ConvNet
+    on_cpu = build({"type": "scan", "budget": "cpu"}, kind="encoder")
+    archs = {shape: on_cpu.resolve_settings(shape)["pretext"]["arch"] for shape in [(3, 32, 32), (1, 28, 28), (3, 96, 96)]}
+    assert archs == {(3, 32, 32): "resnet18", (1, 28, 28): "convnet", (3, 96, 96): "convnet"}
     with pytest.raises(UserError, match="unknown pretext option 'epoch'"):
         build({"type": "scan", "pretext": {"epoch": 3}}, kind="encoder").resolve_settings((1, 28, 28))
     with pytest.raises(UserError, match="unknown preset"):

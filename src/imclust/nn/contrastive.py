@@ -106,12 +106,14 @@ def self_label_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, thre
     return F.cross_entropy(strong_logits.float()[mask], t, weight=weight), n
 
 
-def mine_neighbours(features: np.ndarray, k: int, backend: str = "faiss", block: int = 4096) -> np.ndarray:
+def mine_neighbours(features: np.ndarray, k: int, backend: str = "faiss", block: int = 4096,
+                    device: str | torch.device = "cpu") -> np.ndarray:
     """Indices ``(n, k)`` of each row's k nearest other rows by cosine similarity, nearest first.
 
     ``backend="faiss"``: an exact inner-product index (``IndexFlatIP``) on the L2-normalised rows;
-    ``"torch"``: the same by blocked matrix products (the brute-force reference). A row is never its own
-    neighbour, even when duplicates make another row equally near.
+    ``"torch"``: the same by blocked matrix products on ``device`` (the brute-force reference on the CPU; on
+    a GPU, the exact search that faiss-gpu's flat index would make). A row is never its own neighbour, even
+    when duplicates make another row equally near.
     """
     X = np.ascontiguousarray(features, dtype=np.float32)
     n = len(X)
@@ -126,11 +128,11 @@ def mine_neighbours(features: np.ndarray, k: int, backend: str = "faiss", block:
         index.add(X)
         _, idx = index.search(X, k + 1)
     elif backend == "torch":
-        T = torch.from_numpy(X)
+        T = torch.from_numpy(X).to(device)
         out = []
         for s in range(0, n, block):
             sim = T[s : s + block] @ T.t()
-            out.append(sim.topk(k + 1, dim=1).indices.numpy())
+            out.append(sim.topk(k + 1, dim=1).indices.cpu().numpy())
         idx = np.concatenate(out)
     else:
         raise ValueError(f"mine_neighbours: unknown backend {backend!r}; use faiss or torch")
