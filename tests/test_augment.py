@@ -166,6 +166,22 @@ def test_rand_augment_uses_several_ops_and_identity_is_identity():
         A.rand_augment(x, 1, generator=gen(0), ops=["nope"])
 
 
+def test_rand_augment_gives_each_image_the_operation_it_drew():
+    """The batched round (images grouped by operation, the geometric ones resampled together) equals running
+    each image's own draw on that image alone."""
+    x = torch.rand(40, 3, 12, 12, generator=gen(1))
+    names = ["rotate", "brightness", "identity", "shear_y", "equalize", "translate_x", "solarize"]
+    y = A.rand_augment(x, 1, generator=gen(7), ops=names)
+    g = gen(7)  # the same draws, in rand_augment's order
+    choice = torch.randint(len(names), (40,), generator=g)
+    mag = torch.rand(40, generator=g)
+    sign = torch.where(torch.rand(40, generator=g) < 0.5, -1.0, 1.0)
+    assert len(torch.unique(choice)) == len(names)
+    for i in range(40):
+        alone = A.RAND_AUGMENT_OPS[names[int(choice[i])]](x[i:i + 1], mag[i:i + 1], sign[i:i + 1]).clamp(0, 1)
+        assert torch.allclose(y[i:i + 1], alone, atol=1e-6), names[int(choice[i])]
+
+
 def test_augmentations_run_on_the_batch_device_in_channels_last():
     x = torch.rand(4, 3, 10, 10).contiguous(memory_format=torch.channels_last)
     for pol in (A.ContrastiveAugment(blur_p=1.0, solarize_p=1.0), A.StrongAugment()):

@@ -12,7 +12,7 @@ import torch
 from imclust import components  # noqa: F401
 from imclust.base import build
 from imclust.data.sources import _array_imageset
-from imclust.encoders.scan import PRESETS, collapse_report, data_kind, dominant_share
+from imclust.encoders.scan import PRESETS, ScanStage, collapse_report, data_kind, dominant_share
 from imclust.errors import UserError
 from imclust.metrics import cluster_acc
 
@@ -69,6 +69,21 @@ def test_scan_separates_two_obviously_different_classes(one_torch_thread, two_cl
     assert enc.predict(_array_imageset(np.random.rand(3, 1, 24, 20).astype(np.float32), None, "x", "array")).shape == (3,)
     stages = {"pretext", "scan", "selflabel"}
     assert all(getattr(enc, f"{s}_history_") for s in stages)
+
+
+def test_scan_stage_that_trains_the_backbone_separates_and_is_seeded(one_torch_thread, two_classes):
+    """The GPU presets' scan stage (strong views through the backbone, which trains), run on the CPU."""
+    ds, y = two_classes
+    over = {"scan": {"update_backbone": True, "epochs": 3}, "selflabel": {"epochs": 0}, "seed": 2}
+    a, b = tiny_scan(**over).fit(ds), tiny_scan(**over).fit(ds)
+    assert cluster_acc(y, a.labels_) == 1.0
+    assert np.array_equal(a.labels_, b.labels_)
+    last = a.scan_history_[-1]
+    assert len(last["head_losses"]) == ScanStage.heads and np.all(np.isfinite(last["head_losses"]))
+    assert last["best_head"] == int(np.argmin(last["head_losses"])) and last["clusters_used"] == 2
+    # the backbone trained in this stage: its features differ from the same pretext's, kept frozen
+    frozen = tiny_scan(**{**over, "scan": {"epochs": 3}}).fit(ds)
+    assert not np.allclose(a.transform(ds), frozen.transform(ds), atol=1e-4)
 
 
 def test_labels_are_never_read_while_fitting(one_torch_thread, two_classes):

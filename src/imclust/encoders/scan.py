@@ -234,14 +234,15 @@ class _Stage(TrainableEncoder):
     def on_epoch_start(self, trainer, epoch):
         self._gen = aug_generator(self.seed or 0, epoch, trainer.rank, stream=12)
         self._pick = aug_generator(self.seed or 0, epoch, trainer.rank, stream=13)
-        self._counts = np.zeros(int(self.n_clusters), np.int64)
+        self._counts = torch.zeros(int(self.n_clusters), dtype=torch.int64, device=trainer.device)
 
     def _count(self, logits: torch.Tensor) -> None:
-        self._counts += np.bincount(logits.detach().argmax(1).cpu().numpy(), minlength=int(self.n_clusters))
+        # kept on the device: reading it back every step would stall a GPU once per step
+        self._counts += torch.bincount(logits.detach().argmax(1), minlength=int(self.n_clusters))
 
     def _cluster_stats(self) -> dict:
         """The largest cluster's share and the clusters in use among this epoch's predictions (all processes)."""
-        counts = np.array([ddp.mean_scalar(float(c)) for c in self._counts]) * ddp.world_size()
+        counts = np.array([ddp.mean_scalar(float(c)) for c in self._counts.tolist()]) * ddp.world_size()
         total = max(float(counts.sum()), 1.0)
         return {"largest_cluster": float(counts.max() / total), "clusters_used": int((counts > 0.5).sum())}
 
@@ -318,8 +319,9 @@ class ScanStage(_Stage):
 
     def on_epoch_start(self, trainer, epoch):
         super().on_epoch_start(trainer, epoch)
-        self._head_loss = torch.zeros(int(self.heads), dtype=torch.float64)
-        self._parts = torch.zeros(2, dtype=torch.float64)
+        # sums over the epoch's steps, on the device (read back once, at the epoch's end)
+        self._head_loss = torch.zeros(int(self.heads), device=trainer.device)
+        self._parts = torch.zeros(2, device=trainer.device)
         self._steps = 0
 
     def _logits(self, idx, nidx, trainer) -> torch.Tensor:
@@ -330,8 +332,8 @@ class ScanStage(_Stage):
             h = torch.cat([fv[va, torch.from_numpy(idx)], fv[vn, torch.from_numpy(nidx)]])
             return trainer.modules["heads"](h.to(trainer.device))
         freeze_batchnorm(trainer.modules["net"])
-        x = trainer.to_device(torch.cat([self.view(self._strong, idx, trainer.device),
-                                         self.view(self._strong, nidx, trainer.device)]))
+        # anchors and neighbours in one augmentation call: half the kernel launches of two
+        x = trainer.to_device(self.view(self._strong, np.concatenate([idx, nidx]), trainer.device))
         return trainer.modules["heads"](trainer.modules["net"](x))
 
     def training_step(self, idx, trainer):
@@ -342,23 +344,26 @@ class ScanStage(_Stage):
         nidx = nb[torch.arange(len(idx)), pick].numpy()
         logits = self._logits(idx, nidx, trainer)
         b = len(idx)
-        total = 0.0
+        losses = []
         for h in range(logits.shape[0]):
             loss, consistency, ent = scan_loss(logits[h, :b], logits[h, b:], float(self.entropy_weight))
-            total = total + loss
-            self._head_loss[h] += float(loss.detach())
+            losses.append(loss)
             if h == 0:
-                self._parts += torch.tensor([float(consistency.detach()), float(ent.detach())], dtype=torch.float64)
+                self._parts += torch.stack([consistency, ent]).detach().float()
+        losses = torch.stack(losses)
+        self._head_loss += losses.detach().float()
         self._steps += 1
-        self._count(logits[int(torch.argmin(self._head_loss)), :b])
-        return total
+        best = torch.argmin(self._head_loss).view(1)
+        self._count(logits[:, :b].index_select(0, best)[0])
+        return losses.sum()
 
     def on_epoch_end(self, trainer, epoch):
         steps = max(self._steps, 1)
-        losses = [ddp.mean_scalar(float(v) / steps) for v in self._head_loss]
+        losses = [ddp.mean_scalar(v / steps) for v in self._head_loss.tolist()]
+        consistency, ent = self._parts.tolist()
         return {"head_losses": losses, "best_head": int(np.argmin(losses)),
-                "consistency_head0": ddp.mean_scalar(float(self._parts[0]) / steps),
-                "entropy_head0": ddp.mean_scalar(float(self._parts[1]) / steps), **self._cluster_stats()}
+                "consistency_head0": ddp.mean_scalar(consistency / steps),
+                "entropy_head0": ddp.mean_scalar(ent / steps), **self._cluster_stats()}
 
     def on_fit_end(self, trainer):
         hist = trainer.history

@@ -317,6 +317,37 @@ def _translate(t, axis):
     return theta
 
 
+def _theta_rotate(m, s, h, w):
+    return _rotation(s * m * 30.0, h, w)
+
+
+def _theta_shear_x(m, s, h, w):
+    return _shear(s * m * 0.3, "x")
+
+
+def _theta_shear_y(m, s, h, w):
+    return _shear(s * m * 0.3, "y")
+
+
+def _theta_translate_x(m, s, h, w):
+    return _translate(s * m * 0.3, "x")
+
+
+def _theta_translate_y(m, s, h, w):
+    return _translate(s * m * 0.3, "y")
+
+
+#: the geometric operations as their affine matrices, name -> theta(magnitude, sign, height, width), so that
+#: :func:`rand_augment` resamples every image that drew one of them in a single pass
+_AFFINE_THETAS = {"rotate": _theta_rotate, "shear_x": _theta_shear_x, "shear_y": _theta_shear_y,
+                  "translate_x": _theta_translate_x, "translate_y": _theta_translate_y}
+
+
+def _affine_op(theta):
+    """The operation ``op(x, m, s)`` that resamples ``x`` through ``theta(m, s, height, width)``."""
+    return lambda x, m, s: _affine(x, theta(m, s, x.shape[2], x.shape[3]))
+
+
 def _op_identity(x, m, s):
     return x
 
@@ -327,10 +358,6 @@ def _op_autocontrast(x, m, s):
 
 def _op_equalize(x, m, s):
     return equalize(x)
-
-
-def _op_rotate(x, m, s):
-    return _affine(x, _rotation(s * m * 30.0, x.shape[2], x.shape[3]))
 
 
 def _op_solarize(x, m, s):
@@ -354,22 +381,6 @@ def _op_sharpness(x, m, s):
     return adjust_sharpness(x, _per_image(1 + s * m * 0.9, x))
 
 
-def _op_shear_x(x, m, s):
-    return _affine(x, _shear(s * m * 0.3, "x"))
-
-
-def _op_shear_y(x, m, s):
-    return _affine(x, _shear(s * m * 0.3, "y"))
-
-
-def _op_translate_x(x, m, s):
-    return _affine(x, _translate(s * m * 0.3, "x"))
-
-
-def _op_translate_y(x, m, s):
-    return _affine(x, _translate(s * m * 0.3, "y"))
-
-
 def _op_posterize(x, m, s):
     return posterize(x, 8 - torch.round(m * 4))
 
@@ -379,9 +390,10 @@ def _op_posterize(x, m, s):
 #: posterize to 4 bits.
 RAND_AUGMENT_OPS = {
     "identity": _op_identity, "autocontrast": _op_autocontrast, "equalize": _op_equalize,
-    "rotate": _op_rotate, "solarize": _op_solarize, "color": _op_color, "contrast": _op_contrast,
-    "brightness": _op_brightness, "sharpness": _op_sharpness, "shear_x": _op_shear_x, "shear_y": _op_shear_y,
-    "translate_x": _op_translate_x, "translate_y": _op_translate_y, "posterize": _op_posterize,
+    "rotate": _affine_op(_theta_rotate), "solarize": _op_solarize, "color": _op_color, "contrast": _op_contrast,
+    "brightness": _op_brightness, "sharpness": _op_sharpness, "shear_x": _affine_op(_theta_shear_x),
+    "shear_y": _affine_op(_theta_shear_y), "translate_x": _affine_op(_theta_translate_x),
+    "translate_y": _affine_op(_theta_translate_y), "posterize": _op_posterize,
 }
 
 
@@ -391,24 +403,43 @@ def rand_augment(x: torch.Tensor, n_ops: int = 4, magnitude: float | None = None
     (default :data:`RAND_AUGMENT_OPS`) at a magnitude in [0, 1] (``magnitude``, or drawn per image and round
     when None, as SCAN's strong augmentation does) with a random sign for the signed operations.
 
-    Each round draws its choices for the whole batch, then runs every operation once on the images that drew it.
+    Each round draws its choices for the whole batch, gathers the images once in the order of their operation
+    (the geometric ones last), runs every other operation once on its contiguous slice and every geometric one
+    in a single affine resampling, then scatters the images back: a few launches per operation, which is what
+    a GPU step pays for.
     """
     names = list(RAND_AUGMENT_OPS) if ops is None else list(ops)
     unknown = [n for n in names if n not in RAND_AUGMENT_OPS]
     if unknown:
         raise ValueError(f"rand_augment: unknown operation(s) {unknown}; known: {', '.join(RAND_AUGMENT_OPS)}")
-    b = x.shape[0]
+    b, _, h, w = x.shape
+    run_order = sorted(range(len(names)), key=lambda j: names[j] in _AFFINE_THETAS)  # stable: geometric last
+    rank = torch.empty(len(names), dtype=torch.int64)
+    rank[run_order] = torch.arange(len(names))
     for _ in range(int(n_ops)):
         choice = torch.randint(len(names), (b,), generator=generator)
         mag = torch.rand(b, generator=generator) if magnitude is None else torch.full((b,), float(magnitude))
         sign = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0)
-        out = x.clone()
-        for j, name in enumerate(names):
-            sel = torch.nonzero(choice == j).flatten()
-            if len(sel) == 0 or name == "identity":
+        order = torch.argsort(rank[choice], stable=True)
+        counts = torch.bincount(choice, minlength=len(names)).tolist()
+        mag, sign = mag[order], sign[order]
+        order_d = order.to(x.device)
+        grouped = x[order_d]
+        start, thetas, affine_from = 0, [], None
+        for j in run_order:
+            rows = slice(start, start + counts[j])
+            start += counts[j]
+            if counts[j] == 0 or names[j] == "identity":
                 continue
-            sel_d = sel.to(x.device)
-            out[sel_d] = RAND_AUGMENT_OPS[name](x[sel_d], mag[sel], sign[sel]).to(x.dtype)
+            if names[j] in _AFFINE_THETAS:
+                affine_from = rows.start if affine_from is None else affine_from
+                thetas.append(_AFFINE_THETAS[names[j]](mag[rows], sign[rows], h, w))
+            else:
+                grouped[rows] = RAND_AUGMENT_OPS[names[j]](grouped[rows], mag[rows], sign[rows]).to(x.dtype)
+        if thetas:
+            grouped[affine_from:] = _affine(grouped[affine_from:], torch.cat(thetas)).to(x.dtype)
+        out = torch.empty_like(x)
+        out[order_d] = grouped
         x = out.clamp(0, 1)
     return x
 
