@@ -86,6 +86,18 @@ def test_scan_stage_that_trains_the_backbone_separates_and_is_seeded(one_torch_t
     assert not np.allclose(a.transform(ds), frozen.transform(ds), atol=1e-4)
 
 
+def test_cpu_budget_skips_self_labelling_unless_asked(one_torch_thread, two_classes):
+    ds, _ = two_classes
+    spec = {**json.loads(json.dumps(TINY)), "type": "scan", "n_clusters": 2, "cache": False, "device": "cpu",
+            "budget": "cpu", "seed": 4}
+    spec["selflabel"] = {"min_steps": 0, "batch_size": 32}  # the preset's epochs
+    skipped = build(spec, kind="encoder").fit(ds)
+    assert not skipped.selflabel_history_ and not skipped.selflabel_kept_
+    assert np.array_equal(skipped.labels_, skipped.scan_labels_)  # the scan stage's clusters are the result
+    spec["selflabel"] = {**spec["selflabel"], "epochs": 1}
+    assert len(build(spec, kind="encoder").fit(ds).selflabel_history_) == 1
+
+
 def test_labels_are_never_read_while_fitting(one_torch_thread, two_classes):
     ds, y = two_classes
     with_labels = tiny_scan(seed=1).fit(ds).labels_
@@ -221,6 +233,11 @@ def test_presets_follow_the_images_and_overrides_are_checked():
     on_cpu = build({"type": "scan", "budget": "cpu"}, kind="encoder")
     archs = {shape: on_cpu.resolve_settings(shape)["pretext"]["arch"] for shape in [(3, 32, 32), (1, 28, 28), (3, 96, 96)]}
     assert archs == {(3, 32, 32): "resnet18", (1, 28, 28): "convnet", (3, 96, 96): "convnet"}
+    # self-labelling is off on the CPU budget (every preset) and on with the GPU's
+    on_gpu = build({"type": "scan", "budget": "gpu"}, kind="encoder")
+    for shape in [(3, 32, 32), (1, 28, 28), (3, 96, 96)]:
+        assert on_cpu.resolve_settings(shape)["selflabel"]["epochs"] == 0
+        assert on_gpu.resolve_settings(shape)["selflabel"]["epochs"] > 0
     with pytest.raises(UserError, match="unknown pretext option 'epoch'"):
         build({"type": "scan", "pretext": {"epoch": 3}}, kind="encoder").resolve_settings((1, 28, 28))
     with pytest.raises(UserError, match="unknown preset"):
