@@ -11,7 +11,8 @@ Rows, each the median milliseconds of ``--repeats`` timed calls after a warm-up,
 
 Columns: the median time, and the operations that run on the batch's device (counted once on shape-only
 ``meta`` tensors: no views, no random draws on the CPU). On a GPU each is about one kernel launch, and at
-CIFAR sizes the launches, not the arithmetic, set the time. Both ratios divide by the pretext row of the same run. On a GPU each timed call ends with a synchronise.
+CIFAR sizes the launches, not the arithmetic, set the time. Both ratios divide by the pretext row of the same
+run. On a GPU each timed call ends with a synchronise.
 
     flock /tmp/imclust-bench.lock python benchmarks/augment_speed.py --update
     python benchmarks/augment_speed.py --device cuda --batch 512

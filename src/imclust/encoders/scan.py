@@ -30,7 +30,8 @@ jitter), ``colour-32`` (colour up to 48 px: 32 px), ``photo`` (larger colour ima
 views). ``budget = "auto"`` sizes networks and epochs for the device: ``cpu`` (small ConvNet, or for
 ``colour-32`` a width-16 CIFAR-stem ResNet-18; 60 pretext epochs; no self-labelling, which lowered or left
 unchanged the heads' clusters on every set measured on a CPU: ``--set encoder.selflabel.epochs=4`` runs it) or,
-when training on a CUDA GPU, ``gpu`` (CIFAR-stem ResNet-18, 100 pretext epochs and at least 8,000 steps). Any value can be overridden with the ``pretext``, ``scan`` and ``selflabel`` tables (``--set
+when training on a CUDA GPU, ``gpu`` (CIFAR-stem ResNet-18, 100 pretext epochs and at least 8,000 steps).
+Any value can be overridden with the ``pretext``, ``scan`` and ``selflabel`` tables (``--set
 encoder.pretext.epochs=50``); the settings used are in ``settings_`` and ``scan.json``.
 
 The encoder owns its clusters (:class:`~imclust.encoders.base.ClusteringEncoder`; recipe ``[clusterer]
@@ -59,8 +60,9 @@ from .contrastive import ImageNormaliser, aug_generator, in_memory, uint8_of
 #: stage settings by kind of images and budget: ``size`` (the largest working side), ``pretext`` (options of the
 #: ``simclr`` encoder), ``scan`` and ``selflabel`` (options of those stages). ``cpu``: a small ConvNet (for 32 px
 #: colour, a CIFAR-stem ResNet-18 at width 16, which learns more per epoch at a higher cost per step) and a
-#: frozen backbone in the scan stage, no self-labelling (sized for a two-core CPU); ``gpu``: the published CIFAR-stem ResNet-18,
-#: SCAN with the backbone training (SimCLR hyper-parameters as SCAN's: SGD lr 0.4, t = 0.1, batch 512).
+#: frozen backbone in the scan stage, no self-labelling (sized for a two-core CPU); ``gpu``: the published
+#: CIFAR-stem ResNet-18, SCAN with the backbone training (SimCLR hyper-parameters as SCAN's: SGD lr 0.4,
+#: t = 0.1, batch 512).
 _CPU = {"pretext": {"arch": "convnet", "width": 16, "epochs": 60, "min_steps": 800},
         "scan": {"update_backbone": False, "epochs": 100, "min_steps": 2000, "lr": 1e-3},
         "selflabel": {"epochs": 0, "min_steps": 150}}  # epochs > 0 turns self-labelling on
