@@ -2,19 +2,22 @@
 
 For each dataset and seed, k = the number of classes (labels are read only for that and to score):
 
-- ours: the ``scan`` recipe (SimCLR pretext -> neighbours -> clustering heads -> self-labelling), timed end
-  to end (decoding, every stage, the final assignment); a fresh pretext cache per run, so nothing is reused;
+- ours: the ``scan`` recipe (SimCLR pretext -> neighbours -> clustering heads -> self-labelling when the
+  budget has it), timed end to end (decoding, every stage, the final assignment);
 - ``scan heads (before self-labelling)``: the same run's clusters after its scan stage (the kept head), so
-  the table shows what self-labelling adds;
+  the table shows what self-labelling adds; only for runs that self-label (the CPU budget skips it, and its
+  clusters are then the heads');
 - ``pretext + k-means``: k-means (10 restarts) on the L2-normalised features of the same run's pretext (read
   back from that run's cache, so it costs no training): what SCAN's later stages add;
 - the default a user gets without SCAN and without pretrained weights (what ``imclust run --weightless`` picks
   for the set: the colour default for colour sets, the grey default for grey ones);
 - raw-pixel k-means (the pixels at 32x32 for photos, k-means++, 10 restarts).
 
+Every fit (ours and the peers') runs with an empty cache folder, so nothing is reused from an earlier run
+(the peers' SimCLR pretext included) and each is timed from scratch.
 Collapse warnings of our runs (empty or dominant clusters, after any stage) are counted in the table, with the
-runs whose self-labelling was kept (it is discarded when it collapses the scan stage's clusters). Results go to the
-``scan-cpu`` block of RESULTS.md with ``--write`` (another block with ``--section NAME``).
+runs whose self-labelling was kept (it is discarded when it collapses the scan stage's clusters) or skipped.
+Results go to the ``scan-cpu`` block of RESULTS.md with ``--write`` (another block with ``--section NAME``).
 
     flock /tmp/imclust-bench.lock python benchmarks/scan_accuracy.py --datasets cifar10-test --seeds 0 1 2 --write
 """
@@ -22,6 +25,7 @@ runs whose self-labelling was kept (it is discarded when it collapses the scan s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -75,6 +79,22 @@ def peers(ds, default: str) -> dict[str, dict]:
             PIXELS: {"encoder": pixels, "reducers": [], "clusterer": {"type": "kmeans", "n_init": 10}}}
 
 
+@contextlib.contextmanager
+def fresh_cache():
+    """An empty ``$IMCLUST_CACHE_DIR`` for one fit, so that nothing (a pretext, features) comes from an
+    earlier run and every method is timed from scratch; the previous value is restored after."""
+    before = os.environ.get("IMCLUST_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="scan-bench-") as cache:
+        os.environ["IMCLUST_CACHE_DIR"] = cache
+        try:
+            yield cache
+        finally:
+            if before is None:
+                os.environ.pop("IMCLUST_CACHE_DIR", None)
+            else:
+                os.environ["IMCLUST_CACHE_DIR"] = before
+
+
 def fit(spec: dict, ds, k: int, seed: int, name: str) -> tuple[Pipeline, float]:
     spec = json.loads(json.dumps(spec))
     t = time.perf_counter()
@@ -124,19 +144,31 @@ def measure(name: str, seeds, only=None, overrides=()) -> list[dict]:
                 continue
             load0 = os.getloadavg()[0]
             if mname == OURS:
-                with tempfile.TemporaryDirectory(prefix="scan-bench-") as cache:
+                with fresh_cache() as cache:
                     spec = json.loads(json.dumps(spec))
                     spec["encoder"]["cache_dir"] = cache
                     pipe, secs = fit(spec, ds, k, seed, mname)
                     collapses = sum("COLLAPSE" in w for w in pipe.encoder.warnings_)
-                    record(mname, pipe.labels_, secs, load0, collapses, selflabel_kept=pipe.encoder.selflabel_kept_)
-                    record(HEADS, pipe.encoder.scan_labels_, 0.0, load0)
+                    ran = bool(pipe.encoder.selflabel_history_)
+                    record(mname, pipe.labels_, secs, load0, collapses, selflabel_ran=ran,
+                           selflabel_kept=pipe.encoder.selflabel_kept_)
+                    if ran:  # otherwise the scan stage's clusters are ours, and a second row would repeat them
+                        record(HEADS, pipe.encoder.scan_labels_, 0.0, load0)
                     t = time.perf_counter()
                     record(PRETEXT, pretext_kmeans(pipe, ds, k, seed), time.perf_counter() - t, load0)
             else:
-                pipe, secs = fit(spec, ds, k, seed, mname)
+                with fresh_cache():
+                    pipe, secs = fit(spec, ds, k, seed, mname)
                 record(mname, pipe.labels_, secs, load0)
     return rows
+
+
+def selflabel_cell(rs) -> str:
+    """How many of ``rs`` (our runs) kept self-labelling's network, of those that ran it."""
+    ran = [r for r in rs if r.get("selflabel_ran", True)]  # rows written before the field existed all ran it
+    skipped = f"skipped in {len(rs) - len(ran)}" if len(ran) < len(rs) else ""
+    kept = f"{sum(r['selflabel_kept'] for r in ran)} of {len(ran)}" if ran else ""
+    return "; ".join(c for c in (kept, skipped) if c)
 
 
 def summarise(rows) -> str:
@@ -151,7 +183,7 @@ def summarise(rows) -> str:
                     f"{acc - np.mean(dflt):+.3f}" if dflt else "–",
                     f"{acc / np.mean(px):.2f}×" if px else "–",
                     str(sum(r["warnings"] for r in rs)) if m == OURS else "",
-                    f"{sum(r['selflabel_kept'] for r in rs)} of {len(rs)}" if m == OURS else "",
+                    selflabel_cell(rs) if m == OURS else "",
                     f"{min(r['load_start'] for r in rs):.1f}–{max(r['load_end'] for r in rs):.1f}", len(rs)])
     return table(out, ["dataset", "method", "ACC (mean ± sd)", "NMI", "ARI", "seconds per run (max)",
                        "ACC − default", "ACC ÷ raw-pixel k-means", "collapse warnings",
