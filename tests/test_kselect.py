@@ -1,5 +1,6 @@
-"""Choosing k when it is unknown (``--k auto`` / ``--k auto:MIN-MAX``): the stability gap on synthetic data with a
-known number of groups, the bounds, determinism, labels never read, and what a run writes and shows."""
+"""Choosing k when it is unknown (``--k auto`` / ``--k auto:MIN-MAX``): the stability gap, reproducible clusters and
+their consensus on synthetic data with a known number of groups, the bounds, determinism, labels never read, and what
+a run writes and shows."""
 
 import json
 import os
@@ -14,7 +15,8 @@ from imclust import components  # noqa: F401
 from imclust.api import run
 from imclust.data import ImageSet
 from imclust.errors import UserError
-from imclust.kselect import adjusted_rand, candidates, default_k_max, parse_auto, rerun_template, select_k
+from imclust.kselect import (REPRODUCED, _nearest_candidate, adjusted_rand, candidates, default_k_max, pairs_kept_together,
+                             parse_auto, rerun_template, select_k)
 from imclust.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,6 +48,66 @@ def test_blobs_with_known_k(k):
     assert sel.runner_up is not None and sel.runner_up != k
     assert sel.candidates == list(range(2, 16))
     assert len(sel.score) == len(sel.stability) == len(sel.reference) == len(sel.candidates)
+
+
+@pytest.mark.parametrize("k", [3, 6])
+def test_both_criteria_find_blobs_and_not_the_cloud(k):
+    sel = select_k(_blobs(k=k, seed=k), "auto:2-12", random_state=0)
+    assert sel.k_stability == sel.k_reproduced == sel.k == k
+    at_k = sel.candidates.index(k)
+    assert sel.reproduced[at_k] >= REPRODUCED > sel.reproduced_reference[at_k]
+    assert max(v for kk, v in zip(sel.candidates, sel.reproduced) if kk > k) < REPRODUCED  # the largest k that holds
+    assert len(sel.reproduced) == len(sel.reproduced_reference) == len(sel.candidates)
+
+
+def _pairs_of_blobs(separation=4.0, seed=0):
+    """Three far-apart groups, each made of two blobs ``separation`` standard deviations apart: a coarse level (3)
+    and a fine one (6) that the two criteria weigh differently."""
+    rng = np.random.RandomState(seed)
+    centres = []
+    for i in range(3):
+        for j in (0, 1):
+            c = np.zeros(6)
+            c[i], c[3 + i] = 12.0, separation * j
+            centres.append(c)
+    return np.concatenate([c + rng.randn(150, 6) for c in centres]).astype(np.float32)
+
+
+def test_chosen_k_is_the_candidate_nearest_the_geometric_mean_of_the_two_criteria():
+    sel = select_k(_pairs_of_blobs(), "auto:2-12", random_state=0)
+    assert sel.k_stability < sel.k_reproduced  # the coarse level against the fine one
+    assert sel.k == _nearest_candidate(sel.candidates, np.sqrt(sel.k_stability * sel.k_reproduced))
+    assert sel.k_stability <= sel.k <= sel.k_reproduced
+
+
+def test_nearest_candidate_on_a_log_scale():
+    ks = candidates(2, 40)
+    assert _nearest_candidate(ks, np.sqrt(3 * 6)) == 4
+    assert _nearest_candidate(ks, np.sqrt(20 * 25)) == 22  # 22.4: between 22 and 25 on the grid
+    assert _nearest_candidate([2, 8], 4.0) == 2  # a tie goes to the smaller k
+    assert _nearest_candidate([5, 9], 100.0) == 9
+
+
+def test_pairs_kept_together_by_hand():
+    labels = np.array([0, 0, 0, 0, 1, 1, 2])
+    other = np.array([5, 5, 5, 7, 7, 7, 7])
+    # cluster 0: 6 pairs, 3 kept (the three 5s); cluster 1: 1 pair, kept; cluster 2 has one point: not judged
+    assert pairs_kept_together(labels, other).tolist() == [0.5, 1.0]
+
+
+def test_curves_do_not_depend_on_the_thread_count():
+    from imclust.threads import get_threads, set_threads
+
+    X = _pairs_of_blobs(seed=1)
+    before = get_threads()
+    try:
+        set_threads(1)
+        one = select_k(X, "auto:2-10", random_state=2)
+        set_threads(2)
+        two = select_k(X, "auto:2-10", random_state=2)
+    finally:
+        set_threads(before)
+    assert one.to_dict() | {"seconds": 0} == two.to_dict() | {"seconds": 0}
 
 
 def test_wide_embedding_is_compared_on_its_leading_components():
@@ -90,7 +152,7 @@ def test_bounds_are_respected():
 def test_same_seed_same_choice_and_curve():
     X = _blobs(k=5, seed=2)
     a, b = select_k(X, "auto:2-12", random_state=3), select_k(X, "auto:2-12", random_state=3)
-    assert a.k == b.k and a.score == b.score and a.stability == b.stability
+    assert a.k == b.k and a.score == b.score and a.stability == b.stability and a.reproduced == b.reproduced
 
 
 def test_default_range_scales_with_n():

@@ -514,6 +514,20 @@ def test_k_choice_section_is_built_from_k_selection_json(auto_k_run, tmp_path):
     assert section.count('class="k-point"') == len(sel["candidates"]) == 5
     assert f'class="k-chosen" data-k="{sel["k"]}"' in section and f"chosen k={sel['k']}" in section
     assert f'class="k-runner-up" data-k="{sel["runner_up"]}"' in section
+    # both criteria: their curves, their k on the axis and in the table, the rule that joins them
+    assert 'class="k-reproduced"' in section and 'class="k-reproduced_reference"' in section
+    assert f'class="k-k_stability" data-k="{sel["k_stability"]}"' in section
+    assert f'class="k-k_reproduced" data-k="{sel["k_reproduced"]}"' in section
+    assert (f"stability gap: {sel['k_stability']}; reproducible clusters: {sel['k_reproduced']}" in section
+            and "geometric mean" in section)
+    assert section.count("<tr><td>") >= len(sel["candidates"]) and "clusters reproduced</th>" in section
+    # a folder written before the second criterion still gets its page, with the one criterion it has
+    old_dir = tmp_path / "before"
+    shutil.copytree(auto_k_run, old_dir)
+    old = {key: v for key, v in sel.items() if key not in ("reproduced", "reproduced_reference", "k_stability", "k_reproduced")}
+    (old_dir / "k_selection.json").write_text(json.dumps(old))
+    section_old = re.search(r'<section id="k-choice">(.*?)</section>', build_report(old_dir).read_text(), re.S).group(1)
+    assert f"chosen k={sel['k']}" in section_old and "k-reproduced" not in section_old and "geometric mean" not in section_old
     # the page is drawn from the folder's file alone: another curve in k_selection.json, another page
     run_dir = tmp_path / "copy"
     shutil.copytree(auto_k_run, run_dir)
@@ -523,6 +537,8 @@ def test_k_choice_section_is_built_from_k_selection_json(auto_k_run, tmp_path):
     assert 'class="k-chosen" data-k="6"' in section2 and "chosen k=6" in section2
     # a broken file is one clear error, not a traceback
     (run_dir / "k_selection.json").write_text(json.dumps({**sel, "score": [0.1]}))
+    assert main(["report", str(run_dir)]) == 2
+    (run_dir / "k_selection.json").write_text(json.dumps({**sel, "reproduced": [0.1]}))
     assert main(["report", str(run_dir)]) == 2
 
 

@@ -1,17 +1,27 @@
 """Choosing the number of clusters from the embedding alone: ``--k auto`` and ``--k auto:MIN-MAX``.
 
-The criterion is the **stability gap**. For each candidate k, k-means is fitted on several random
-subsamples of (a sample of) the run's embedding and the fits are compared on the same points with the
-adjusted Rand index (ARI): a k that matches real groups gives the same partition whichever subsample it
-was fitted on. Some k are stable on any data (k-means cuts an elongated cloud the same way every time),
-so the same measurement is repeated on a reference sample that has no clusters, a Gaussian with the
-embedding's mean and covariance, and the score of k is the difference: how much more stable the data's
-partition is than a structureless cloud's. A cloud only gets less stable as k grows, so the reference curve
-is replaced by its best non-increasing fit (this removes the luck of single fits at small k). The score is
-this gap smoothed with weights 1-2-1 over neighbouring candidates that have a positive gap (a k less stable
-than the cloud scores 0); the chosen k is the smallest candidate whose score reaches :data:`PLATEAU` of the
-best one: among the k the data support about equally well, the coarsest.
-The runner-up is the best-scoring candidate clearly apart from the chosen one.
+Two criteria read the same sample of the run's embedding, and k is their consensus.
+
+The **stability gap.** For each candidate k, k-means is fitted on several random subsamples of the sample and
+the fits are compared on the same points with the adjusted Rand index (ARI): a k that matches real groups gives
+the same partition whichever subsample it was fitted on. Some k are stable on any data (k-means cuts an
+elongated cloud the same way every time), so the same measurement is repeated on a reference sample that has
+no clusters, a Gaussian with the embedding's mean and covariance, and the score of k is the difference: how
+much more stable the data's partition is than a structureless cloud's. A cloud only gets less stable as k
+grows, so the reference curve is replaced by its best non-increasing fit (this removes the luck of single fits
+at small k). The score is this gap smoothed with weights 1-2-1 over neighbouring candidates that have a
+positive gap (a k less stable than the cloud scores 0); this criterion's k is the smallest candidate whose
+score reaches :data:`PLATEAU` of the best one: among the k the data support about equally well, the coarsest.
+
+**Reproducible clusters** (Tibshirani and Walther's prediction strength, read per cluster). The sample is cut
+in random halves; k-means is fitted on each half, and a cluster of one half is reproduced when the other half's
+centroids keep at least :data:`TOGETHER` of its pairs of points together. This criterion's k is the largest at
+which at least :data:`REPRODUCED` of the clusters are reproduced (both ways, every halving) while the same
+Gaussian cloud does not reach that share: the finest partition whose every group stands on its own.
+
+The two err in opposite directions: the stability gap takes the coarsest k of a plateau, reproducible clusters
+the finest k that holds. **The chosen k is the candidate nearest (on a log scale) to the geometric mean of
+the two.** The runner-up is the best stability-gap score clearly apart from the chosen k.
 
 Nothing here reads labels, and nothing refits the encoder: only the embedding the clusterer sees is used.
 An embedding wider than :data:`MAX_DIMS` (pretrained features: 384–1,280 dimensions) is compared on the
@@ -33,7 +43,7 @@ import numpy as np
 from .errors import UserError
 from .progress import log, progress
 
-CRITERION = "stability gap"
+CRITERION = "stability gap and reproducible clusters"
 MAX_DEFAULT_K = 100  # the upper end of plain --k auto on large sets
 IMAGES_PER_CLUSTER = 10  # plain --k auto looks at most at n / 10 clusters
 SAMPLE = 2000  # points the candidates are evaluated on (more when k_max asks for it)
@@ -45,6 +55,11 @@ PLATEAU = 0.9  # chosen: the smallest k whose smoothed score reaches this share 
 APART = 1.25  # the runner-up differs from the chosen k by at least this factor
 WEAK = 0.1  # a best score below this: the groups are barely more reproducible than in a cloud without any
 MAX_DIMS = 50  # wider embeddings are compared on the sample's leading principal components (the recipes' PCA-50)
+HALVED_SAMPLE = 3000  # points the reproducible-clusters criterion cuts in halves (more when k_max asks for it)
+POINTS_PER_HALF_CLUSTER = 15  # each half holds at least this many points per cluster of k_max
+HALVINGS = 3  # random halvings per candidate (each fits k-means on both halves)
+TOGETHER = 0.7  # a cluster is reproduced when the other half's fit keeps this share of its pairs of points together
+REPRODUCED = 0.95  # the reproducible-clusters k: the largest at which this share of the clusters is reproduced
 
 _AUTO = re.compile(r"auto(?::(\d+)-(\d+))?")
 
@@ -105,14 +120,22 @@ class KSelection:
     k_min: int
     k_max: int
     candidates: list
-    score: list  # the criterion: the stability gap, smoothed over candidates with a positive gap
+    score: list  # the stability gap, smoothed over candidates with a positive gap
     gap: list  # stability - reference, before smoothing
     stability: list  # mean ARI between fits on the embedding
     reference: list  # the same on the structureless reference sample (its non-increasing fit)
     stability_sd: list
+    reproduced: list  # share of the clusters reproduced across halvings of the embedding's sample
+    reproduced_reference: list  # the same on the structureless reference sample
+    k_stability: int  # the stability gap's choice
+    k_reproduced: int  # the reproducible-clusters choice
     criterion: str = CRITERION
     plateau: float = PLATEAU
     sample_size: int = 0
+    halved_sample_size: int = 0
+    halvings: int = HALVINGS
+    together: float = TOGETHER
+    reproduced_share: float = REPRODUCED
     dims: int | None = None  # the principal components the sample was compared on; None: the embedding itself
     repeats: int = REPEATS
     seed: int = 0
@@ -146,23 +169,88 @@ def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if top == expected else (both - expected) / (top - expected)
 
 
-def _stability(X: np.ndarray, ks, subsets, seed: int, bar) -> tuple[np.ndarray, np.ndarray]:
+def _stability_at(X: np.ndarray, k: int, subsets, seed: int) -> tuple[float, float]:
     """Mean and standard deviation over pairs of fits of the ARI between k-means fits on ``subsets``."""
     from sklearn.cluster import KMeans
 
-    mean, sd = np.zeros(len(ks)), np.zeros(len(ks))
+    labels = []
+    for i, idx in enumerate(subsets):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a few duplicate points may leave a cluster empty
+            km = KMeans(int(k), n_init=N_INIT, max_iter=100, random_state=seed + 7919 * i + k).fit(X[idx])
+        labels.append(km.predict(X))
     r = len(subsets)
-    for j, k in enumerate(ks):
-        labels = []
-        for i, idx in enumerate(subsets):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # a few duplicate points may leave a cluster empty
-                km = KMeans(int(k), n_init=N_INIT, max_iter=100, random_state=seed + 7919 * i + k).fit(X[idx])
-            labels.append(km.predict(X))
-        a = [adjusted_rand(labels[p], labels[q]) for p in range(r) for q in range(p + 1, r)]
-        mean[j], sd[j] = float(np.mean(a)), float(np.std(a))
-        bar.update(1)
-    return mean, sd
+    a = [adjusted_rand(labels[p], labels[q]) for p in range(r) for q in range(p + 1, r)]
+    return float(np.mean(a)), float(np.std(a))
+
+
+def pairs_kept_together(labels: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """For each cluster of ``labels`` with at least two points: the share of its pairs of points that ``other``
+    (another clustering of the same points) also puts in one cluster."""
+    from .metrics import contingency
+
+    table = contingency(other, labels)[0].astype(np.float64)  # clusters of labels × clusters of other
+    size = table.sum(1)
+    judged = size >= 2
+    return (table * (table - 1)).sum(1)[judged] / (size * (size - 1))[judged]
+
+
+def _reproduced_at(X: np.ndarray, k: int, halves, seed: int) -> float:
+    """The mean share, over halvings and both directions, of one half's k-means clusters that the other half's
+    fit reproduces (keeps :data:`TOGETHER` of their pairs together)."""
+    from sklearn.cluster import KMeans
+
+    shares = []
+    for i, (a, b) in enumerate(halves):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a few duplicate points may leave a cluster empty
+            fa = KMeans(int(k), n_init=N_INIT, max_iter=100, random_state=seed + 2 * i).fit(X[a])
+            fb = KMeans(int(k), n_init=N_INIT, max_iter=100, random_state=seed + 2 * i + 1).fit(X[b])
+        for fit, other, half in ((fa, fb, a), (fb, fa, b)):
+            kept = pairs_kept_together(fit.labels_, other.predict(X[half]))
+            shares.append(float((kept >= TOGETHER).mean()) if len(kept) else 0.0)
+    return float(np.mean(shares))
+
+
+def _curves(sample, reference, big, cloud, ks, subsets, halves, seed: int):
+    """Every candidate's fits for both criteria, on the data and on the reference. The fits are independent, so
+    they run in a pool of the thread policy's size, each on one thread (k-means on a few thousand points is too
+    small to share); each fit's seed is fixed, so the curves do not depend on the number of threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from threadpoolctl import threadpool_limits
+
+    from .threads import get_threads
+
+    jobs = [(name, fn, Z, k, parts) for name, fn, Z, parts in (
+        ("stability", _stability_at, sample, subsets), ("reference", _stability_at, reference, subsets),
+        ("reproduced", _reproduced_at, big, halves), ("reproduced_reference", _reproduced_at, cloud, halves))
+        for k in ks]
+    jobs.sort(key=lambda job: -job[3])  # the largest k first: the pool ends with short jobs
+
+    def one_openmp_thread():  # OpenMP's thread count is per thread: each worker sets its own
+        threadpool_limits(1, user_api="openmp")
+
+    with progress(total=len(jobs), desc="choose k", unit="fit-set") as bar, threadpool_limits(1, user_api="blas"), \
+            ThreadPoolExecutor(max(1, get_threads()), initializer=one_openmp_thread) as pool:
+        def run(job):
+            name, fn, Z, k, parts = job
+            out = fn(Z, k, parts, seed)
+            bar.update(1)
+            return out
+
+        results = dict(zip([(job[0], job[3]) for job in jobs], pool.map(run, jobs)))
+    stab = np.array([results["stability", k] for k in ks])
+    ref = np.array([results["reference", k][0] for k in ks])
+    kept = np.array([results["reproduced", k] for k in ks])
+    kept_ref = np.array([results["reproduced_reference", k] for k in ks])
+    return stab[:, 0], stab[:, 1], ref, kept, kept_ref
+
+
+def _nearest_candidate(ks, value: float) -> int:
+    """The candidate nearest to ``value`` on a log scale (the smaller one on a tie)."""
+    logs = np.abs(np.log(np.asarray(ks, dtype=float)) - np.log(value))
+    return int(ks[int(np.flatnonzero(logs <= logs.min() + 1e-12)[0])])
 
 
 def _non_increasing(ks: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -185,7 +273,8 @@ def _smooth(gap: np.ndarray) -> np.ndarray:
 
 
 def select_k(X, k="auto", random_state: int | None = 0) -> KSelection:
-    """Choose k for the embedding ``X`` (n, d) by the stability gap; ``k`` is ``"auto"`` or ``"auto:MIN-MAX"``."""
+    """Choose k for the embedding ``X`` (n, d) by the stability gap and reproducible clusters (the module's
+    docstring); ``k`` is ``"auto"`` or ``"auto:MIN-MAX"``."""
     t0 = time.perf_counter()
     X = np.asarray(X, dtype=np.float32).reshape(len(X), -1)
     n = len(X)
@@ -197,41 +286,49 @@ def select_k(X, k="auto", random_state: int | None = 0) -> KSelection:
     if len(ks) == 1:
         log(f"k={ks[0]}: the only value allowed by --k {k}")
         z = [0.0]
-        return KSelection(ks[0], None, k_min, k_max, ks, z, z, z, z, z, sample_size=0, seed=seed,
+        return KSelection(ks[0], None, k_min, k_max, ks, z, z, z, z, z, z, z, ks[0], ks[0], sample_size=0, seed=seed,
                           seconds=time.perf_counter() - t0)
     rs = np.random.RandomState(seed)
     m = min(n, max(SAMPLE, POINTS_PER_CLUSTER * k_max))
-    sample = X[np.sort(rs.choice(n, m, replace=False))] if m < n else X
+    m2 = min(n, max(m, HALVED_SAMPLE, 2 * POINTS_PER_HALF_CLUSTER * k_max))
+    # one random order: the stability sample is the first m points of the halved one
+    order = rs.permutation(n)[:m2] if m2 < n else np.arange(n)
+    big = X[order]
     dims = None
-    if sample.shape[1] > MAX_DIMS:
+    if big.shape[1] > MAX_DIMS:
         from .reduce import PCA
 
-        dims = int(min(MAX_DIMS, m))
-        sample = PCA(dims, random_state=seed).fit_transform(sample)
-    sample = sample.astype(np.float64)
+        dims = int(min(MAX_DIMS, m2))
+        big = PCA(dims, random_state=seed).fit_transform(big)
+    big = big.astype(np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a flat direction makes the covariance only semi-definite: fine here
-        reference = rs.multivariate_normal(sample.mean(0), np.atleast_2d(np.cov(sample, rowvar=False)), size=m)
+        cloud = rs.multivariate_normal(big.mean(0), np.atleast_2d(np.cov(big, rowvar=False)), size=m2)
+    sample, reference = big[:m], cloud[:m]
     subsets = [np.sort(rs.choice(m, int(SUBSAMPLE * m), replace=False)) for _ in range(REPEATS)]
-    with progress(total=2 * len(ks), desc="choose k", unit="fit-set") as bar:
-        stab, stab_sd = _stability(sample, ks, subsets, seed, bar)
-        ref, _ = _stability(reference, ks, subsets, seed, bar)
+    halves = [(p[: m2 // 2], p[m2 // 2:]) for p in (rs.permutation(m2) for _ in range(HALVINGS))]
+    stab, stab_sd, ref, kept, kept_ref = _curves(sample, reference, big, cloud, ks, subsets, halves, seed)
     ref = _non_increasing(np.asarray(ks, dtype=float), ref)
     gap = stab - ref
     score = _smooth(gap)
     best = float(score.max())
     if best > 0:
-        chosen = int(ks[int(np.flatnonzero(score >= PLATEAU * best)[0])])
+        k_stability = int(ks[int(np.flatnonzero(score >= PLATEAU * best)[0])])
     else:  # nothing is more stable than a structureless cloud: take the least bad
-        chosen = int(ks[int(np.argmax(gap))])
+        k_stability = int(ks[int(np.argmax(gap))])
+    held = [kk for kk, d, r in zip(ks, kept, kept_ref) if d >= REPRODUCED and r < REPRODUCED]
+    k_reproduced = int(max(held)) if held else int(ks[int(np.argmax(kept - kept_ref))])
+    chosen = _nearest_candidate(ks, float(np.sqrt(k_stability * k_reproduced)))
     apart = [j for j, kk in enumerate(ks) if max(kk, chosen) / min(kk, chosen) >= APART]
     runner_up = int(ks[max(apart, key=lambda j: score[j])]) if apart else None
     sel = KSelection(chosen, runner_up, k_min, k_max, [int(v) for v in ks], _round(score), _round(gap),
-                     _round(stab), _round(ref), _round(stab_sd), sample_size=int(m), dims=dims, seed=seed,
+                     _round(stab), _round(ref), _round(stab_sd), _round(kept), _round(kept_ref), k_stability,
+                     k_reproduced, sample_size=int(m), halved_sample_size=int(m2), dims=dims, seed=seed,
                      seconds=time.perf_counter() - t0)
-    log(f"chose k={chosen} by the {CRITERION} among {k_min}-{k_max}" +
+    log(f"chose k={chosen} among {k_min}-{k_max}: the geometric mean of the stability gap's k={k_stability} and "
+        f"the reproducible clusters' k={k_reproduced}" +
         (f" (on the embedding's {dims} leading principal components)" if dims else "") +
-        (f" (runner-up k={runner_up})" if runner_up is not None else "") + (
+        (f"; runner-up k={runner_up}" if runner_up is not None else "") + (
             "; no k gave groups clearly more reproducible than a cloud without clusters, so this choice is weak"
             if sel.weak else ""))
     return sel

@@ -191,13 +191,15 @@ class _Run:
 
 
 K_CURVES = ("candidates", "score", "stability", "reference")
+K_REPRODUCED_CURVES = ("reproduced", "reproduced_reference")  # absent from folders written before the second criterion
 
 
 def _read_k_selection(path: Path):
     sel = _read_json(path)
     if sel is None:
         return None
-    lengths = {len(sel.get(key) or []) for key in K_CURVES} if isinstance(sel, dict) else set()
+    keys = K_CURVES + tuple(key for key in K_REPRODUCED_CURVES if isinstance(sel, dict) and key in sel)
+    lengths = {len(sel.get(key) or []) for key in keys} if isinstance(sel, dict) else set()
     if len(lengths) != 1 or not lengths.pop() or not isinstance(sel.get("k"), int):
         raise UserError(f"{path}: not the curve 'imclust run --k auto' writes (candidates, score, stability, "
                         "reference of one length, and k); rerun 'imclust run'")
@@ -301,7 +303,8 @@ def _k_axis(k_min: int, k_max: int, x0: float, x1: float):
 
 def _k_chart(sel: dict) -> str:
     ks = [int(k) for k in sel["candidates"]]
-    curves = {"score": sel["score"], "stability": sel["stability"], "reference": sel["reference"]}
+    curves = {"score": sel["score"], "stability": sel["stability"], "reference": sel["reference"],
+              **{key: sel[key] for key in K_REPRODUCED_CURVES if key in sel}}
     W, H, L, R, T, B = 680, 280, 48, 18, 18, 40
     x, ticks, logx = _k_axis(ks[0], ks[-1], L, W - R)
     vals = [float(v) for c in curves.values() for v in c]
@@ -321,8 +324,10 @@ def _k_chart(sel: dict) -> str:
                  f"k (number of clusters{', log scale' if logx else ''})</text>")
     styles = {"stability": "stroke=\"#9aa3b2\" stroke-dasharray=\"5 4\" stroke-width=\"1.5\"",
               "reference": "stroke=\"#c9a66b\" stroke-dasharray=\"2 3\" stroke-width=\"1.5\"",
+              "reproduced": "stroke=\"#2a9d5c\" stroke-width=\"1.5\"",
+              "reproduced_reference": "stroke=\"#2a9d5c\" stroke-opacity=\".5\" stroke-dasharray=\"2 3\" stroke-width=\"1.5\"",
               "score": "stroke=\"#2f6fd6\" stroke-width=\"2.5\""}
-    for name in ("stability", "reference", "score"):
+    for name in ("stability", "reference", *(key for key in K_REPRODUCED_CURVES if key in curves), "score"):
         pts = " ".join(f"{x(k):.1f},{y(v):.1f}" for k, v in zip(ks, curves[name]))
         parts.append(f"<polyline class=\"k-{name}\" fill=\"none\" {styles[name]} points=\"{pts}\"/>")
     best = max(float(v) for v in curves["score"])
@@ -331,10 +336,17 @@ def _k_chart(sel: dict) -> str:
         parts.append(f"<line x1=\"{L}\" x2=\"{W - R}\" y1=\"{ty:.1f}\" y2=\"{ty:.1f}\" stroke=\"#2f6fd6\" stroke-opacity=\".45\" "
                      f"stroke-dasharray=\"6 3\"/><text x=\"{W - R}\" y=\"{ty - 4:.1f}\" font-size=\"11\" fill=\"#2f6fd6\" "
                      f"text-anchor=\"end\">{100 * sel.get('plateau', 0.95):.0f} % of the best score</text>")
-    for k, sc, st, rf in zip(ks, curves["score"], curves["stability"], curves["reference"]):
-        tip = f"k={k}: score {float(sc):.3f} (stability {float(st):.3f}, reference {float(rf):.3f})"
+    kept = curves.get("reproduced") or [None] * len(ks)
+    for k, sc, st, rf, kp in zip(ks, curves["score"], curves["stability"], curves["reference"], kept):
+        tip = f"k={k}: score {float(sc):.3f} (stability {float(st):.3f}, reference {float(rf):.3f})" + (
+            "" if kp is None else f"; clusters reproduced {float(kp):.3f}")
         parts.append(f"<circle class=\"k-point\" data-k=\"{k}\" cx=\"{x(k):.1f}\" cy=\"{y(sc):.1f}\" r=\"3.5\" fill=\"#2f6fd6\">"
                      f"<title>{e(tip)}</title></circle>")
+    for key, label in (("k_stability", "gap"), ("k_reproduced", "reproduced")):
+        k = sel.get(key)
+        if isinstance(k, int) and ks[0] <= k <= ks[-1]:
+            parts.append(f"<path class=\"k-{key}\" data-k=\"{k}\" d=\"M{x(k):.1f},{H - B - 1} l-5,-8 h10 z\" "
+                         f"fill=\"#5b6475\"><title>{e(f'k={k} by the {label} criterion')}</title></path>")
     score_of = dict(zip(ks, curves["score"]))
     for key, label, fill in (("runner_up", "runner-up", "#fff"), ("k", "chosen", "#d62728")):
         k = sel.get(key)
@@ -356,19 +368,36 @@ def _k_section(r: _Run) -> str:
         return ""
     k, runner_up = int(sel["k"]), sel.get("runner_up")
     ks = [int(v) for v in sel["candidates"]]
+    both = all(key in sel for key in K_REPRODUCED_CURVES) and isinstance(sel.get("k_stability"), int) \
+        and isinstance(sel.get("k_reproduced"), int)
+    plateau = f"{100 * sel.get('plateau', 0.95):.0f} %"
     lead = (f"k was not given, so it was chosen from the embedding, between {sel.get('k_min', ks[0])} and "
             f"{sel.get('k_max', ks[-1])}, without reading any labels. For each candidate k, k-means was fitted on "
             f"{sel.get('repeats', '?')} random subsamples of {int(sel.get('sample_size', 0)):,} images"
             + (f" (on their {int(sel['dims'])} leading principal components)" if sel.get("dims") else "")
             + " and the fits were compared "
             "(stability: 1 means the same clusters every time); the same was done on a cloud of points without clusters "
-            "(reference). The score, the " + e(str(sel.get("criterion", "stability gap"))) + ", is stability minus reference, "
-            "smoothed over neighbouring k: how much more reproducible the groups are than in a cloud with none. The chosen k "
-            f"is the smallest whose score reaches {100 * sel.get('plateau', 0.95):.0f} % of the best; the runner-up is the "
-            "best score clearly apart from it.")
-    rows = [("Chosen k", f"<b>{k}</b> (score {float(dict(zip(ks, sel['score']))[k]):.3f})")]
+            "(reference). The score, the stability gap, is stability minus reference, "
+            "smoothed over neighbouring k: how much more reproducible the groups are than in a cloud with none. ")
+    if both:
+        lead += (f"By this criterion k is the smallest whose score reaches {plateau} of the best: the coarsest "
+                 f"well-supported k. A second criterion cut {int(sel.get('halved_sample_size', 0)):,} images in random "
+                 f"halves {int(sel.get('halvings', 3))} times and fitted k-means on each half: a cluster is reproduced when the "
+                 f"other half keeps {100 * sel.get('together', 0.7):.0f} % of its pairs of images together, and its k is "
+                 f"the largest at which {100 * sel.get('reproduced_share', 0.95):.0f} % of the clusters are reproduced "
+                 "(and not on the cloud): the finest k whose every group stands on its own. The two err in opposite "
+                 "directions, so the chosen k is the candidate nearest to their geometric mean (triangles on the axis "
+                 "mark each criterion's k). The runner-up is the best score clearly apart from it.")
+    else:
+        lead += (f"The chosen k is the smallest whose score reaches {plateau} of the best; the runner-up is the best "
+                 "score clearly apart from it.")
+    score_of = dict(zip(ks, sel["score"]))
+    rows = [("Chosen k", f"<b>{k}</b> (score {float(score_of[k]):.3f})")]
+    if both:
+        rows.append(("By each criterion", f"stability gap: {int(sel['k_stability'])}; reproducible clusters: "
+                     f"{int(sel['k_reproduced'])}"))
     if runner_up is not None:
-        rows.append(("Runner-up", f"{int(runner_up)} (score {float(dict(zip(ks, sel['score']))[int(runner_up)]):.3f})"))
+        rows.append(("Runner-up", f"{int(runner_up)} (score {float(score_of[int(runner_up)]):.3f})"))
     rows.append(("Candidates", f"{len(ks)}: " + e(", ".join(str(v) for v in ks))))
     if sel.get("seconds") is not None:
         rows.append(("Time to choose", e(_fmt_seconds(float(sel["seconds"])))))
@@ -379,11 +408,18 @@ def _k_section(r: _Run) -> str:
                 "a k you expect.</p>")
     legend = ("<p class=\"small k-legend\"><span style=\"color:#2f6fd6\">━ score</span> · "
               "<span style=\"color:#9aa3b2\">╌ stability on the embedding</span> · "
-              "<span style=\"color:#c9a66b\">┈ stability on the reference</span> · hover a point for its values</p>")
+              "<span style=\"color:#c9a66b\">┈ stability on the reference</span>"
+              + (" · <span style=\"color:#2a9d5c\">━ clusters reproduced</span> · "
+                 "<span style=\"color:#2a9d5c;opacity:.6\">┈ on the reference</span>" if both else "")
+              + " · hover a point for its values</p>")
+    extra_head = "<th>clusters reproduced</th><th>on the reference</th>" if both else ""
+    extra = list(zip(sel["reproduced"], sel["reproduced_reference"])) if both else [None] * len(ks)
     table = ("<details><summary>All candidates</summary><table class=\"list\"><tr><th>k</th><th>score</th>"
-             "<th>stability</th><th>reference</th></tr>" + "".join(
-                 f"<tr><td>{kk}</td><td>{float(sc):.3f}</td><td>{float(st):.3f}</td><td>{float(rf):.3f}</td></tr>"
-                 for kk, sc, st, rf in zip(ks, sel["score"], sel["stability"], sel["reference"])) + "</table></details>")
+             f"<th>stability</th><th>reference</th>{extra_head}</tr>" + "".join(
+                 f"<tr><td>{kk}</td><td>{float(sc):.3f}</td><td>{float(st):.3f}</td><td>{float(rf):.3f}</td>"
+                 + ("" if ex is None else f"<td>{float(ex[0]):.3f}</td><td>{float(ex[1]):.3f}</td>") + "</tr>"
+                 for kk, sc, st, rf, ex in zip(ks, sel["score"], sel["stability"], sel["reference"], extra))
+             + "</table></details>")
     rerun = ""
     template = sel.get("rerun")
     if isinstance(template, str) and "{k}" in template:
