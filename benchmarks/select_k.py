@@ -50,7 +50,7 @@ from imclust import components  # noqa: E402,F401
 from imclust.base import build  # noqa: E402
 from imclust.data import load_source  # noqa: E402
 from imclust.kselect import select_k  # noqa: E402
-from imclust.metrics import contingency, evaluate  # noqa: E402
+from imclust.metrics import evaluate  # noqa: E402
 from imclust.pipeline import Pipeline  # noqa: E402
 from imclust.recipes import default_recipe, load_recipe  # noqa: E402
 

@@ -169,16 +169,18 @@ def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if top == expected else (both - expected) / (top - expected)
 
 
-def _stability_at(X: np.ndarray, k: int, subsets, seed: int) -> tuple[float, float]:
-    """Mean and standard deviation over pairs of fits of the ARI between k-means fits on ``subsets``."""
+def _kmeans(X: np.ndarray, k: int, random_state: int):
+    """The k-means fit both criteria make: :data:`N_INIT` k-means++ starts, at most 100 iterations."""
     from sklearn.cluster import KMeans
 
-    labels = []
-    for i, idx in enumerate(subsets):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a few duplicate points may leave a cluster empty
-            km = KMeans(int(k), n_init=N_INIT, max_iter=100, random_state=seed + 7919 * i + k).fit(X[idx])
-        labels.append(km.predict(X))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a few duplicate points may leave a cluster empty
+        return KMeans(int(k), n_init=N_INIT, max_iter=100, random_state=random_state).fit(X)
+
+
+def _stability_at(X: np.ndarray, k: int, subsets, seed: int) -> tuple[float, float]:
+    """Mean and standard deviation over pairs of fits of the ARI between k-means fits on ``subsets``."""
+    labels = [_kmeans(X[idx], k, seed + 7919 * i + k).predict(X) for i, idx in enumerate(subsets)]
     r = len(subsets)
     a = [adjusted_rand(labels[p], labels[q]) for p in range(r) for q in range(p + 1, r)]
     return float(np.mean(a)), float(np.std(a))
@@ -198,21 +200,16 @@ def pairs_kept_together(labels: np.ndarray, other: np.ndarray) -> np.ndarray:
 def _reproduced_at(X: np.ndarray, k: int, halves, seed: int) -> float:
     """The mean share, over halvings and both directions, of one half's k-means clusters that the other half's
     fit reproduces (keeps :data:`TOGETHER` of their pairs together)."""
-    from sklearn.cluster import KMeans
-
     shares = []
     for i, (a, b) in enumerate(halves):
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a few duplicate points may leave a cluster empty
-            fa = KMeans(int(k), n_init=N_INIT, max_iter=100, random_state=seed + 2 * i).fit(X[a])
-            fb = KMeans(int(k), n_init=N_INIT, max_iter=100, random_state=seed + 2 * i + 1).fit(X[b])
+        fa, fb = _kmeans(X[a], k, seed + 2 * i), _kmeans(X[b], k, seed + 2 * i + 1)
         for fit, other, half in ((fa, fb, a), (fb, fa, b)):
             kept = pairs_kept_together(fit.labels_, other.predict(X[half]))
             shares.append(float((kept >= TOGETHER).mean()) if len(kept) else 0.0)
     return float(np.mean(shares))
 
 
-def _curves(sample, reference, big, cloud, ks, subsets, halves, seed: int):
+def _curves(sample, reference, halved, halved_reference, ks, subsets, halves, seed: int):
     """Every candidate's fits for both criteria, on the data and on the reference. The fits are independent, so
     they run in a pool of the thread policy's size, each on one thread (k-means on a few thousand points is too
     small to share); each fit's seed is fixed, so the curves do not depend on the number of threads."""
@@ -224,7 +221,8 @@ def _curves(sample, reference, big, cloud, ks, subsets, halves, seed: int):
 
     jobs = [(name, fn, Z, k, parts) for name, fn, Z, parts in (
         ("stability", _stability_at, sample, subsets), ("reference", _stability_at, reference, subsets),
-        ("reproduced", _reproduced_at, big, halves), ("reproduced_reference", _reproduced_at, cloud, halves))
+        ("reproduced", _reproduced_at, halved, halves),
+        ("reproduced_reference", _reproduced_at, halved_reference, halves))
         for k in ks]
     jobs.sort(key=lambda job: -job[3])  # the largest k first: the pool ends with short jobs
 
@@ -290,24 +288,26 @@ def select_k(X, k="auto", random_state: int | None = 0) -> KSelection:
                           seconds=time.perf_counter() - t0)
     rs = np.random.RandomState(seed)
     m = min(n, max(SAMPLE, POINTS_PER_CLUSTER * k_max))
-    m2 = min(n, max(m, HALVED_SAMPLE, 2 * POINTS_PER_HALF_CLUSTER * k_max))
-    # one random order: the stability sample is the first m points of the halved one
-    order = rs.permutation(n)[:m2] if m2 < n else np.arange(n)
-    big = X[order]
+    m_halved = min(n, max(m, HALVED_SAMPLE, 2 * POINTS_PER_HALF_CLUSTER * k_max))
+    # one random order: the stability sample is the first m points of the halved one, and its reference
+    # the first m points of the halved one's
+    order = rs.permutation(n)[:m_halved] if m_halved < n else np.arange(n)
+    halved = X[order]
     dims = None
-    if big.shape[1] > MAX_DIMS:
+    if halved.shape[1] > MAX_DIMS:
         from .reduce import PCA
 
-        dims = int(min(MAX_DIMS, m2))
-        big = PCA(dims, random_state=seed).fit_transform(big)
-    big = big.astype(np.float64)
+        dims = int(min(MAX_DIMS, m_halved))
+        halved = PCA(dims, random_state=seed).fit_transform(halved)
+    halved = halved.astype(np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a flat direction makes the covariance only semi-definite: fine here
-        cloud = rs.multivariate_normal(big.mean(0), np.atleast_2d(np.cov(big, rowvar=False)), size=m2)
-    sample, reference = big[:m], cloud[:m]
+        halved_reference = rs.multivariate_normal(halved.mean(0), np.atleast_2d(np.cov(halved, rowvar=False)),
+                                                  size=m_halved)
+    sample, reference = halved[:m], halved_reference[:m]
     subsets = [np.sort(rs.choice(m, int(SUBSAMPLE * m), replace=False)) for _ in range(REPEATS)]
-    halves = [(p[: m2 // 2], p[m2 // 2:]) for p in (rs.permutation(m2) for _ in range(HALVINGS))]
-    stab, stab_sd, ref, kept, kept_ref = _curves(sample, reference, big, cloud, ks, subsets, halves, seed)
+    halves = [(p[: m_halved // 2], p[m_halved // 2:]) for p in (rs.permutation(m_halved) for _ in range(HALVINGS))]
+    stab, stab_sd, ref, kept, kept_ref = _curves(sample, reference, halved, halved_reference, ks, subsets, halves, seed)
     ref = _non_increasing(np.asarray(ks, dtype=float), ref)
     gap = stab - ref
     score = _smooth(gap)
@@ -323,7 +323,7 @@ def select_k(X, k="auto", random_state: int | None = 0) -> KSelection:
     runner_up = int(ks[max(apart, key=lambda j: score[j])]) if apart else None
     sel = KSelection(chosen, runner_up, k_min, k_max, [int(v) for v in ks], _round(score), _round(gap),
                      _round(stab), _round(ref), _round(stab_sd), _round(kept), _round(kept_ref), k_stability,
-                     k_reproduced, sample_size=int(m), halved_sample_size=int(m2), dims=dims, seed=seed,
+                     k_reproduced, sample_size=int(m), halved_sample_size=int(m_halved), dims=dims, seed=seed,
                      seconds=time.perf_counter() - t0)
     log(f"chose k={chosen} among {k_min}-{k_max}: the geometric mean of the stability gap's k={k_stability} and "
         f"the reproducible clusters' k={k_reproduced}" +
