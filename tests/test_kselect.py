@@ -60,6 +60,25 @@ def test_both_criteria_find_blobs_and_not_the_cloud(k):
     assert len(sel.reproduced) == len(sel.reproduced_reference) == len(sel.candidates)
 
 
+def test_cloud_is_fitted_only_where_the_reproducible_k_needs_it(monkeypatch):
+    import imclust.kselect as kselect
+
+    X = _blobs(k=4, seed=1)
+    lazy = select_k(X, "auto:2-12", random_state=0)
+    ks, kept, cloud = lazy.candidates, lazy.reproduced, lazy.reproduced_reference
+    assert any(v is None for v in cloud) and cloud[ks.index(lazy.k_reproduced)] is not None
+    # every candidate above the choice that the data reproduces was fitted on the cloud, and the cloud held there
+    above = [j for j, kk in enumerate(ks) if kk > lazy.k_reproduced and kept[j] >= REPRODUCED]
+    assert all(cloud[j] is not None and cloud[j] >= REPRODUCED for j in above)
+    # the same choice as fitting the cloud everywhere (the threshold a cloud share never reaches forces it)
+    monkeypatch.setattr(kselect, "REPRODUCED", 2.0)
+    full = select_k(X, "auto:2-12", random_state=0)
+    assert all(v is not None for v in full.reproduced_reference)
+    assert [v for v in cloud if v is not None] == [v for v, w in zip(full.reproduced_reference, cloud) if w is not None]
+    held = [kk for kk, d, r in zip(ks, kept, full.reproduced_reference) if d >= REPRODUCED > r]
+    assert lazy.k_reproduced == max(held)
+
+
 def _pairs_of_blobs(separation=4.0, seed=0):
     """Three far-apart groups, each made of two blobs ``separation`` standard deviations apart: a coarse level (3)
     and a fine one (6) that the two criteria weigh differently."""

@@ -535,6 +535,13 @@ def test_k_choice_section_is_built_from_k_selection_json(auto_k_run, tmp_path):
     (run_dir / "k_selection.json").write_text(json.dumps(sel2))
     section2 = re.search(r'<section id="k-choice">(.*?)</section>', build_report(run_dir).read_text(), re.S).group(1)
     assert 'class="k-chosen" data-k="6"' in section2 and "chosen k=6" in section2
+    # the cloud's reproducible-clusters share is fitted only where needed: its gaps are drawn as gaps
+    gaps = [None, 0.99, None, 0.97, 0.5]
+    (run_dir / "k_selection.json").write_text(json.dumps({**sel, "reproduced_reference": gaps}))
+    section3 = re.search(r'<section id="k-choice">(.*?)</section>', build_report(run_dir).read_text(), re.S).group(1)
+    assert section3.count('<polyline class="k-reproduced_reference"') == 1  # k 5 and 6 joined
+    assert section3.count('<circle class="k-reproduced_reference"') == 1  # k 3 alone
+    assert section3.count("<td>—</td>") == 2 and "<td>0.970</td>" in section3
     # a broken file is one clear error, not a traceback
     (run_dir / "k_selection.json").write_text(json.dumps({**sel, "score": [0.1]}))
     assert main(["report", str(run_dir)]) == 2

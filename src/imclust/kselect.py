@@ -28,7 +28,7 @@ An embedding wider than :data:`MAX_DIMS` (pretrained features: 384–1,280 dimen
 sample's leading :data:`MAX_DIMS` principal components, the width the manifold recipes reduce to as well:
 k-means partitions are decided by the leading directions, and hundreds of k-means fits per candidate in
 1,280 dimensions would cost minutes where the run with k given takes seconds.
-Candidates are every k up to 20, then steps of about 10 % (the grid the report draws).
+Candidates are every k up to 20, then steps of about :data:`GRID_STEP` (the grid the report draws).
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ POINTS_PER_HALF_CLUSTER = 15  # each half holds at least this many points per cl
 HALVINGS = 3  # random halvings per candidate (each fits k-means on both halves)
 TOGETHER = 0.7  # a cluster is reproduced when the other half's fit keeps this share of its pairs of points together
 REPRODUCED = 0.95  # the reproducible-clusters k: the largest at which this share of the clusters is reproduced
+GRID_STEP = 1.1  # above 20, each candidate is this factor (rounded up) above the previous one
 
 _AUTO = re.compile(r"auto(?::(\d+)-(\d+))?")
 
@@ -102,11 +103,11 @@ def parse_auto(text: str, n: int | None = None) -> tuple[int, int]:
 
 
 def candidates(k_min: int, k_max: int) -> list[int]:
-    """Every k up to 20, then steps of about 10 % up to ``k_max`` (always included)."""
+    """Every k up to 20, then steps of :data:`GRID_STEP` (rounded up) up to ``k_max`` (always included)."""
     ks = list(range(k_min, min(k_max, 20) + 1)) or [k_min]
     k = max(20, k_min)
     while k < k_max:
-        k = min(k_max, int(np.ceil(k * 1.1)))
+        k = min(k_max, int(np.ceil(k * GRID_STEP)))
         ks.append(k)
     return sorted(set(ks))
 
@@ -126,7 +127,7 @@ class KSelection:
     reference: list  # the same on the structureless reference sample (its non-increasing fit)
     stability_sd: list
     reproduced: list  # share of the clusters reproduced across halvings of the embedding's sample
-    reproduced_reference: list  # the same on the structureless reference sample
+    reproduced_reference: list  # the same on the structureless reference sample (None: not needed, not fitted)
     k_stability: int  # the stability gap's choice
     k_reproduced: int  # the reproducible-clusters choice
     criterion: str = CRITERION
@@ -212,37 +213,54 @@ def _reproduced_at(X: np.ndarray, k: int, halves, seed: int) -> float:
 def _curves(sample, reference, halved, halved_reference, ks, subsets, halves, seed: int):
     """Every candidate's fits for both criteria, on the data and on the reference. The fits are independent, so
     they run in a pool of the thread policy's size, each on one thread (k-means on a few thousand points is too
-    small to share); each fit's seed is fixed, so the curves do not depend on the number of threads."""
+    small to share); each fit's seed is fixed, so the curves do not depend on the number of threads.
+
+    The cloud's reproducible-clusters share only decides whether the largest k the data reproduces counts, so it
+    is fitted where the data's share reaches :data:`REPRODUCED`, from the largest such k down, until a k the cloud
+    does not reproduce turns up; the other candidates keep ``None``. Only when none turns up is the whole curve
+    fitted (the criterion then compares the two curves everywhere)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from threadpoolctl import threadpool_limits
 
     from .threads import get_threads
 
-    jobs = [(name, fn, Z, k, parts) for name, fn, Z, parts in (
-        ("stability", _stability_at, sample, subsets), ("reference", _stability_at, reference, subsets),
-        ("reproduced", _reproduced_at, halved, halves),
-        ("reproduced_reference", _reproduced_at, halved_reference, halves))
-        for k in ks]
-    jobs.sort(key=lambda job: -job[3])  # the largest k first: the pool ends with short jobs
-
     def one_openmp_thread():  # OpenMP's thread count is per thread: each worker sets its own
         threadpool_limits(1, user_api="openmp")
 
-    with progress(total=len(jobs), desc="choose k", unit="fit-set") as bar, threadpool_limits(1, user_api="blas"), \
-            ThreadPoolExecutor(max(1, get_threads()), initializer=one_openmp_thread) as pool:
-        def run(job):
-            name, fn, Z, k, parts = job
-            out = fn(Z, k, parts, seed)
-            bar.update(1)
-            return out
+    width = max(1, get_threads())
+    with progress(total=0, desc="choose k", unit="fit-set") as bar, threadpool_limits(1, user_api="blas"), \
+            ThreadPoolExecutor(width, initializer=one_openmp_thread) as pool:
+        def fit_all(jobs):  # (name, fit-set function, points, subsets or halves, k) -> {(name, k): result}
+            jobs = sorted(jobs, key=lambda job: -job[4])  # the largest k first: the pool ends with short jobs
+            bar.total += len(jobs)
+            bar.refresh()
 
-        results = dict(zip([(job[0], job[3]) for job in jobs], pool.map(run, jobs)))
-    stab = np.array([results["stability", k] for k in ks])
-    ref = np.array([results["reference", k][0] for k in ks])
-    kept = np.array([results["reproduced", k] for k in ks])
-    kept_ref = np.array([results["reproduced_reference", k] for k in ks])
-    return stab[:, 0], stab[:, 1], ref, kept, kept_ref
+            def one(job):
+                _, fn, Z, parts, k = job
+                out = fn(Z, k, parts, seed)
+                bar.update(1)
+                return out
+
+            return dict(zip([(job[0], job[4]) for job in jobs], pool.map(one, jobs)))
+
+        def cloud_kept(some_ks):
+            fits = fit_all([("cloud", _reproduced_at, halved_reference, halves, k) for k in some_ks])
+            return {k: v for (_, k), v in fits.items()}
+
+        fits = fit_all([(name, fn, Z, parts, k) for name, fn, Z, parts in (
+            ("stability", _stability_at, sample, subsets), ("reference", _stability_at, reference, subsets),
+            ("reproduced", _reproduced_at, halved, halves)) for k in ks])
+        kept_ref: dict = {}
+        todo = sorted((k for k in ks if fits["reproduced", k] >= REPRODUCED), reverse=True)
+        while todo and all(v >= REPRODUCED for v in kept_ref.values()):
+            kept_ref.update(cloud_kept(todo[:width]))
+            todo = todo[width:]
+        if all(v >= REPRODUCED for v in kept_ref.values()):
+            kept_ref.update(cloud_kept([k for k in ks if k not in kept_ref]))
+    stab = np.array([fits["stability", k] for k in ks])
+    return (stab[:, 0], stab[:, 1], np.array([fits["reference", k][0] for k in ks]),
+            np.array([fits["reproduced", k] for k in ks]), [kept_ref.get(k) for k in ks])
 
 
 def _nearest_candidate(ks, value: float) -> int:
@@ -316,8 +334,8 @@ def select_k(X, k="auto", random_state: int | None = 0) -> KSelection:
         k_stability = int(ks[int(np.flatnonzero(score >= PLATEAU * best)[0])])
     else:  # nothing is more stable than a structureless cloud: take the least bad
         k_stability = int(ks[int(np.argmax(gap))])
-    held = [kk for kk, d, r in zip(ks, kept, kept_ref) if d >= REPRODUCED and r < REPRODUCED]
-    k_reproduced = int(max(held)) if held else int(ks[int(np.argmax(kept - kept_ref))])
+    held = [kk for kk, d, r in zip(ks, kept, kept_ref) if d >= REPRODUCED and r is not None and r < REPRODUCED]
+    k_reproduced = int(max(held)) if held else int(ks[int(np.argmax(kept - np.array(kept_ref, dtype=float)))])
     chosen = _nearest_candidate(ks, float(np.sqrt(k_stability * k_reproduced)))
     apart = [j for j, kk in enumerate(ks) if max(kk, chosen) / min(kk, chosen) >= APART]
     runner_up = int(ks[max(apart, key=lambda j: score[j])]) if apart else None
@@ -335,7 +353,7 @@ def select_k(X, k="auto", random_state: int | None = 0) -> KSelection:
 
 
 def _round(v) -> list:
-    return [round(float(x), 5) for x in v]
+    return [None if x is None else round(float(x), 5) for x in v]
 
 
 def rerun_template(argv, source: str, recipe: str, seed, out) -> str:

@@ -301,13 +301,24 @@ def _k_axis(k_min: int, k_max: int, x0: float, x1: float):
     return x, ticks, log
 
 
+def _runs_of_values(ks, values) -> list:
+    """The (k, value) pairs of a curve, cut where a value is None (a candidate the curve was not fitted at)."""
+    runs = [[]]
+    for k, v in zip(ks, values):
+        if v is None:
+            runs.append([])
+        else:
+            runs[-1].append((k, float(v)))
+    return [run for run in runs if run]
+
+
 def _k_chart(sel: dict) -> str:
     ks = [int(k) for k in sel["candidates"]]
     curves = {"score": sel["score"], "stability": sel["stability"], "reference": sel["reference"],
               **{key: sel[key] for key in K_REPRODUCED_CURVES if key in sel}}
     W, H, L, R, T, B = 680, 280, 48, 18, 18, 40
     x, ticks, logx = _k_axis(ks[0], ks[-1], L, W - R)
-    vals = [float(v) for c in curves.values() for v in c]
+    vals = [float(v) for c in curves.values() for v in c if v is not None]
     lo, hi = np.floor(min(0.0, min(vals)) * 4) / 4, np.ceil(max(1.0, max(vals)) * 4) / 4
 
     def y(v):
@@ -328,8 +339,14 @@ def _k_chart(sel: dict) -> str:
               "reproduced_reference": "stroke=\"#2a9d5c\" stroke-opacity=\".5\" stroke-dasharray=\"2 3\" stroke-width=\"1.5\"",
               "score": "stroke=\"#2f6fd6\" stroke-width=\"2.5\""}
     for name in ("stability", "reference", *(key for key in K_REPRODUCED_CURVES if key in curves), "score"):
-        pts = " ".join(f"{x(k):.1f},{y(v):.1f}" for k, v in zip(ks, curves[name]))
-        parts.append(f"<polyline class=\"k-{name}\" fill=\"none\" {styles[name]} points=\"{pts}\"/>")
+        for run in _runs_of_values(ks, curves[name]):  # a curve fitted only where needed is drawn where it was
+            if len(run) == 1:
+                (k, v), = run
+                parts.append(f"<circle class=\"k-{name}\" cx=\"{x(k):.1f}\" cy=\"{y(v):.1f}\" r=\"2.5\" "
+                             f"fill=\"#2a9d5c\" fill-opacity=\".5\"/>")
+                continue
+            pts = " ".join(f"{x(k):.1f},{y(v):.1f}" for k, v in run)
+            parts.append(f"<polyline class=\"k-{name}\" fill=\"none\" {styles[name]} points=\"{pts}\"/>")
     best = max(float(v) for v in curves["score"])
     if best > 0:
         ty = y(sel.get("plateau", 0.95) * best)
@@ -385,7 +402,8 @@ def _k_section(r: _Run) -> str:
                  f"halves {int(sel.get('halvings', 3))} times and fitted k-means on each half: a cluster is reproduced when the "
                  f"other half keeps {100 * sel.get('together', 0.7):.0f} % of its pairs of images together, and its k is "
                  f"the largest at which {100 * sel.get('reproduced_share', 0.95):.0f} % of the clusters are reproduced "
-                 "(and not on the cloud): the finest k whose every group stands on its own. The two err in opposite "
+                 "(and not on the cloud, which is fitted only where needed: from the largest such k down until one it "
+                 "does not reproduce): the finest k whose every group stands on its own. The two err in opposite "
                  "directions, so the chosen k is the candidate nearest to their geometric mean (triangles on the axis "
                  "mark each criterion's k). The runner-up is the best score clearly apart from it.")
     else:
@@ -417,7 +435,8 @@ def _k_section(r: _Run) -> str:
     table = ("<details><summary>All candidates</summary><table class=\"list\"><tr><th>k</th><th>score</th>"
              f"<th>stability</th><th>reference</th>{extra_head}</tr>" + "".join(
                  f"<tr><td>{kk}</td><td>{float(sc):.3f}</td><td>{float(st):.3f}</td><td>{float(rf):.3f}</td>"
-                 + ("" if ex is None else f"<td>{float(ex[0]):.3f}</td><td>{float(ex[1]):.3f}</td>") + "</tr>"
+                 + ("" if ex is None else "".join(f"<td>{'—' if v is None else f'{float(v):.3f}'}</td>" for v in ex))
+                 + "</tr>"
                  for kk, sc, st, rf, ex in zip(ks, sel["score"], sel["stability"], sel["reference"], extra))
              + "</table></details>")
     rerun = ""
