@@ -192,6 +192,8 @@ class _Run:
 
 K_CURVES = ("candidates", "score", "stability", "reference")
 K_REPRODUCED_CURVES = ("reproduced", "reproduced_reference")  # absent from folders written before the second criterion
+K_CURVE_COLOURS = {"stability": "#9aa3b2", "reference": "#c9a66b", "reproduced": "#2a9d5c",
+                   "reproduced_reference": "#2a9d5c", "score": "#2f6fd6"}  # the chart's curves and its legend
 
 
 def _read_k_selection(path: Path):
@@ -333,20 +335,21 @@ def _k_chart(sel: dict) -> str:
                      f"<text x=\"{x(t):.1f}\" y=\"{H - B + 16}\" font-size=\"11\" fill=\"#5b6475\" text-anchor=\"middle\">{t}</text>")
     parts.append(f"<text x=\"{(L + W - R) / 2:.0f}\" y=\"{H - 6}\" font-size=\"12\" fill=\"#5b6475\" text-anchor=\"middle\">"
                  f"k (number of clusters{', log scale' if logx else ''})</text>")
-    styles = {"stability": "stroke=\"#9aa3b2\" stroke-dasharray=\"5 4\" stroke-width=\"1.5\"",
-              "reference": "stroke=\"#c9a66b\" stroke-dasharray=\"2 3\" stroke-width=\"1.5\"",
-              "reproduced": "stroke=\"#2a9d5c\" stroke-width=\"1.5\"",
-              "reproduced_reference": "stroke=\"#2a9d5c\" stroke-opacity=\".5\" stroke-dasharray=\"2 3\" stroke-width=\"1.5\"",
-              "score": "stroke=\"#2f6fd6\" stroke-width=\"2.5\""}
+    styles = {"stability": "stroke-dasharray=\"5 4\" stroke-width=\"1.5\"",
+              "reference": "stroke-dasharray=\"2 3\" stroke-width=\"1.5\"",
+              "reproduced": "stroke-width=\"1.5\"",
+              "reproduced_reference": "stroke-opacity=\".5\" stroke-dasharray=\"2 3\" stroke-width=\"1.5\"",
+              "score": "stroke-width=\"2.5\""}
     for name in ("stability", "reference", *(key for key in K_REPRODUCED_CURVES if key in curves), "score"):
         for run in _runs_of_values(ks, curves[name]):  # a curve fitted only where needed is drawn where it was
             if len(run) == 1:
                 (k, v), = run
                 parts.append(f"<circle class=\"k-{name}\" cx=\"{x(k):.1f}\" cy=\"{y(v):.1f}\" r=\"2.5\" "
-                             f"fill=\"#2a9d5c\" fill-opacity=\".5\"/>")
+                             f"fill=\"{K_CURVE_COLOURS[name]}\" fill-opacity=\".5\"/>")
                 continue
             pts = " ".join(f"{x(k):.1f},{y(v):.1f}" for k, v in run)
-            parts.append(f"<polyline class=\"k-{name}\" fill=\"none\" {styles[name]} points=\"{pts}\"/>")
+            parts.append(f"<polyline class=\"k-{name}\" fill=\"none\" stroke=\"{K_CURVE_COLOURS[name]}\" {styles[name]} "
+                         f"points=\"{pts}\"/>")
     best = max(float(v) for v in curves["score"])
     if best > 0:
         ty = y(sel.get("plateau", 0.95) * best)
@@ -424,11 +427,11 @@ def _k_section(r: _Run) -> str:
         warn = ("<p class=\"warn\">No k gave groups clearly more reproducible than a cloud without clusters (every score "
                 f"is below {WEAK}): the embedding shows no clear groups, so this choice of k is weak. Try the runner-up or "
                 "a k you expect.</p>")
-    legend = ("<p class=\"small k-legend\"><span style=\"color:#2f6fd6\">━ score</span> · "
-              "<span style=\"color:#9aa3b2\">╌ stability on the embedding</span> · "
-              "<span style=\"color:#c9a66b\">┈ stability on the reference</span>"
-              + (" · <span style=\"color:#2a9d5c\">━ clusters reproduced</span> · "
-                 "<span style=\"color:#2a9d5c;opacity:.6\">┈ on the reference</span>" if both else "")
+    legend = (f"<p class=\"small k-legend\"><span style=\"color:{K_CURVE_COLOURS['score']}\">━ score</span> · "
+              f"<span style=\"color:{K_CURVE_COLOURS['stability']}\">╌ stability on the embedding</span> · "
+              f"<span style=\"color:{K_CURVE_COLOURS['reference']}\">┈ stability on the reference</span>"
+              + (f" · <span style=\"color:{K_CURVE_COLOURS['reproduced']}\">━ clusters reproduced</span> · "
+                 f"<span style=\"color:{K_CURVE_COLOURS['reproduced_reference']};opacity:.6\">┈ on the reference</span>" if both else "")
               + " · hover a point for its values</p>")
     extra_head = "<th>clusters reproduced</th><th>on the reference</th>" if both else ""
     extra = list(zip(sel["reproduced"], sel["reproduced_reference"])) if both else [None] * len(ks)
