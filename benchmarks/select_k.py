@@ -182,9 +182,10 @@ def scores(labels, y) -> dict:
     return {"acc": m["acc"], "nmi": m["nmi"], "ari": m["ari"]}
 
 
-def clustimage_run(python: str, name: str, seed: int) -> dict:
+def clustimage_run(python: str, name: str, seed: int) -> dict | None:
     """clustimage with its defaults on the set's images, in its own virtual environment: its own choice of k,
-    and the same with k = the number of classes (its reference, as ours is the recipe at the true k)."""
+    and the same with k = the number of classes (its reference, as ours is the recipe at the true k). None, with
+    the reason on stderr, where it fails (the table then shows no peer for that set)."""
     ds = load_source(str(SUITE[name]))
     y = np.asarray(ds.labels)
     x = ds.to_array(desc=None)  # (n, C, H, W) in [0, 1]
@@ -197,7 +198,9 @@ def clustimage_run(python: str, name: str, seed: int) -> dict:
             proc = subprocess.run([python, str(PEER_SCRIPT), str(Path(tmp) / "images.npy"), str(Path(tmp) / "out.json"),
                                    str(seed), *extra], capture_output=True, text=True)
             if proc.returncode != 0:
-                raise RuntimeError(f"clustimage failed on {name}: {proc.stderr.strip().splitlines()[-1:]}")
+                why = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+                print(f"  clustimage failed on {name}: {why}", file=sys.stderr)
+                return None
             labels = np.asarray(json.loads((Path(tmp) / "out.json").read_text())["labels"], dtype=np.int64)
             out[key] = {"k": int(len(np.unique(labels))), **scores(labels, y), "seconds": time.perf_counter() - t}
     return {**out["auto"], "true": out["true"]}
@@ -226,11 +229,9 @@ def measure(name: str, seed: int, cache: Path | None, peer_python: str | None, s
     row["silhouette"] = {"k": k_sil, "seconds": time.perf_counter() - t, **scored(k_sil)}
     if studied:
         row["study"] = study(X, sel, seed)
-    if peer_python:
-        try:
-            row["clustimage"] = clustimage_run(peer_python, name, seed)
-        except RuntimeError as err:
-            print(f"  {err}", file=sys.stderr)
+    peer = clustimage_run(peer_python, name, seed) if peer_python else None
+    if peer is not None:
+        row["clustimage"] = peer
     print(json.dumps(row), flush=True)
     return row
 
@@ -360,11 +361,9 @@ def main(argv=None):
                 keep(row)
             elif args.clustimage and seed == args.seeds[0] and "clustimage" not in row:
                 # a kept row measured without the peer: add the peer's runs, keep everything else as measured
-                try:
-                    row = {**row, "clustimage": clustimage_run(args.clustimage, s, seed)}
-                except RuntimeError as err:
-                    print(f"  {err}", file=sys.stderr)
-                else:
+                peer = clustimage_run(args.clustimage, s, seed)
+                if peer is not None:
+                    row = {**row, "clustimage": peer}
                     print(json.dumps(row), flush=True)
                     keep(row)
             rows.append(row)
