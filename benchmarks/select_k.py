@@ -355,13 +355,13 @@ def main(argv=None):
     for s in args.sets:
         for seed in args.seeds:
             row = kept.get((s, seed))
+            peer_python = args.clustimage if seed == args.seeds[0] else None  # clustimage is deterministic: once per set
             if row is None or (args.study and "study" not in row):
-                # clustimage (PCA + Ward) is deterministic: once per set
-                row = measure(s, seed, args.cache, args.clustimage if seed == args.seeds[0] else None, args.study)
+                row = measure(s, seed, args.cache, peer_python, args.study)
                 keep(row)
-            elif args.clustimage and seed == args.seeds[0] and "clustimage" not in row:
+            elif peer_python and "clustimage" not in row:
                 # a kept row measured without the peer: add the peer's runs, keep everything else as measured
-                peer = clustimage_run(args.clustimage, s, seed)
+                peer = clustimage_run(peer_python, s, seed)
                 if peer is not None:
                     row = {**row, "clustimage": peer}
                     print(json.dumps(row), flush=True)
