@@ -10,6 +10,9 @@ rerun reads them back) and every clustering stage below runs on the same feature
 - ``PCA-50 -> UMAP -> GMM``: the stage of ``photo-umap`` (UMAP to 10-D, 15 neighbours, min_dist 0);
 - ``TEMI``: the TEMI cluster head (:mod:`imclust.temi`) with its default settings, on PCA-256 features.
 
+``--backbones`` takes backbone names, or names joined by ``+`` for their features side by side (the encoder of
+``photo-lite-pair``: ``efficientnet-lite0+efficientnet-lite2``).
+
 Peers in the same run: ``photo-umap`` (colour histograms and HOG, nothing trained: the weightless colour
 default's hand-made view) and raw-pixel k-means (the pixels at 32x32, k-means++, 10 restarts). k = the number
 of classes; labels are read only to score. The table gives the mean (± sd) over seeds and the ratio of ACC to each peer.
@@ -69,7 +72,12 @@ PEER_PIXELS = "raw-pixel k-means"
 
 
 def encoder_spec(backbone: str, layer: str | None = None) -> dict:
-    """The pretrained encoder of this table; ``layer`` None is the backbone's default feature layer."""
+    """The pretrained encoder of this table; ``layer`` None is the backbone's default feature layer.
+
+    Backbones joined by ``+`` (``efficientnet-lite0+efficientnet-lite2``, the encoder of ``photo-lite-pair``)
+    are the views of a ``views`` encoder: each backbone's features whole, centred and scaled, side by side."""
+    if "+" in backbone:
+        return {"type": "views", "pca": 0, "views": {b: encoder_spec(b, layer) for b in backbone.split("+")}}
     spec = {"type": "pretrained", "backbone": backbone, "pretrained": True, "precision": "auto",
             "channels_last": True, "batch_size": 32, "workers": 1}
     return {**spec, "layer": layer} if layer else spec

