@@ -186,11 +186,15 @@ def test_lite_pair_runs_both_views_and_predicts(tmp_path, monkeypatch, one_torch
         assert np.sqrt((block.astype(np.float64) ** 2).sum(1).mean()) == pytest.approx(1.0, rel=1e-4)
     again = api.predict(tmp_path / "run" / "model", str(src))
     np.testing.assert_array_equal(again.labels, res.labels)
-    cached = sorted(p.name for p in (tmp_path / "cache" / "features").rglob("*") if p.is_file())
+
+    def cache_files():  # name and modification time: a file written again would have a new one
+        return sorted((p.name, p.stat().st_mtime_ns) for p in (tmp_path / "cache" / "features").rglob("*") if p.is_file())
+
+    cached = cache_files()
     assert len(cached) >= 2
     rerun = api.run(str(src), recipe="photo-lite-pair", k=3, overrides=small)
     np.testing.assert_array_equal(rerun.labels, res.labels)
-    assert sorted(p.name for p in (tmp_path / "cache" / "features").rglob("*") if p.is_file()) == cached
+    assert cache_files() == cached
 
 
 def test_lite_pair_without_the_weights_says_which_extra(tmp_path, monkeypatch):
