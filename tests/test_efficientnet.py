@@ -12,6 +12,7 @@ import torch
 from conftest import write_image_folder
 
 from imclust import api
+from imclust.base import build
 from imclust.data.transforms import Preprocess
 from imclust.errors import NotInstalledError, UserError
 from imclust.nn import backbones as bb
@@ -203,3 +204,19 @@ def test_lite_pair_without_the_weights_says_which_extra(tmp_path, monkeypatch):
     src = write_image_folder(tmp_path / "imgs", k=2, n_per=2, size=8)
     with pytest.raises(NotInstalledError, match=r"imclust\[photos\]"):
         api.run(str(src), recipe="photo-lite-pair", k=2)
+
+
+def test_lite_pair_takes_the_feature_cache_option_in_both_views_and_weights_per_view():
+    pipe, _ = api.build_pipeline("photo-lite-pair", encoder_options={"cache_dir": "/some/cache"})
+    assert {name: spec["cache_dir"] for name, spec in pipe.encoder.views.items()} == {"lite0": "/some/cache",
+                                                                                      "lite2": "/some/cache"}
+    pipe, _ = api.build_pipeline("photo-lite-pair", encoder_options={"cache": False})
+    assert [spec["cache"] for spec in pipe.encoder.views.values()] == [False, False]
+    with pytest.raises(UserError, match=r"several pretrained views \(lite0, lite2\)") as refused:
+        api.build_pipeline("photo-lite-pair", encoder_options={"weights": "/some/lite0.safetensors"})
+    hint = str(refused.value).split("give one its weights with ")[1].split(" --set ")  # the --set the line gives
+    pipe, _ = api.build_pipeline("photo-lite-pair", overrides=[o.removeprefix("--set ").replace("NAME", "lite0")
+                                                               .replace("PATH", '"/some/lite0.safetensors"') for o in hint])
+    lite0 = build(pipe.encoder.views["lite0"], kind="encoder")
+    assert lite0.weights == "/some/lite0.safetensors" and lite0.pretrained is False
+    lite0._check_params()  # the view accepts it: not both weights and pretrained

@@ -85,6 +85,38 @@ def check_k(k) -> None:
         raise UserError(f"--k {value}: must be between 1 and the number of images")
 
 
+ENCODER_FLAGS = {"weights": "--weights", "pretrained": "--pretrained", "cache": "--feature-cache",
+                 "cache_dir": "--feature-cache"}
+
+
+def _apply_encoder_options(cfg: dict, opts: dict) -> None:
+    """Put --weights, --pretrained and --feature-cache into the recipe's encoder. In a ``views`` encoder they
+    go to its pretrained views; with several, the feature cache goes to each and weights are refused with the
+    ``--set`` that gives one view its weights."""
+    from .base import component_class
+
+    encoder, etype = cfg["encoder"], cfg["encoder"].get("type")
+    views = encoder.get("views") if etype == "views" and isinstance(encoder.get("views"), dict) else {}
+    # a trained view's own "cache" is its pretext network's, not the feature cache: only pretrained views take these
+    pretrained = [name for name, spec in sorted(views.items()) if isinstance(spec, dict) and spec.get("type") == "pretrained"]
+    if len(pretrained) > 1 and any(k in opts for k in ("weights", "pretrained")):
+        flag = ", ".join(dict.fromkeys(ENCODER_FLAGS[k] for k in opts if k in ("weights", "pretrained")))
+        raise UserError(f"{flag}: recipe {cfg['name']!r} has several pretrained views ({', '.join(pretrained)}); "
+                        "give one its weights with --set encoder.views.NAME.weights=PATH "
+                        "--set encoder.views.NAME.pretrained=false")
+    targets = [views[name] for name in pretrained] or [encoder]
+    cls = component_class(targets[0].get("type"))
+    valid = cls._get_param_names() if cls is not None else []
+    bad = [ENCODER_FLAGS.get(k, k) for k in opts if k not in valid]
+    if bad:
+        raise UserError(f"{', '.join(dict.fromkeys(bad))}: recipe {cfg['name']!r} uses the {etype!r} encoder, "
+                        "which takes no such option; use a recipe with a pretrained CNN (e.g. --recipe vgg-kmeans)")
+    for spec in targets:
+        spec.update(opts)
+        if opts.get("weights") and "pretrained" not in opts and spec.get("pretrained"):
+            spec["pretrained"] = False  # --weights replaces the weights the recipe would load
+
+
 def build_pipeline(recipe: str | None = None, overrides=(), seed: int | None = 0,
                    encoder_options: dict | None = None) -> tuple[Pipeline, dict]:
     """The recipe's pipeline. ``seed=None`` takes the recipe's own ``seed`` (else 0); ``encoder_options``
@@ -95,20 +127,7 @@ def build_pipeline(recipe: str | None = None, overrides=(), seed: int | None = 0
     check_recipe(cfg)
     opts = {k: v for k, v in (encoder_options or {}).items() if v is not None}
     if opts:
-        from .base import component_class
-
-        etype = cfg["encoder"].get("type")
-        cls = component_class(etype)
-        valid = cls._get_param_names() if cls is not None else []
-        flags = {"weights": "--weights", "pretrained": "--pretrained", "cache": "--feature-cache",
-                 "cache_dir": "--feature-cache"}
-        bad = [flags.get(k, k) for k in opts if k not in valid]
-        if bad:
-            raise UserError(f"{', '.join(dict.fromkeys(bad))}: recipe {cfg['name']!r} uses the {etype!r} encoder, "
-                            "which takes no such option; use a recipe with a pretrained CNN (e.g. --recipe vgg-kmeans)")
-        cfg["encoder"].update(opts)
-        if opts.get("weights") and "pretrained" not in opts and cfg["encoder"].get("pretrained"):
-            cfg["encoder"]["pretrained"] = False  # --weights replaces the weights the recipe would load
+        _apply_encoder_options(cfg, opts)
     if seed is None:
         seed = cfg.get("seed", 0)
     seed = check_seed(seed)
