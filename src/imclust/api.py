@@ -85,7 +85,7 @@ def check_k(k) -> None:
         raise UserError(f"--k {value}: must be between 1 and the number of images")
 
 
-ENCODER_FLAGS = {"weights": "--weights", "pretrained": "--pretrained", "cache": "--feature-cache",
+_ENCODER_FLAGS = {"weights": "--weights", "pretrained": "--pretrained", "cache": "--feature-cache",
                  "cache_dir": "--feature-cache"}
 
 
@@ -100,14 +100,14 @@ def _apply_encoder_options(cfg: dict, opts: dict) -> None:
     # a trained view's own "cache" is its pretext network's, not the feature cache: only pretrained views take these
     pretrained = [name for name, spec in sorted(views.items()) if isinstance(spec, dict) and spec.get("type") == "pretrained"]
     if len(pretrained) > 1 and any(k in opts for k in ("weights", "pretrained")):
-        flag = ", ".join(dict.fromkeys(ENCODER_FLAGS[k] for k in opts if k in ("weights", "pretrained")))
+        flag = ", ".join(dict.fromkeys(_ENCODER_FLAGS[k] for k in opts if k in ("weights", "pretrained")))
         raise UserError(f"{flag}: recipe {cfg['name']!r} has several pretrained views ({', '.join(pretrained)}); "
                         "give one its weights with --set encoder.views.NAME.weights=PATH "
                         "--set encoder.views.NAME.pretrained=false")
     targets = [views[name] for name in pretrained] or [encoder]
     cls = component_class(targets[0].get("type"))
     valid = cls._get_param_names() if cls is not None else []
-    bad = [ENCODER_FLAGS.get(k, k) for k in opts if k not in valid]
+    bad = [_ENCODER_FLAGS.get(k, k) for k in opts if k not in valid]
     if bad:
         raise UserError(f"{', '.join(dict.fromkeys(bad))}: recipe {cfg['name']!r} uses the {etype!r} encoder, "
                         "which takes no such option; use a recipe with a pretrained CNN (e.g. --recipe vgg-kmeans)")
@@ -120,7 +120,8 @@ def _apply_encoder_options(cfg: dict, opts: dict) -> None:
 def build_pipeline(recipe: str | None = None, overrides=(), seed: int | None = 0,
                    encoder_options: dict | None = None) -> tuple[Pipeline, dict]:
     """The recipe's pipeline. ``seed=None`` takes the recipe's own ``seed`` (else 0); ``encoder_options``
-    (from --weights, --pretrained, --feature-cache) go into the encoder and must be options it has."""
+    (from --weights, --pretrained, --feature-cache) go into the encoder, or into a views encoder's pretrained
+    views, and must be options it has (:func:`_apply_encoder_options`)."""
     cfg = load_recipe(recipe)
     for o in overrides:
         apply_override(cfg, o)
