@@ -2,8 +2,10 @@
 
 For each colour set and each feature (``BACKBONE`` or ``BACKBONE@LAYER``; layers as :class:`PretrainedEncoder`
 names them: ``avgpool`` is the default pooled 1,280-d feature, ``stage6``/``stage7`` the pooled outputs of the
-last two block stages, ``fc`` the 1,000 ImageNet logits; a ``+sqrt`` suffix power-normalises the feature first:
-signed square root, L2, centred on the set's mean, L2 again, a transform that reads no labels):
+last two block stages, ``fc`` the 1,000 ImageNet logits; backbones joined by ``+`` are their features side by side,
+as in ``photo_pretrained.py`` (``efficientnet-lite0+efficientnet-lite2``, the encoder of ``photo-lite-pair``); a
+``+sqrt`` suffix power-normalises the feature first: signed square root, L2, centred on the set's mean, L2 again, a
+transform that reads no labels):
 
 - **20-NN agreement**: the share of each image's 20 nearest neighbours (cosine, all images) that carry its own
   label. This is a diagnostic that reads labels, not a clustering. It measures how often the features put
@@ -36,6 +38,7 @@ import torch  # noqa: E402
 
 from _common import command, machine, table, today, update_section  # noqa: E402
 from imclust.data import load_source  # noqa: E402
+from imclust.errors import UserError  # noqa: E402
 from imclust.metrics import evaluate  # noqa: E402
 from imclust.nn.contrastive import mine_neighbours  # noqa: E402
 from photo_pretrained import SOURCES, STAGES, features, fit_stage  # noqa: E402
@@ -78,11 +81,12 @@ def main(argv=None):
         y = np.asarray(ds.labels)
         k = len(np.unique(y))
         for feature in args.features:
-            base, plus, transform = feature.partition("+")
-            if plus and transform != "sqrt":
-                sys.exit(f"feature {feature!r}: the only transform is +sqrt")
-            backbone, _, layer = base.partition("@")
-            X = features(ds, backbone, layer or None)[0]
+            transform = "sqrt" if feature.endswith("+sqrt") else ""
+            backbone, _, layer = feature.removesuffix("+sqrt").partition("@")
+            try:
+                X = features(ds, backbone, layer or None)[0]
+            except UserError as e:
+                sys.exit(f"feature {feature!r}: {e}")
             if transform:
                 X = power_normalise(X)
             accs = [evaluate(fit_stage(X, STAGES["PCA-50 -> GMM"], k, seed), y)["acc"] for seed in args.seeds]
