@@ -1,5 +1,7 @@
 """Colour photos with pretrained features: EfficientNet-Lite features under several clustering stages, against
-``photo-umap`` (no weights, nothing trained) and raw-pixel k-means, in the same run, on the five colour sets.
+``photo-umap`` (no weights, nothing trained) and raw-pixel k-means, in the same run, on the five colour sets
+(``--datasets`` takes any set of the suite: a grey image enters the networks as three equal channels, and a grey
+set's peer in the run is raw-pixel k-means alone, since ``photo-umap`` is a colour recipe).
 
 For each dataset the backbone's features are computed once (the content-hash feature cache keeps them, so a
 rerun reads them back) and every clustering stage below runs on the same features, once per seed:
@@ -49,9 +51,11 @@ from imclust.metrics import evaluate  # noqa: E402
 from imclust.pipeline import Pipeline  # noqa: E402
 from imclust.recipes import load_recipe  # noqa: E402
 
-#: the five colour sets of the suite (CIFAR-10 under its name in this table)
-SOURCES = {("cifar10-test" if name == "cifar10" else name): SUITE_SETS[name]
-           for name in ("cifar10", "flowers5", "intel-scenes", "eth80", "gtsrb-test")}
+#: the five colour sets of the suite (CIFAR-10 under its name in this table): the default ``--datasets``
+COLOUR = ("cifar10-test", "flowers5", "intel-scenes", "eth80", "gtsrb-test")
+#: every set of the suite, the colour sets first (a grey image enters the networks as three equal channels)
+SOURCES = {**{name: SUITE_SETS["cifar10" if name == "cifar10-test" else name] for name in COLOUR},
+           **{name: path for name, path in SUITE_SETS.items() if name != "cifar10" and name not in COLOUR}}
 
 UMAP_GMM = {"reducers": [{"type": "pca", "n_components": 50},
                          {"type": "umap", "n_components": 10, "n_neighbors": 15, "min_dist": 0.0}],
@@ -83,12 +87,16 @@ def encoder_spec(backbone: str, layer: str | None = None) -> dict:
     return {**spec, "layer": layer} if layer else spec
 
 
-def peers() -> dict[str, dict]:
+def peers(channels: int) -> dict[str, dict]:
+    """The peers of a set: raw-pixel k-means, and for colour sets ``photo-umap`` (a colour recipe; for a grey set
+    the recipe without pretrained weights to compare with is ``hog-ae-umap``, in the suite scoreboard)."""
+    pixels = {PEER_PIXELS: {"encoder": {"type": "pixels", "size": 32}, "reducers": [],
+                            "clusterer": {"type": "kmeans", "n_init": 10}}}
+    if channels == 1:
+        return pixels
     cfg = load_recipe("photo-umap")
-    return {
-        PEER_PHOTO_UMAP: {"encoder": cfg["encoder"], "reducers": cfg.get("reducers", []), "clusterer": cfg["clusterer"]},
-        PEER_PIXELS: {"encoder": {"type": "pixels", "size": 32}, "reducers": [], "clusterer": {"type": "kmeans", "n_init": 10}},
-    }
+    return {PEER_PHOTO_UMAP: {"encoder": cfg["encoder"], "reducers": cfg.get("reducers", []), "clusterer": cfg["clusterer"]},
+            **pixels}
 
 
 def features(ds, backbone: str, layer: str | None = None) -> tuple[np.ndarray, float]:
@@ -123,7 +131,7 @@ def measure(name: str, backbones, seeds, stages, with_peers: bool) -> list[dict]
         print(json.dumps(row), flush=True)
 
     if with_peers:
-        for pname, spec in peers().items():
+        for pname, spec in peers(ds.channels).items():
             for seed in seeds:
                 spec_k = json.loads(json.dumps(spec))
                 spec_k["clusterer"]["n_clusters"] = k
@@ -157,7 +165,7 @@ def summarise(rows) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", nargs="+", default=list(SOURCES), choices=list(SOURCES))
+    ap.add_argument("--datasets", nargs="+", default=list(COLOUR), choices=list(SOURCES))
     ap.add_argument("--backbones", nargs="+", default=["efficientnet-lite0"])
     ap.add_argument("--stages", nargs="+", default=list(STAGES), choices=list(STAGES))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -172,7 +180,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()[0]
     for name in args.datasets:
-        if not SOURCES[name].exists():
+        if not isinstance(SOURCES[name], str) and not SOURCES[name].exists():  # "digits" is built in
             sys.exit(f"{SOURCES[name]}: not found; this benchmark reads ../shared/data")
     if args.features_only:
         for name in args.datasets:
