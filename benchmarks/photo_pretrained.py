@@ -189,7 +189,10 @@ def main(argv=None):
                 X, secs = features(ds, bb)
                 print(f"{name} {bb}: {X.shape} in {secs:.0f}s", flush=True)
         return
-    rows = measured_rows(args.summarise, args.datasets, SOURCES, lambda name: measure(name, args.backbones, args.seeds, args.stages, not args.no_peers), args.rows)
+    def measure_one(name):
+        return measure(name, args.backbones, args.seeds, args.stages, not args.no_peers)
+
+    rows = measured_rows(args.summarise, args.datasets, SOURCES, measure_one, args.rows)
     body = summarise(rows)
     print(body)
     if args.update:
