@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import platform
 import re
 import sys
+import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -37,6 +39,22 @@ SUITE_SETS = {
 #: the grey sets of the older accuracy scripts, under their names there
 DATASETS = {("fashion-1k" if name == "fashion-mnist-1k" else name): SUITE_SETS[name]
             for name in ("digits", "mnist-test", "usps", "fashion-mnist-1k", "umist", "pie27", "mednist")}
+
+
+@contextlib.contextmanager
+def fresh_cache():
+    """An empty ``$IMCLUST_CACHE_DIR`` for one fit, so that nothing (a pretext, features) comes from an
+    earlier run and every method is timed from scratch; the previous value is restored after."""
+    before = os.environ.get("IMCLUST_CACHE_DIR")
+    with tempfile.TemporaryDirectory(prefix="imclust-bench-") as cache:
+        os.environ["IMCLUST_CACHE_DIR"] = cache
+        try:
+            yield cache
+        finally:
+            if before is None:
+                os.environ.pop("IMCLUST_CACHE_DIR", None)
+            else:
+                os.environ["IMCLUST_CACHE_DIR"] = before
 
 
 def load_average() -> float:

@@ -25,11 +25,9 @@ Results go to the ``scan-cpu`` block of RESULTS.md with ``--write`` (another blo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,7 +39,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
 import torch  # noqa: E402
-from _common import DATA, by_dataset_and_method, command, machine, score_cells, table, today, update_section  # noqa: E402
+from _common import DATA, by_dataset_and_method, command, fresh_cache, machine, score_cells, table, today, update_section  # noqa: E402
 
 from imclust import components  # noqa: E402,F401
 from imclust.data import load_source  # noqa: E402
@@ -77,22 +75,6 @@ def peers(ds, default: str) -> dict[str, dict]:
     pixels = {"type": "pixels", "size": 32} if min(ds.shape[1:]) > 32 else {"type": "pixels"}
     return {default: recipe_spec(default),
             PIXELS: {"encoder": pixels, "reducers": [], "clusterer": {"type": "kmeans", "n_init": 10}}}
-
-
-@contextlib.contextmanager
-def fresh_cache():
-    """An empty ``$IMCLUST_CACHE_DIR`` for one fit, so that nothing (a pretext, features) comes from an
-    earlier run and every method is timed from scratch; the previous value is restored after."""
-    before = os.environ.get("IMCLUST_CACHE_DIR")
-    with tempfile.TemporaryDirectory(prefix="scan-bench-") as cache:
-        os.environ["IMCLUST_CACHE_DIR"] = cache
-        try:
-            yield cache
-        finally:
-            if before is None:
-                os.environ.pop("IMCLUST_CACHE_DIR", None)
-            else:
-                os.environ["IMCLUST_CACHE_DIR"] = before
 
 
 def fit(spec: dict, ds, k: int, seed: int, name: str) -> tuple[Pipeline, float]:
