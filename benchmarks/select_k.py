@@ -1,8 +1,9 @@
 """Choosing k when it is unknown (``--k auto``), on every set of the benchmark suite in one run.
 
-For each set and seed, the default recipe (``hog-ae-umap`` for grey images, the weightless colour default for colour; whatever
-:func:`imclust.recipes.default_recipe` names) is fitted once with k = the number of classes: that is "a run
-with k given" (its seconds are the time reference) and its embedding is the one every rule below chooses k on.
+For each set and seed, the default recipe (whatever :func:`imclust.recipes.default_recipe` names: ``hog-ae-umap``
+for grey images; for colour, ``photo-lite`` when ``imclust[photos]`` is installed, else the weightless default) is
+fitted once with k = the number of classes: that is "a run with k given" (its seconds are the time reference) and
+its embedding is the one every rule below chooses k on.
 
 - ours: :func:`imclust.kselect.select_k` with plain ``--k auto`` bounds: the candidate nearest the geometric mean of
   its two criteria's k, each of which is also scored on its own (stability gap, reproducible clusters);
