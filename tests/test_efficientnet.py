@@ -152,7 +152,9 @@ def test_grey_lite_recipe_runs_three_views_and_predicts(tmp_path, monkeypatch, o
     enc = res.pipeline.encoder
     assert enc.view_names_ == ["autoencoder", "hog", "lite0", "pixels"]
     assert enc.encoders_["lite0"].backbone == "efficientnet-lite0" and enc.encoders_["lite0"].pretrained
-    choice = res.pipeline.reducers[0].graph_choice_  # laid out: the intersection of the three reduced views' graphs
+    choice = res.pipeline.reducers[0].graph_choice_  # the graphs with and without Lite0, and the pixels' subspace graph
+    assert set(choice["mean_conductance"]) == {"shared neighbours", "shared neighbours without lite0", "subspace"}
+    # three grey levels: Lite0 agrees with the other views, so the intersection of all three views' graphs is kept
     assert choice["chosen"] == "shared neighbours" and len(choice["columns"]) == 3
     assert res.metrics["acc"] == 1.0  # three grey levels
     again = api.predict(tmp_path / "run" / "model", str(src))

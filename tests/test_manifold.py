@@ -368,3 +368,73 @@ def test_umap_subspace_choice_keeps_and_places_by_the_chosen_views_columns_only(
     placed = red.transform(X[new])
     np.testing.assert_array_equal(red.transform(scrambled), placed)
     assert evaluate(KMeans(3).fit(Z).predict(placed), y[new])["acc"] > 0.9
+
+
+def _with_optional_view(agrees: bool, n_per=50, k=3, seed=0):
+    """View "base": k blobs that overlap a little. View "extra": blobs of the same classes (``agrees``) or of
+    another grouping of the same points, which cuts across the base view's groups."""
+    rs = np.random.RandomState(seed + 1)
+    base, y = _blobs(n_per=n_per, k=k, d=6, sep=2.5, seed=seed)
+    grouping = y if agrees else rs.permutation(y)
+    centres = rs.randn(k, 6) * 8.0
+    extra = (centres[grouping] + rs.randn(len(y), 6)).astype(np.float32)
+    return np.hstack([base, extra]), y
+
+
+@pytest.mark.parametrize("agrees", [True, False])
+def test_umap_optional_view_joins_the_graph_only_where_its_groups_are_cleaner(agrees):
+    from imclust.cluster import KMeans
+
+    X, y = _with_optional_view(agrees)
+    red = UMAP(n_components=3, n_neighbors=10, n_epochs=100, views="intersect", optional_view="extra")
+    red.set_views([6, 6], ["base", "extra"])
+    red.set_n_clusters(3)
+    Z = red.fit_transform(X)
+    choice = red.graph_choice_
+    without = UMAP.WITHOUT.format(view="extra")
+    assert set(choice["mean_conductance"]) == {UMAP.SHARED, without} and choice["optional_view"] == "extra"
+    assert choice["chosen"] == (UMAP.SHARED if agrees else without)
+    assert choice["columns"] == ([[0, 6], [6, 12]] if agrees else [[0, 6]])
+    assert evaluate(KMeans(3).fit_predict(Z), y)["acc"] > 0.9  # labels only score
+
+
+def test_umap_optional_view_left_out_places_new_points_without_it():
+    X, y = _with_optional_view(False, n_per=60)
+    train, new = np.arange(0, len(X), 2), np.arange(1, len(X), 2)
+    red = UMAP(n_components=3, n_neighbors=10, n_epochs=100, views="intersect", optional_view="extra")
+    red.set_views([6, 6], ["base", "extra"])
+    red.set_n_clusters(3)
+    red.fit(X[train])
+    assert red.graph_choice_["chosen"] == UMAP.WITHOUT.format(view="extra")
+    np.testing.assert_array_equal(red.train_X_, X[train][:, :6])
+    scrambled = X[new].copy()
+    scrambled[:, 6:] = np.random.RandomState(3).randn(len(new), 6)
+    np.testing.assert_array_equal(red.transform(scrambled), red.transform(X[new]))
+
+
+def test_umap_optional_view_and_subspace_view_make_three_graphs_compete():
+    X, _ = _with_optional_view(False)
+    noise = np.random.RandomState(5).randn(len(X), 20).astype(np.float32)  # a pixel view without subspaces
+    red = UMAP(n_components=3, n_neighbors=10, n_epochs=60, views="intersect", optional_view="extra", subspace="px")
+    red.set_views([6, 6, 20], ["base", "extra", "px"])
+    red.set_n_clusters(3)
+    red.fit(np.hstack([X, noise]))
+    scores = red.graph_choice_["mean_conductance"]
+    assert list(scores) == [UMAP.SHARED, UMAP.WITHOUT.format(view="extra"), UMAP.SUBSPACE]
+    assert red.graph_choice_["chosen"] == min(scores, key=scores.get) == UMAP.WITHOUT.format(view="extra")
+
+
+def test_umap_optional_view_refuses_what_it_cannot_use():
+    X, _ = _with_optional_view(True)
+    for views, optional, names, match in [
+            ("intersect", "nope", ["base", "extra"], "name one of the views in the neighbour graph \\(base, extra\\)"),
+            ("joint", "extra", ["base", "extra"], "needs views = 'intersect'"),
+            ("intersect", "extra", ["base", "extra"], "at least one other view")]:
+        red = UMAP(views=views, optional_view=optional, subspace="base" if match.startswith("at least") else None)
+        red.set_views([6, 6], names)
+        with pytest.raises(UserError, match=match):
+            red.fit(X)
+    red = UMAP(views="intersect", optional_view="px", subspace="px")
+    red.set_views([6, 6], ["base", "px"])
+    with pytest.raises(UserError, match="name one of the views in the neighbour graph \\(base\\)"):
+        red.fit(X)

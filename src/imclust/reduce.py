@@ -496,16 +496,23 @@ class UMAP(_KNNPlacement, Reducer):
     run's number of clusters (the pipeline passes it); when k is chosen automatically, the geometric middle
     of its range. Labels are never read. Only the columns of the kept graph's views are stored, and new
     points are placed by them alone (by self-expression where the subspace graph was kept).
+
+    ``optional_view = "NAME"`` (with ``views = "intersect"``): the view NAME joins the shared-neighbour graph
+    only where that helps. The graph of the other views without it competes too, by the same rule (the
+    lower mean conductance of each layout's k groups on its own graph): a view whose neighbours agree with
+    the other views' leaves their intersection cleanly cut and is kept; one that disagrees fragments it and
+    is left out. With ``subspace`` as well, three graphs compete.
     """
 
     VIEW_MODES = ("joint", "intersect")
-    #: the two graphs a ``subspace`` view chooses between, as the log and ``graph_choice_`` name them
+    #: the graphs that compete (``subspace``, ``optional_view``), as the log and ``graph_choice_`` name them
     SHARED, SUBSPACE = "shared neighbours", "subspace"
+    WITHOUT = "shared neighbours without {view}"
 
     def __init__(self, n_components: int = 10, n_neighbors: int = 15, min_dist: float = 0.0, metric: str = "euclidean",
                  n_epochs: int | None = None, backend: str = "imclust", out_of_sample: str = "knn",
                  placement_neighbors: int = 10, views: str = "joint", subspace: str | None = None,
-                 subspace_ridge: float = 1.0, random_state: int | None = 0):
+                 subspace_ridge: float = 1.0, optional_view: str | None = None, random_state: int | None = 0):
         self.n_components = n_components
         self.n_neighbors = n_neighbors
         self.min_dist = min_dist
@@ -517,6 +524,7 @@ class UMAP(_KNNPlacement, Reducer):
         self.views = views
         self.subspace = subspace
         self.subspace_ridge = subspace_ridge
+        self.optional_view = optional_view
         self.random_state = random_state
 
     def set_views(self, dims: list[int] | None, names: list[str] | None = None) -> None:
@@ -526,8 +534,8 @@ class UMAP(_KNNPlacement, Reducer):
         self._view_names = None if names is None else [str(v) for v in names]
 
     def set_n_clusters(self, k) -> None:
-        """The run's number of clusters (a whole number, or ``"auto"``/``"auto:MIN-MAX"``): the k at which a
-        ``subspace`` view's graph is compared with the shared-neighbour graph."""
+        """The run's number of clusters (a whole number, or ``"auto"``/``"auto:MIN-MAX"``): the k at which the
+        competing graphs (``subspace``, ``optional_view``) are compared."""
         self._n_clusters = k
 
     def fit(self, X, y=None):
@@ -568,6 +576,17 @@ class UMAP(_KNNPlacement, Reducer):
             if isinstance(self.subspace_ridge, bool) or not isinstance(self.subspace_ridge, (int, float)) \
                     or not self.subspace_ridge > 0:
                 raise UserError(f"umap subspace_ridge must be a number above 0, got {self.subspace_ridge!r}")
+        if self.optional_view is not None:
+            names = getattr(self, "_view_names", None) or []
+            if self.views != "intersect":
+                raise UserError(f"umap optional_view = {self.optional_view!r} needs views = 'intersect'")
+            if self.optional_view not in names or self.optional_view == self.subspace:
+                neighbour_views = [v for v in names if v != self.subspace]
+                raise UserError(f"umap optional_view = {self.optional_view!r}: name one of the views in the "
+                                f"neighbour graph ({', '.join(neighbour_views) or 'none'})")
+            if len([v for v in names if v != self.subspace]) < 2:
+                raise UserError(f"umap optional_view = {self.optional_view!r}: the neighbour graph needs at least "
+                                "one other view to fall back on")
         if self.backend == "imclust":
             emb = self._fit_imclust(X)
         else:
@@ -582,7 +601,7 @@ class UMAP(_KNNPlacement, Reducer):
             raise UserError(f"umap metric {self.metric!r}: the imclust backend takes euclidean or cosine; "
                             "other metrics need backend = 'umap-learn'")
         seed = None if self.random_state in (None, -1) else int(self.random_state)
-        if self.subspace is not None:
+        if self.subspace is not None or self.optional_view is not None:
             return self._fit_choosing_graph(X, seed)
         return umap_embedding(X, n_components=int(self.n_components), n_neighbors=int(self.n_neighbors),
                               min_dist=float(self.min_dist), n_epochs=self.n_epochs, metric=self.metric, seed=seed,
@@ -615,36 +634,51 @@ class UMAP(_KNNPlacement, Reducer):
             return int(round(np.sqrt(lo * hi)))
         return int(min(int(k), n - 1))  # k-means needs fewer groups than points
 
-    def _fit_choosing_graph(self, X, seed):
-        """Lay out the shared-neighbour graph of the other views and the subspace view's self-expressive graph;
-        keep the layout whose k-means groups are cut more cleanly from their own graph."""
-        from sklearn.cluster import KMeans
-
-        from .manifold import graph_layout, mean_conductance, self_expressive_graph, view_graph
-        from .progress import log
+    def _competing_graphs(self, X, seed) -> dict:
+        """Name -> (graph, input columns of its views): the shared-neighbour graph of the views other than
+        ``subspace``; the same without ``optional_view``; the ``subspace`` view's self-expressive graph."""
+        from .manifold import self_expressive_graph, view_graph
 
         bounds = np.cumsum([0] + self._view_dims)
         blocks = dict(zip(self._view_names, zip(bounds[:-1], bounds[1:])))
-        a, b = blocks[self.subspace]
-        others = np.hstack([X[:, lo:hi] for name, (lo, hi) in blocks.items() if name != self.subspace])
-        widths = [hi - lo for name, (lo, hi) in blocks.items() if name != self.subspace]
-        graphs = {
-            self.SHARED: view_graph(others, int(self.n_neighbors), self.metric, seed, views=widths),
-            self.SUBSPACE: self_expressive_graph(X[:, a:b], int(self.n_neighbors), float(self.subspace_ridge)),
-        }
+
+        def shared(names):
+            cols = [[int(lo), int(hi)] for lo, hi in (blocks[v] for v in names)]
+            G = view_graph(np.hstack([X[:, lo:hi] for lo, hi in cols]), int(self.n_neighbors), self.metric, seed,
+                           views=[hi - lo for lo, hi in cols])
+            return G, cols
+
+        neighbour_views = [v for v in self._view_names if v != self.subspace]
+        graphs = {self.SHARED: shared(neighbour_views)}
+        if self.optional_view is not None:
+            graphs[self.WITHOUT.format(view=self.optional_view)] = shared(
+                [v for v in neighbour_views if v != self.optional_view])
+        if self.subspace is not None:
+            a, b = blocks[self.subspace]
+            graphs[self.SUBSPACE] = (self_expressive_graph(X[:, a:b], int(self.n_neighbors), float(self.subspace_ridge)),
+                                     [[int(a), int(b)]])
+        return graphs
+
+    def _fit_choosing_graph(self, X, seed):
+        """Lay out each competing graph (:meth:`_competing_graphs`) and keep the layout whose k-means groups are
+        cut most cleanly from their own graph."""
+        from sklearn.cluster import KMeans
+
+        from .manifold import graph_layout, mean_conductance
+        from .progress import log
+
+        graphs = self._competing_graphs(X, seed)
         k = self._comparison_k(len(X))
         layouts, scores = {}, {}
-        for name, G in graphs.items():
+        for name, (G, _) in graphs.items():
             layouts[name] = graph_layout(G, X, int(self.n_components), float(self.min_dist), n_epochs=self.n_epochs,
                                          seed=seed, desc=f"UMAP layout ({name})")
             groups = KMeans(k, n_init=3, random_state=0 if seed is None else seed).fit_predict(layouts[name])
             scores[name] = round(mean_conductance(G, groups), 4)
-        chosen = min(scores, key=scores.get)  # a tie keeps the shared-neighbour graph (first)
-        columns = {self.SHARED: [[int(lo), int(hi)] for name, (lo, hi) in blocks.items() if name != self.subspace],
-                   self.SUBSPACE: [[int(a), int(b)]]}
+        chosen = min(scores, key=scores.get)  # a tie keeps the first: the shared-neighbour graph of every view
         # columns: the input columns of the chosen graph's views, where new points are placed
         self.graph_choice_ = {"k": k, "mean_conductance": scores, "chosen": chosen, "subspace_view": self.subspace,
-                              "columns": columns[chosen]}
+                              "optional_view": self.optional_view, "columns": graphs[chosen][1]}
         log(f"UMAP: laid out the {chosen} graph (mean conductance of {k} k-means groups on their own graph: " +
             ", ".join(f"{name} {v:.3f}" for name, v in scores.items()) + "; lower is cleaner)")
         return layouts[chosen]
