@@ -284,14 +284,20 @@ def _two_views(shared_has_groups: bool, n_per=40, k=3, seed=0):
     return np.hstack([rs.randn(*blobs.shape).astype(np.float32), S]), y
 
 
+def _view_reducer(dims, names, k=3, **options):
+    """A UMAP reducer over views of these widths and names that compares its graphs at k."""
+    red = UMAP(views="intersect", **options)
+    red.set_views(dims, names)
+    red.set_n_clusters(k)
+    return red
+
+
 @pytest.mark.parametrize("shared_has_groups", [True, False])
 def test_umap_subspace_view_is_laid_out_only_where_its_groups_are_cleaner(shared_has_groups):
     from imclust.cluster import KMeans
 
     X, y = _two_views(shared_has_groups)
-    red = UMAP(n_components=3, n_neighbors=10, n_epochs=100, views="intersect", subspace="px")
-    red.set_views([6, 30], ["other", "px"])
-    red.set_n_clusters(3)
+    red = _view_reducer([6, 30], ["other", "px"], n_components=3, n_neighbors=10, n_epochs=100, subspace="px")
     Z = red.fit_transform(X)
     choice = red.graph_choice_
     assert choice["k"] == 3 and set(choice["mean_conductance"]) == {UMAP.SHARED, UMAP.SUBSPACE}
@@ -301,9 +307,8 @@ def test_umap_subspace_view_is_laid_out_only_where_its_groups_are_cleaner(shared
 
 def test_umap_subspace_choice_without_a_given_k_uses_the_middle_of_the_auto_range():
     X, _ = _two_views(False)
-    red = UMAP(n_components=2, n_neighbors=10, n_epochs=30, views="intersect", subspace="px")
-    red.set_views([6, 30], ["other", "px"])
-    red.set_n_clusters("auto:4-16")
+    red = _view_reducer([6, 30], ["other", "px"], "auto:4-16", n_components=2, n_neighbors=10, n_epochs=30,
+                        subspace="px")
     red.fit(X)
     assert red.graph_choice_["k"] == 8
 
@@ -332,9 +337,7 @@ def _fitted_on_even_rows(shared_has_groups: bool):
     """A reducer choosing between the views of :func:`_two_views`, fitted on the even rows; the odd rows are new."""
     X, y = _two_views(shared_has_groups, n_per=60)
     train, new = np.arange(0, len(X), 2), np.arange(1, len(X), 2)
-    red = UMAP(n_components=3, n_neighbors=10, n_epochs=100, views="intersect", subspace="px")
-    red.set_views([6, 30], ["other", "px"])
-    red.set_n_clusters(3)
+    red = _view_reducer([6, 30], ["other", "px"], n_components=3, n_neighbors=10, n_epochs=100, subspace="px")
     return red, red.fit_transform(X[train]), X, y, train, new
 
 
@@ -386,9 +389,7 @@ def test_umap_optional_view_joins_the_graph_only_where_its_groups_are_cleaner(ag
     from imclust.cluster import KMeans
 
     X, y = _with_optional_view(agrees)
-    red = UMAP(n_components=3, n_neighbors=10, n_epochs=100, views="intersect", optional_view="extra")
-    red.set_views([6, 6], ["base", "extra"])
-    red.set_n_clusters(3)
+    red = _view_reducer([6, 6], ["base", "extra"], n_components=3, n_neighbors=10, n_epochs=100, optional_view="extra")
     Z = red.fit_transform(X)
     choice = red.graph_choice_
     without = UMAP.WITHOUT.format(view="extra")
@@ -401,9 +402,7 @@ def test_umap_optional_view_joins_the_graph_only_where_its_groups_are_cleaner(ag
 def test_umap_optional_view_left_out_places_new_points_without_it():
     X, y = _with_optional_view(False, n_per=60)
     train, new = np.arange(0, len(X), 2), np.arange(1, len(X), 2)
-    red = UMAP(n_components=3, n_neighbors=10, n_epochs=100, views="intersect", optional_view="extra")
-    red.set_views([6, 6], ["base", "extra"])
-    red.set_n_clusters(3)
+    red = _view_reducer([6, 6], ["base", "extra"], n_components=3, n_neighbors=10, n_epochs=100, optional_view="extra")
     red.fit(X[train])
     assert red.graph_choice_["chosen"] == UMAP.WITHOUT.format(view="extra")
     np.testing.assert_array_equal(red.train_X_, X[train][:, :6])
@@ -415,9 +414,8 @@ def test_umap_optional_view_left_out_places_new_points_without_it():
 def test_umap_optional_view_and_subspace_view_make_three_graphs_compete():
     X, _ = _with_optional_view(False)
     noise = np.random.RandomState(5).randn(len(X), 20).astype(np.float32)  # a pixel view without subspaces
-    red = UMAP(n_components=3, n_neighbors=10, n_epochs=60, views="intersect", optional_view="extra", subspace="px")
-    red.set_views([6, 6, 20], ["base", "extra", "px"])
-    red.set_n_clusters(3)
+    red = _view_reducer([6, 6, 20], ["base", "extra", "px"], n_components=3, n_neighbors=10, n_epochs=60,
+                        optional_view="extra", subspace="px")
     red.fit(np.hstack([X, noise]))
     scores = red.graph_choice_["mean_conductance"]
     assert list(scores) == [UMAP.SHARED, UMAP.WITHOUT.format(view="extra"), UMAP.SUBSPACE]
