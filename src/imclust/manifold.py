@@ -486,8 +486,15 @@ def optimize_layout(Y: np.ndarray, G, n_epochs: int, a: float, b: float, seed: i
 def view_graph(X: np.ndarray, n_neighbors: int = 15, metric: str = "euclidean", seed: int | None = 0,
                exact_max: int = 200_000, views: list[int] | None = None):
     """UMAP's fuzzy neighbour graph of ``X`` (n, d): steps 1 and 2. ``views``: the widths of consecutive
-    column blocks of ``X`` (summing to d), each a view of the same images; each gets its own graph and the
-    graphs are fused by :func:`intersect_graphs`."""
+    column blocks of ``X`` (summing to d), each a view of the same images; each gets its own graph
+    (:func:`per_view_graphs`) and the graphs are fused by :func:`intersect_graphs`."""
+    return intersect_graphs(per_view_graphs(X, n_neighbors, metric, seed, exact_max, views))
+
+
+def per_view_graphs(X: np.ndarray, n_neighbors: int = 15, metric: str = "euclidean", seed: int | None = 0,
+                    exact_max: int = 200_000, views: list[int] | None = None) -> list:
+    """One fuzzy neighbour graph per view (consecutive column blocks of widths ``views``; None: one view),
+    before :func:`view_graph` fuses them."""
     X = np.asarray(X, dtype=np.float32)
     n = len(X)
     if n < 3:
@@ -508,7 +515,7 @@ def view_graph(X: np.ndarray, n_neighbors: int = 15, metric: str = "euclidean", 
         if metric == "cosine":
             dist = dist**2 / 2
         graphs.append(fuzzy_simplicial_set(idx, dist))
-    return intersect_graphs(graphs)
+    return graphs
 
 
 def graph_layout(G, X: np.ndarray, n_components: int = 10, min_dist: float = 0.1, spread: float = 1.0,

@@ -637,18 +637,21 @@ class UMAP(_KNNPlacement, Reducer):
     def _competing_graphs(self, X, seed) -> dict:
         """Name -> (graph, input columns of its views): the shared-neighbour graph of the views other than
         ``subspace``; the same without ``optional_view``; the ``subspace`` view's self-expressive graph."""
-        from .manifold import self_expressive_graph, view_graph
+        from .manifold import intersect_graphs, per_view_graphs, self_expressive_graph
 
         bounds = np.cumsum([0] + self._view_dims)
         blocks = dict(zip(self._view_names, zip(bounds[:-1], bounds[1:])))
+        neighbour_views = [v for v in self._view_names if v != self.subspace]
+        # each view's own graph is built once; the competing shared graphs intersect different sets of them
+        cols = [blocks[v] for v in neighbour_views]
+        own = dict(zip(neighbour_views, per_view_graphs(np.hstack([X[:, lo:hi] for lo, hi in cols]),
+                                                        int(self.n_neighbors), self.metric, seed,
+                                                        views=[hi - lo for lo, hi in cols])))
 
         def shared(names):
-            cols = [[int(lo), int(hi)] for lo, hi in (blocks[v] for v in names)]
-            G = view_graph(np.hstack([X[:, lo:hi] for lo, hi in cols]), int(self.n_neighbors), self.metric, seed,
-                           views=[hi - lo for lo, hi in cols])
-            return G, cols
+            columns = [[int(lo), int(hi)] for lo, hi in (blocks[v] for v in names)]
+            return intersect_graphs([own[v] for v in names]), columns
 
-        neighbour_views = [v for v in self._view_names if v != self.subspace]
         graphs = {self.SHARED: shared(neighbour_views)}
         if self.optional_view is not None:
             graphs[self.WITHOUT.format(view=self.optional_view)] = shared(
