@@ -2,9 +2,9 @@
 ten grey sets, in the same run, seeds 0–2.
 
 ``hog-ae-lite-umap`` is ``hog-ae-umap`` with one more view, EfficientNet-Lite0's ImageNet features, which joins the
-fuzzy intersection of its neighbour graphs only where that graph's k groups are cut more cleanly than those of the
-graph without it (the UMAP reducer's ``optional_view``; the table says per seed which graph was laid out: with
-Lite0, without it, or the pixels' subspace graph). Everything else is the same, so both recipes are measured on one fit of
+fuzzy intersection of its neighbour graphs, is left out of it, or is laid out alone: whichever graph's k groups are
+cut most cleanly (the UMAP reducer's ``optional_view``; the table says per seed which graph was laid out: with
+Lite0, without it, Lite0's alone, or the pixels' subspace graph). Everything else is the same, so both recipes are measured on one fit of
 the views: for each set and seed, ``hog-ae-lite-umap`` runs as a whole (``Pipeline.from_spec(...).fit``),
 and ``hog-ae-umap`` reuses the columns of its own views from that fit (the same HOG, the same autoencoder, the
 same pixels: the views are fitted one after another in name order, so the autoencoder is trained with the same
@@ -47,6 +47,7 @@ from imclust.data import load_source  # noqa: E402
 from imclust.metrics import evaluate  # noqa: E402
 from imclust.pipeline import Pipeline  # noqa: E402
 from imclust.recipes import load_recipe  # noqa: E402
+from imclust.reduce import UMAP  # noqa: E402
 
 GREY = ("digits", "mnist-test", "usps", "fashion-mnist-1k", "umist", "pie27", "mpeg7", "mednist", "kannada-test",
         "notmnist-test")
@@ -115,7 +116,8 @@ def measure(name: str, seeds) -> list[dict]:
         pipe = Pipeline.from_spec(s_with, name=WITH, seed=seed).fit(unlabelled)
         secs = time.perf_counter() - t
         choice = getattr(pipe.reducers[0], "graph_choice_", None) or {}
-        record(WITH, seed, pipe.labels_, secs, {"graph": choice.get("chosen"), "conductance": choice.get("mean_conductance")})
+        record(WITH, seed, pipe.labels_, secs, {"graph": choice.get("chosen"), "optional_view": choice.get("optional_view"),
+                                                "conductance": choice.get("mean_conductance")})
         labels, own = without_view(pipe, drop, s_without, seed)
         shared = pipe.timings_["encode"]  # the views they share, and Lite0's (from the cache when it holds them)
         record(WITHOUT, seed, labels, own + shared, {"graph": None})
@@ -125,10 +127,13 @@ def measure(name: str, seeds) -> list[dict]:
 
 
 def graph_laid_out(rs) -> str:
-    """Per seed (in seed order), the graph ``hog-ae-lite-umap`` laid out: with Lite0, without it, or the subspace
-    graph of the pixels."""
-    short = {"shared neighbours": "with", "subspace": "subspace"}
-    return "/".join(short.get(r.get("graph"), "without") for r in sorted(rs, key=lambda r: r["seed"]))
+    """Per seed (in seed order), the graph ``hog-ae-lite-umap`` laid out: with Lite0, without it, Lite0's alone,
+    or the subspace graph of the pixels."""
+    short = {UMAP.SHARED: "with", UMAP.SUBSPACE: "subspace"}
+    for r in rs:
+        view = r.get("optional_view") or "lite0"
+        short.update({UMAP.WITHOUT.format(view=view): "without", UMAP.ALONE.format(view=view): "alone"})
+    return "/".join(short[r["graph"]] for r in sorted(rs, key=lambda r: r["seed"]))
 
 
 def summarise(rows) -> str:

@@ -373,57 +373,74 @@ def test_umap_subspace_choice_keeps_and_places_by_the_chosen_views_columns_only(
     assert evaluate(KMeans(3).fit(Z).predict(placed), y[new])["acc"] > 0.9
 
 
-def _with_optional_view(agrees: bool, n_per=50, k=3, seed=0):
-    """View "base": k blobs that overlap a little. View "extra": blobs of the same classes (``agrees``) or of
-    another grouping of the same points, which cuts across the base view's groups."""
+def _with_optional_view(kind: str, n_per=50, k=3, seed=0):
+    """Views "base" and "extra" of the same points. ``kind``: "agrees": base's blobs overlap a little and extra
+    holds well-separated blobs of the same classes; "cuts across": base's blobs are clean and extra holds
+    overlapping blobs of another grouping of the points; "alone": base is structureless and extra holds the
+    classes' blobs."""
     rs = np.random.RandomState(seed + 1)
-    base, y = _blobs(n_per=n_per, k=k, d=6, sep=2.5, seed=seed)
-    grouping = y if agrees else rs.permutation(y)
-    centres = rs.randn(k, 6) * 8.0
+    base, y = _blobs(n_per=n_per, k=k, d=6, sep={"agrees": 2.5, "cuts across": 4.0}.get(kind, 0.0), seed=seed)
+    grouping = rs.permutation(y) if kind == "cuts across" else y
+    centres = rs.randn(k, 6) * (1.0 if kind == "cuts across" else 8.0)
     extra = (centres[grouping] + rs.randn(len(y), 6)).astype(np.float32)
     return np.hstack([base, extra]), y
 
 
-@pytest.mark.parametrize("agrees", [True, False])
-def test_umap_optional_view_joins_the_graph_only_where_its_groups_are_cleaner(agrees):
+@pytest.mark.parametrize("kind, chosen, columns", [
+    ("cuts across", UMAP.WITHOUT.format(view="extra"), [[0, 6]]),
+    ("alone", UMAP.ALONE.format(view="extra"), [[6, 12]])])
+def test_umap_optional_view_is_left_out_or_laid_out_alone_where_that_graph_is_cleanest(kind, chosen, columns):
     from imclust.cluster import KMeans
 
-    X, y = _with_optional_view(agrees)
+    X, y = _with_optional_view(kind)
     red = _view_reducer([6, 6], ["base", "extra"], n_components=3, n_neighbors=10, n_epochs=100, optional_view="extra")
     Z = red.fit_transform(X)
     choice = red.graph_choice_
-    without = UMAP.WITHOUT.format(view="extra")
-    assert set(choice["mean_conductance"]) == {UMAP.SHARED, without} and choice["optional_view"] == "extra"
-    assert choice["chosen"] == (UMAP.SHARED if agrees else without)
-    assert choice["columns"] == ([[0, 6], [6, 12]] if agrees else [[0, 6]])
+    scores = choice["mean_conductance"]
+    assert list(scores) == [UMAP.SHARED, UMAP.WITHOUT.format(view="extra"), UMAP.ALONE.format(view="extra")]
+    assert choice["optional_view"] == "extra" and choice["chosen"] == chosen == min(scores, key=scores.get)
+    assert choice["columns"] == columns
     assert evaluate(KMeans(3).fit_predict(Z), y)["acc"] > 0.9  # labels only score
 
 
-def test_umap_optional_view_left_out_places_new_points_without_it():
-    X, y = _with_optional_view(False, n_per=60)
+def test_umap_optional_view_joins_where_its_neighbours_agree():
+    """The agreeing view is used (joined or alone), never left out, and its graph beats the base view's."""
+    X, y = _with_optional_view("agrees")
+    red = _view_reducer([6, 6], ["base", "extra"], n_components=3, n_neighbors=10, n_epochs=100, optional_view="extra")
+    red.fit(X)
+    scores = red.graph_choice_["mean_conductance"]
+    without = UMAP.WITHOUT.format(view="extra")
+    assert min(scores[UMAP.SHARED], scores[UMAP.ALONE.format(view="extra")]) < scores[without]
+    assert red.graph_choice_["chosen"] != without and [6, 12] in red.graph_choice_["columns"]
+
+
+@pytest.mark.parametrize("kind, kept, scrambled", [("cuts across", slice(0, 6), slice(6, 12)),
+                                                  ("alone", slice(6, 12), slice(0, 6))])
+def test_umap_optional_view_places_new_points_by_the_kept_views_alone(kind, kept, scrambled):
+    X, y = _with_optional_view(kind, n_per=60)
     train, new = np.arange(0, len(X), 2), np.arange(1, len(X), 2)
     red = _view_reducer([6, 6], ["base", "extra"], n_components=3, n_neighbors=10, n_epochs=100, optional_view="extra")
     red.fit(X[train])
-    assert red.graph_choice_["chosen"] == UMAP.WITHOUT.format(view="extra")
-    np.testing.assert_array_equal(red.train_X_, X[train][:, :6])
-    scrambled = X[new].copy()
-    scrambled[:, 6:] = np.random.RandomState(3).randn(len(new), 6)
-    np.testing.assert_array_equal(red.transform(scrambled), red.transform(X[new]))
+    np.testing.assert_array_equal(red.train_X_, X[train][:, kept])
+    noisy = X[new].copy()
+    noisy[:, scrambled] = np.random.RandomState(3).randn(len(new), 6)
+    np.testing.assert_array_equal(red.transform(noisy), red.transform(X[new]))
 
 
-def test_umap_optional_view_and_subspace_view_make_three_graphs_compete():
-    X, _ = _with_optional_view(False)
+def test_umap_optional_view_and_subspace_view_make_four_graphs_compete():
+    X, _ = _with_optional_view("cuts across")
     noise = np.random.RandomState(5).randn(len(X), 20).astype(np.float32)  # a pixel view without subspaces
     red = _view_reducer([6, 6, 20], ["base", "extra", "px"], n_components=3, n_neighbors=10, n_epochs=60,
                         optional_view="extra", subspace="px")
     red.fit(np.hstack([X, noise]))
     scores = red.graph_choice_["mean_conductance"]
-    assert list(scores) == [UMAP.SHARED, UMAP.WITHOUT.format(view="extra"), UMAP.SUBSPACE]
+    assert list(scores) == [UMAP.SHARED, UMAP.WITHOUT.format(view="extra"), UMAP.ALONE.format(view="extra"),
+                            UMAP.SUBSPACE]
     assert red.graph_choice_["chosen"] == min(scores, key=scores.get) == UMAP.WITHOUT.format(view="extra")
 
 
 def test_umap_optional_view_refuses_what_it_cannot_use():
-    X, _ = _with_optional_view(True)
+    X, _ = _with_optional_view("agrees")
     for views, optional, names, match in [
             ("intersect", "nope", ["base", "extra"], "name one of the views in the neighbour graph \\(base, extra\\)"),
             ("joint", "extra", ["base", "extra"], "needs views = 'intersect'"),

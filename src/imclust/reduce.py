@@ -498,16 +498,19 @@ class UMAP(_KNNPlacement, Reducer):
     points are placed by them alone (by self-expression where the subspace graph was kept).
 
     ``optional_view = "NAME"`` (with ``views = "intersect"``): the view NAME joins the shared-neighbour graph
-    only where that helps. The graph of the other views without it competes too, by the same rule (the
-    lower mean conductance of each layout's k groups on its own graph): a view whose neighbours agree with
-    the other views' leaves their intersection cleanly cut and is kept; one that disagrees fragments it and
-    is left out. With ``subspace`` as well, three graphs compete.
+    only where that helps, and may stand alone. The graph of the other views without it, and NAME's own graph
+    alone, compete too, by the same rule (the lower mean conductance of each layout's k groups on its own
+    graph): a view whose neighbours agree with the other views' leaves their intersection cleanly cut and is
+    kept; one that disagrees fragments it and is left out; one whose own groups are cut more cleanly than
+    any intersection's is laid out by itself (a pretrained view that already separates the images, where the
+    other views only blur its groups' edges). With ``subspace`` as well, four graphs compete.
     """
 
     VIEW_MODES = ("joint", "intersect")
     #: the graphs that compete (``subspace``, ``optional_view``), as the log and ``graph_choice_`` name them
     SHARED, SUBSPACE = "shared neighbours", "subspace"
     WITHOUT = "shared neighbours without {view}"
+    ALONE = "{view} alone"
 
     def __init__(self, n_components: int = 10, n_neighbors: int = 15, min_dist: float = 0.0, metric: str = "euclidean",
                  n_epochs: int | None = None, backend: str = "imclust", out_of_sample: str = "knn",
@@ -636,7 +639,8 @@ class UMAP(_KNNPlacement, Reducer):
 
     def _competing_graphs(self, X, seed) -> dict:
         """Name -> (graph, input columns of its views): the shared-neighbour graph of the views other than
-        ``subspace``; the same without ``optional_view``; the ``subspace`` view's self-expressive graph."""
+        ``subspace``; the same without ``optional_view``; ``optional_view``'s own graph; the ``subspace`` view's
+        self-expressive graph."""
         from .manifold import intersect_graphs, per_view_graphs, self_expressive_graph
 
         bounds = np.cumsum([0] + self._view_dims)
@@ -656,6 +660,7 @@ class UMAP(_KNNPlacement, Reducer):
         if self.optional_view is not None:
             graphs[self.WITHOUT.format(view=self.optional_view)] = shared(
                 [v for v in neighbour_views if v != self.optional_view])
+            graphs[self.ALONE.format(view=self.optional_view)] = shared([self.optional_view])
         if self.subspace is not None:
             a, b = blocks[self.subspace]
             graphs[self.SUBSPACE] = (self_expressive_graph(X[:, a:b], int(self.n_neighbors), float(self.subspace_ridge)),
