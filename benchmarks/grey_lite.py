@@ -5,8 +5,8 @@ ten grey sets, in the same run, seeds 0–2.
 fuzzy intersection of its neighbour graphs, is left out of it, or is laid out alone: whichever graph's k groups are
 cut most cleanly (the UMAP reducer's ``optional_view``; the table says per seed which graph was laid out: with
 Lite0, without it, Lite0's alone, or the pixels' subspace graph). Everything else is the same, so both recipes are
-measured on one fit of the views: for each set and seed, ``hog-ae-lite-umap`` runs as a whole (``Pipeline.from_spec(...).fit``),
-and ``hog-ae-umap`` reuses the columns of its own views from that fit (the same HOG, the same autoencoder, the
+measured on one fit of the views: for each set and seed, ``hog-ae-lite-umap`` runs as a whole
+(``Pipeline.from_spec(...).fit``), and ``hog-ae-umap`` reuses the columns of its own views from that fit (the same HOG, the same autoencoder, the
 same pixels: the views are fitted one after another in name order, so the autoencoder is trained with the same
 seed state either way) and fits its own UMAP and GMM, seeded as its own run seeds them. The script checks that
 the two recipes differ only by that view before it measures anything. One autoencoder trains per set and seed
