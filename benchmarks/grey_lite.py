@@ -129,10 +129,9 @@ def measure(name: str, seeds) -> list[dict]:
 def graph_laid_out(rs) -> str:
     """Per seed (in seed order), the graph ``hog-ae-lite-umap`` laid out: with Lite0, without it, Lite0's alone,
     or the subspace graph of the pixels."""
-    short = {UMAP.SHARED: "with", UMAP.SUBSPACE: "subspace"}
-    for r in rs:
-        view = r.get("optional_view") or "lite0"
-        short.update({UMAP.WITHOUT.format(view=view): "without", UMAP.ALONE.format(view=view): "alone"})
+    view = rs[0].get("optional_view") or "lite0"  # rows of runs before it was recorded: the recipe's lite0
+    short = {UMAP.SHARED: "with", UMAP.WITHOUT.format(view=view): "without", UMAP.ALONE.format(view=view): "alone",
+             UMAP.SUBSPACE: "subspace"}
     return "/".join(short[r["graph"]] for r in sorted(rs, key=lambda r: r["seed"]))
 
 

@@ -403,7 +403,7 @@ def test_umap_optional_view_is_left_out_or_laid_out_alone_where_that_graph_is_cl
     assert evaluate(KMeans(3).fit_predict(Z), y)["acc"] > 0.9  # labels only score
 
 
-def test_umap_optional_view_joins_where_its_neighbours_agree():
+def test_umap_optional_view_is_used_where_its_neighbours_agree():
     """The agreeing view is used (joined or alone), never left out, and its graph beats the base view's."""
     X, y = _with_optional_view("agrees")
     red = _view_reducer([6, 6], ["base", "extra"], n_components=3, n_neighbors=10, n_epochs=100, optional_view="extra")
