@@ -1,7 +1,8 @@
 """Choosing k when it is unknown (``--k auto``), on every set of the benchmark suite in one run.
 
-For each set and seed, the default recipe (whatever :func:`imclust.recipes.default_recipe` names: ``hog-ae-umap``
-for grey images; for colour, ``photo-lite`` when ``imclust[photos]`` is installed, else the weightless default) is
+For each set and seed, the default recipe (whatever :func:`imclust.recipes.default_recipe` names: with
+``imclust[photos]`` installed ``hog-ae-lite-umap`` for grey images and ``photo-lite`` for colour, else the
+defaults that need no weights, ``hog-ae-umap`` and ``photo-simclr-umap``) is
 fitted once with k = the number of classes: that is "a run with k given" (its seconds are the time reference) and
 its embedding is the one every rule below chooses k on.
 

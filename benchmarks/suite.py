@@ -6,7 +6,7 @@ fits with k = the number of classes (only their count is read; labels score the 
 writes one JSON result. The methods:
 
 - ``recipe``: by default whatever ``imclust run`` picks for the set (the grey default for grey images, the
-  colour default for colour ones; for colour, the default that needs no pretrained weights, as
+  colour default for colour ones; each the default that needs no pretrained weights, as
   ``imclust run --weightless``, unless ``--with-weights``); ``--recipe NAME`` names one, ``--set
   part.option=value`` overrides it.
 - ``kmeans``: raw-pixel k-means, scikit-learn ``KMeans(n_init=10)`` on the pixels as loaded.
@@ -83,8 +83,8 @@ def fit_recipe(ds, k: int, seed: int, recipe: str | None, overrides: list[str], 
 
     kw = {}
     if recipe is None:
-        # issue 13 measures the colour sets without pretrained weights: ask for the weightless colour default
-        # where `imclust run` has that switch (--weightless), unless --with-weights says otherwise
+        # issue 13 measures the sets without pretrained weights: ask for the weightless defaults where
+        # `imclust run` has that switch (--weightless), unless --with-weights says otherwise
         import inspect
 
         kw = {"weightless": not with_weights} if "weightless" in inspect.signature(default_recipe).parameters else {}
@@ -359,8 +359,8 @@ def parse(argv=None):
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="PART.OPTION=VALUE",
                     help="override the recipe, as `imclust run --set`")
     ap.add_argument("--with-weights", action="store_true",
-                    help="let colour sets get the pretrained-weights colour default when its weights are installed "
-                         "(default: the colour default that needs no weights, as `imclust run --weightless`)")
+                    help="let every set get its pretrained-weights default (grey or colour) when the weights are "
+                         "installed (default: the defaults that need no weights, as `imclust run --weightless`)")
     ap.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                     help="which of recipe, kmeans (raw-pixel k-means), manifold (PCA-50 -> UMAP -> GMM) to run")
     ap.add_argument("--seeds", nargs="+", type=int, default=None, help="default 0 1 2 (0 with --quick)")
@@ -398,7 +398,7 @@ def main(argv=None):
     table, _ = summarise(results, args.only, args.methods)
     cmd = "python benchmarks/suite.py" + (" " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "")
     recipe = f"`{args.recipe}`" if args.recipe else ("what `imclust run` picks for the set (grey default or colour default"
-                                                     + (")" if args.with_weights else " without pretrained weights)"))
+                                                     + (")" if args.with_weights else ", each without pretrained weights)"))
     if args.overrides:
         recipe += " with " + ", ".join(f"`{o}`" for o in args.overrides)
     body = (f"## Benchmark suite: {'the default' if not args.recipe else args.recipe} against the peers on every set\n\n"

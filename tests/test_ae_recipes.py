@@ -24,12 +24,14 @@ def test_recipes_listed_and_one_default():
     for name in ("baseline", "hw9", "ae3d", "n2d"):
         assert name in rec
     marked = [n for n, r in rec.items() if r.get("default")]
-    assert len(marked) == 1 and default_recipe() == marked[0]
+    assert len(marked) == 1 and default_recipe(weightless=True) == marked[0]
     colour = [n for n, r in rec.items() if r.get("default_for") == "colour"]
     weightless = default_recipe(channels=3, weightless=True)
     assert len(colour) == 2 and weightless in colour and weightless != marked[0]  # one with weights, one without
     assert default_recipe(channels=3) in colour
-    assert default_recipe(channels=1) == marked[0]
+    grey = [n for n, r in rec.items() if r.get("default_for") == "grey"]  # the grey default with weights
+    assert len(grey) == 1 and default_recipe(channels=1) in grey + marked
+    assert default_recipe(channels=1, weightless=True) == marked[0]
     hw9 = load_recipe("hw9")
     assert hw9["encoder"]["arch"] == "conv_hw9" and hw9["encoder"]["lr"] == 1e-5 and hw9["encoder"]["epochs"] == 100
     assert [r["type"] for r in hw9["reducers"]] == ["kernel_pca", "tsne"]

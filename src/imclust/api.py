@@ -167,8 +167,8 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
     :mod:`imclust.kselect`); or ``None`` (the recipe's k, else the number of classes when labels exist, else auto).
     ``seed=None`` uses the recipe's seed (0 when it names none). ``export`` (copy, symlink or move) puts a
     folder's files into ``out/clusters/<label>/`` after everything else is written. With no recipe named,
-    colour images get the pretrained-feature default when its weights are installed (``imclust[photos]``),
-    else the default that needs no weights; ``weightless=True`` asks for the latter even when the weights are
+    grey and colour images each get their pretrained-feature default when its weights are installed
+    (``imclust[photos]``), else the default that needs no weights; ``weightless=True`` asks for the latter even when the weights are
     installed (:func:`imclust.recipes.choose_default`).
     """
     t0 = time.perf_counter()

