@@ -42,12 +42,14 @@ class _Chosen(Exception):
     pass
 
 
-@pytest.mark.parametrize("channels,recipe,want", [(3, None, "photo-simclr-umap"), (1, None, "hog-ae-umap"),
-                                                  (3, "baseline", "baseline"), (1, "photo-umap", "photo-umap")])
-def test_run_picks_the_default_by_colour_unless_a_recipe_is_named(monkeypatch, tmp_path, capsys, channels, recipe, want):
+@pytest.mark.parametrize("channels,recipe,weights,want", [
+    (3, None, False, "photo-simclr-umap"), (1, None, False, "hog-ae-umap"), (3, None, True, "photo-lite"),
+    (1, None, True, "hog-ae-lite-umap"), (3, "baseline", True, "baseline"), (1, "photo-umap", False, "photo-umap")])
+def test_run_picks_the_default_by_colour_and_weights_unless_a_recipe_is_named(monkeypatch, tmp_path, capsys, channels,
+                                                                              recipe, weights, want):
     from imclust.nn import efficientnet
 
-    monkeypatch.setattr(efficientnet, "weights_installed", lambda name="efficientnet-lite0": False)  # as without imclust[photos]
+    monkeypatch.setattr(efficientnet, "weights_installed", lambda name="efficientnet-lite0": weights)  # imclust[photos]
     x = np.random.RandomState(0).rand(6, channels, 8, 8).astype(np.float32)
     np.save(tmp_path / "x.npy", x)
     seen = []
@@ -61,8 +63,9 @@ def test_run_picks_the_default_by_colour_unless_a_recipe_is_named(monkeypatch, t
     with pytest.raises(_Chosen):
         api.run(str(tmp_path / "x.npy"), recipe=recipe)
     assert seen == [want]
-    said = "colour images: recipe 'photo-simclr-umap'" in capsys.readouterr().err
-    assert said == (recipe is None and channels == 3)  # the choice is announced, never silent
+    kind = "colour" if channels == 3 else "grey"
+    said = f"{kind} images: recipe '{want}'" in capsys.readouterr().err
+    assert said == (recipe is None)  # the choice is announced, never silent
 
 
 def test_invert_labels():
