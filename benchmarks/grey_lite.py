@@ -1,5 +1,5 @@
-"""A pretrained view for grey images: ``hog-ae-lite-umap`` against the grey default ``hog-ae-umap`` on the suite's
-ten grey sets, in the same run, seeds 0–2.
+"""A pretrained view for grey images: ``hog-ae-lite-umap`` (the grey default with ``imclust[photos]``) against
+``hog-ae-umap`` (the grey default without it) on the suite's ten grey sets, in the same run, seeds 0–2.
 
 ``hog-ae-lite-umap`` is ``hog-ae-umap`` with one more view, EfficientNet-Lite0's ImageNet features, which joins the
 fuzzy intersection of its neighbour graphs, is left out of it, or is laid out alone: whichever graph's k groups are
