@@ -398,7 +398,7 @@ def main(argv=None):
     table, _ = summarise(results, args.only, args.methods)
     cmd = "python benchmarks/suite.py" + (" " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "")
     recipe = f"`{args.recipe}`" if args.recipe else ("what `imclust run` picks for the set (grey default or colour default"
-                                                     + (")" if args.with_weights else ", each without pretrained weights)"))
+                                                     + (")" if args.with_weights else ", without pretrained weights)"))
     if args.overrides:
         recipe += " with " + ", ".join(f"`{o}`" for o in args.overrides)
     body = (f"## Benchmark suite: {'the default' if not args.recipe else args.recipe} against the peers on every set\n\n"

@@ -168,8 +168,8 @@ def run(source, recipe: str | None = None, k=None, out=None, seed: int | None = 
     ``seed=None`` uses the recipe's seed (0 when it names none). ``export`` (copy, symlink or move) puts a
     folder's files into ``out/clusters/<label>/`` after everything else is written. With no recipe named,
     grey and colour images each get their pretrained-feature default when its weights are installed
-    (``imclust[photos]``), else the default that needs no weights; ``weightless=True`` asks for the latter even when the weights are
-    installed (:func:`imclust.recipes.choose_default`).
+    (``imclust[photos]``), else the default that needs no weights; ``weightless=True`` asks for the latter even
+    when the weights are installed (:func:`imclust.recipes.choose_default`).
     """
     t0 = time.perf_counter()
     if export is not None and out is None:

@@ -84,7 +84,8 @@ def choose_default(channels: int | None = None, weightless: bool = False) -> tup
         return fallback, (f"{kind} images: recipe {fallback!r}, the {kind} default that needs no pretrained weights "
                           f"(--weightless; without it, {best!r} would be used)")
     if weights_ready(recipes[best]):
-        return best, (f"{kind} images: recipe {best!r}, with pretrained {', '.join(pretrained_backbones(recipes[best]))} "
+        backbones = ", ".join(pretrained_backbones(recipes[best]))
+        return best, (f"{kind} images: recipe {best!r}, with pretrained {backbones} "
                       f"features from imclust[{extra}] (pass --recipe to choose another, or --weightless for "
                       f"{fallback!r}, which needs no weights)")
     weaker = " (far weaker on photos)" if kind == "colour" else ""
