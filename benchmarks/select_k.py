@@ -55,7 +55,7 @@ from _common import SUITE_SETS, command, fresh_cache, machine, table, today, upd
 from imclust import components  # noqa: E402,F401
 from imclust.base import build  # noqa: E402
 from imclust.data import load_source  # noqa: E402
-from imclust.kselect import select_k  # noqa: E402
+from imclust.kselect import DISAGREE, criteria_disagree, select_k  # noqa: E402
 from imclust.metrics import evaluate  # noqa: E402
 from imclust.pipeline import Pipeline  # noqa: E402
 from imclust.recipes import default_recipe, load_recipe  # noqa: E402
@@ -292,6 +292,15 @@ def summarise(rows: list[dict], methods: list[str]) -> tuple[str, str]:
                         f"({c['k'] / c['runs'] * 15:.1f} of 15 sets on average; goal ≥ 12); k = 2 with a truth of 6 or more "
                         f"{c['two']} times (goal 0); NMI within 0.05 of the true-k NMI in {c['nmi']} of {c['runs']} "
                         f"({c['nmi'] / c['runs'] * 15:.1f} of 15; goal ≥ 12).")
+    both = [r for r in rows if "stability gap" in r and "reproducible clusters" in r]
+    if both:  # does the run's "k is uncertain" flag point at the wrong choices?
+        flagged = [criteria_disagree(r["stability gap"]["k"], r["reproducible clusters"]["k"]) for r in both]
+        wrong = [not within(r["ours"]["k"], r["k_true"]) for r in both]
+        n_flag = sum(flagged)
+        goal.append(f"- **ours flagged uncertain** (the two criteria's k {DISAGREE:g}-fold apart or more): {n_flag} of "
+                    f"{len(both)} set-runs, {sum(f and w for f, w in zip(flagged, wrong))} of them outside ±25 % of the "
+                    f"truth; of the {len(both) - n_flag} not flagged, "
+                    f"{sum(w and not f for f, w in zip(flagged, wrong))} outside.")
     return table(lines, header), "\n".join(goal)
 
 

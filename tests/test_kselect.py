@@ -15,8 +15,8 @@ from imclust import components  # noqa: F401
 from imclust.api import run
 from imclust.data import ImageSet
 from imclust.errors import UserError
-from imclust.kselect import (REPRODUCED, _nearest_candidate, adjusted_rand, candidates, default_k_max, pairs_kept_together,
-                             parse_auto, rerun_template, select_k)
+from imclust.kselect import (REPRODUCED, WEAK, _nearest_candidate, adjusted_rand, candidates, criteria_disagree, default_k_max,
+                             pairs_kept_together, parse_auto, rerun_template, select_k)
 from imclust.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -97,6 +97,19 @@ def test_chosen_k_is_the_candidate_nearest_the_geometric_mean_of_the_two_criteri
     assert sel.k_stability < sel.k_reproduced  # the coarse level against the fine one
     assert sel.k == _nearest_candidate(sel.candidates, np.sqrt(sel.k_stability * sel.k_reproduced))
     assert sel.k_stability <= sel.k <= sel.k_reproduced
+
+
+def test_criteria_two_scales_apart_make_the_choice_uncertain(capsys, monkeypatch):
+    """Groups of pairs: the criteria take the two levels (3 and 6), the run says k is uncertain and names both."""
+    monkeypatch.setenv("IMCLUST_QUIET", "0")
+    sel = select_k(_pairs_of_blobs(), "auto:2-12", random_state=0)
+    assert (sel.k_stability, sel.k_reproduced) == (3, 6) and sel.uncertain
+    line = capsys.readouterr().err
+    assert "the two criteria disagree by 2.0x, so k is uncertain" in line and "k=3 and k=6" in line
+    assert not select_k(_blobs(k=4), "auto:2-10", random_state=0).uncertain
+    assert not capsys.readouterr().err.count("uncertain")
+    assert criteria_disagree(3, 6) and criteria_disagree(20, 3) and criteria_disagree(6, 3)
+    assert not criteria_disagree(4, 7) and not criteria_disagree(10, 10)
 
 
 def test_nearest_candidate_on_a_log_scale():
@@ -272,6 +285,8 @@ def test_run_writes_the_evidence_and_the_report_shows_it(tmp_path):
     info = json.loads((out / "run.json").read_text())
     assert res.k == sel["k"] == info["k"] == info["k_selection"]["k"] and 6 <= res.k <= 14
     assert sel["candidates"] == list(range(6, 15)) and set(info["k_selection"]["scores"]) == {str(k) for k in range(6, 15)}
+    assert info["k_selection"]["uncertain"] == criteria_disagree(sel["k_stability"], sel["k_reproduced"])
+    assert info["k_selection"]["weak"] == (max(sel["score"]) < WEAK)
     assert sel["runner_up"] in sel["candidates"] and sel["runner_up"] != sel["k"]
     assert sel["rerun"].startswith("imclust run digits --recipe baseline --seed 0 --k {k} --out ")
     model = json.loads((out / "model" / "pipeline.json").read_text())["parts"]["clusterer"]

@@ -542,6 +542,13 @@ def test_k_choice_section_is_built_from_k_selection_json(auto_k_run, tmp_path):
     assert section3.count('<polyline class="k-reproduced_reference"') == 1  # k 5 and 6 joined
     assert section3.count('<circle class="k-reproduced_reference"') == 1  # k 3 alone
     assert section3.count("<td>—</td>") == 2 and "<td>0.970</td>" in section3
+    # criteria two-fold apart or more: the page says k is uncertain and names both ends; closer, it does not
+    for k_stability, k_reproduced, uncertain in ((5, 2, True), (3, 5, False)):
+        (run_dir / "k_selection.json").write_text(
+            json.dumps({**sel, "k_stability": k_stability, "k_reproduced": k_reproduced}))
+        section4 = re.search(r'<section id="k-choice">(.*?)</section>', build_report(run_dir).read_text(), re.S).group(1)
+        assert ('class="warn k-uncertain"' in section4) == uncertain
+        assert ("rerun with k = 2 or 5 (“Rerun with another k” gives the command)" in section4) == uncertain
     # a broken file is one clear error, not a traceback
     (run_dir / "k_selection.json").write_text(json.dumps({**sel, "score": [0.1]}))
     assert main(["report", str(run_dir)]) == 2

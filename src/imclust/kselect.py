@@ -21,7 +21,10 @@ Gaussian cloud does not reach that share: the finest partition whose every group
 
 The two err in opposite directions: the stability gap takes the coarsest k of a plateau, reproducible clusters
 the finest k that holds. **The chosen k is the candidate nearest (on a log scale) to the geometric mean of
-the two.** The runner-up is the best stability-gap score clearly apart from the chosen k.
+the two.** The runner-up is the best stability-gap score clearly apart from the chosen k. When the two
+criteria's k differ by :data:`DISAGREE` or more, the embedding holds groups at more than one scale (objects and
+their categories, people and their poses) and the compromise between them is uncertain: the log and the report
+say so and name both ends, so that a user who knows which grain they want can rerun there.
 
 Nothing here reads labels, and nothing refits the encoder: only the embedding the clusterer sees is used.
 An embedding wider than :data:`MAX_DIMS` (pretrained features: 384–1,280 dimensions) is compared on the
@@ -60,6 +63,7 @@ POINTS_PER_HALF_CLUSTER = 15  # each half holds at least this many points per cl
 HALVINGS = 3  # random halvings per candidate (each fits k-means on both halves)
 TOGETHER = 0.7  # a cluster is reproduced when the other half's fit keeps this share of its pairs of points together
 REPRODUCED = 0.95  # the reproducible-clusters k: the largest at which this share of the clusters is reproduced
+DISAGREE = 2.0  # the criteria's k differ by this factor or more: the choice between them is uncertain
 GRID_STEP = 1.1  # above 20, each candidate is this factor (rounded up) above the previous one
 
 _AUTO = re.compile(r"auto(?::(\d+)-(\d+))?")
@@ -152,6 +156,17 @@ class KSelection:
     def weak(self) -> bool:
         """True when no candidate scored :data:`WEAK` or more: the embedding shows no clear groups."""
         return len(self.candidates) > 1 and max(self.score) < WEAK
+
+    @property
+    def uncertain(self) -> bool:
+        """True when the two criteria's k differ by :data:`DISAGREE` or more (:func:`criteria_disagree`)."""
+        return criteria_disagree(self.k_stability, self.k_reproduced)
+
+
+def criteria_disagree(k_stability: int, k_reproduced: int) -> bool:
+    """True when the stability gap's k and the reproducible clusters' k differ by :data:`DISAGREE` or more: the
+    embedding supports groups at two scales, and the chosen k, between them, is a compromise."""
+    return max(k_stability, k_reproduced) / min(k_stability, k_reproduced) >= DISAGREE
 
 
 def adjusted_rand(a: np.ndarray, b: np.ndarray) -> float:
@@ -347,6 +362,10 @@ def select_k(X, k="auto", random_state: int | None = 0) -> KSelection:
         f"the reproducible clusters' k={k_reproduced}" +
         (f" (on the embedding's {dims} leading principal components)" if dims else "") +
         (f"; runner-up k={runner_up}" if runner_up is not None else "") + (
+            f"; the two criteria disagree by {max(k_stability, k_reproduced) / min(k_stability, k_reproduced):.1f}x, "
+            f"so k is uncertain: the embedding holds groups at more than one scale, and k={min(k_stability, k_reproduced)}"
+            f" and k={max(k_stability, k_reproduced)} are each supported by one criterion; if you know the grain you "
+            "want, rerun with that end (the report gives the command)" if sel.uncertain else "") + (
             "; no k gave groups clearly more reproducible than a cloud without clusters, so this choice is weak"
             if sel.weak else ""))
     return sel

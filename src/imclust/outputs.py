@@ -98,7 +98,9 @@ def _k_selection_summary(result) -> dict:
     if sel is None:
         return {}
     return {"k_selection": {"criterion": sel.criterion, "k": sel.k, "runner_up": sel.runner_up,
-                            "k_stability": sel.k_stability, "k_reproduced": sel.k_reproduced, "k_min": sel.k_min, "k_max": sel.k_max, "scores": {str(k): v for k, v in sel.scores().items()}}}
+                            "k_stability": sel.k_stability, "k_reproduced": sel.k_reproduced, "weak": sel.weak,
+                            "uncertain": sel.uncertain, "k_min": sel.k_min, "k_max": sel.k_max,
+                            "scores": {str(k): v for k, v in sel.scores().items()}}}
 
 
 def write_k_selection(out: Path, result, final=None) -> None:

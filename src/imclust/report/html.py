@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..io import write_text
-from ..kselect import WEAK
+from ..kselect import DISAGREE, WEAK, criteria_disagree
 from ..metrics import METRIC_HELP, aligned_confusion
 
 MAX_MAP_POINTS = 50_000
@@ -427,6 +427,13 @@ def _k_section(r: _Run) -> str:
         warn = ("<p class=\"warn\">No k gave groups clearly more reproducible than a cloud without clusters (every score "
                 f"is below {WEAK}): the embedding shows no clear groups, so this choice of k is weak. Try the runner-up or "
                 "a k you expect.</p>")
+    if both and criteria_disagree(int(sel["k_stability"]), int(sel["k_reproduced"])):
+        lo, hi = sorted((int(sel["k_stability"]), int(sel["k_reproduced"])))
+        warn += (f"<p class=\"warn k-uncertain\">The two criteria disagree by {DISAGREE:g}× or more ({lo} and {hi}): "
+                 "the embedding holds groups at more than one scale (for example objects and their categories), so the "
+                 f"chosen k, between them, is uncertain. If you know the grain you want, rerun with k = {lo} or {hi}"
+                 + (" (“Rerun with another k” gives the command)" if "{k}" in str(sel.get("rerun", "")) else "")
+                 + " and compare the montages.</p>")
     legend = (f"<p class=\"small k-legend\"><span style=\"color:{K_CURVE_COLOURS['score']}\">━ score</span> · "
               f"<span style=\"color:{K_CURVE_COLOURS['stability']}\">╌ stability on the embedding</span> · "
               f"<span style=\"color:{K_CURVE_COLOURS['reference']}\">┈ stability on the reference</span>"
