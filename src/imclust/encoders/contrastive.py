@@ -31,6 +31,7 @@ import torch
 from ..base import register
 from ..data import ImageSet
 from ..errors import UserError
+from ..nn.augment import ContrastiveAugment
 from ..progress import log
 from .base import TrainableEncoder
 
@@ -172,15 +173,16 @@ class SimCLREncoder(TrainableEncoder):
     temperature: float = 0.2
     proj_dim: int = 128
     proj_hidden: int | None = None
-    crop_scale: tuple = (0.2, 1.0)
-    crop_ratio: tuple = (3 / 4, 4 / 3)
-    flip: bool = True
-    jitter: float = 0.4
-    hue: float = 0.1
-    jitter_p: float = 0.8
-    grayscale_p: float = 0.2
-    blur_p: float = 0.0
-    solarize_p: float = 0.0
+    # the views' defaults are the SimCLR policy's own (one place to change them)
+    crop_scale: tuple = ContrastiveAugment.crop_scale
+    crop_ratio: tuple = ContrastiveAugment.crop_ratio
+    flip: bool = ContrastiveAugment.flip
+    jitter: float = ContrastiveAugment.jitter
+    hue: float = ContrastiveAugment.hue
+    jitter_p: float = ContrastiveAugment.jitter_p
+    grayscale_p: float = ContrastiveAugment.grayscale_p
+    blur_p: float = ContrastiveAugment.blur_p
+    solarize_p: float = ContrastiveAugment.solarize_p
     view_scale: float = 1.0
     epochs: int = 30
     min_steps: int = 0
@@ -222,8 +224,6 @@ class SimCLREncoder(TrainableEncoder):
             raise UserError(f"{name}: min_steps and warmup_epochs must be 0 or more")
 
     def augment_policy(self):
-        from ..nn.augment import ContrastiveAugment
-
         return ContrastiveAugment(crop_scale=tuple(self.crop_scale), crop_ratio=tuple(self.crop_ratio),
                                   flip=bool(self.flip), jitter=float(self.jitter), hue=float(self.hue),
                                   jitter_p=float(self.jitter_p), grayscale_p=float(self.grayscale_p),
