@@ -74,9 +74,14 @@ def _bad_cases(tmp_path):
     np.save(tmp_path / "nan.npy", nan)
     np.save(tmp_path / "zero.npy", np.zeros((4, 0, 3), np.uint8))
     np.save(tmp_path / "lab.npy", np.arange(5))
+    (tmp_path / "arrays" / "sub").mkdir(parents=True)
+    np.savez(tmp_path / "arrays" / "sub" / "set.npz", x=np.zeros((4, 3, 3), np.uint8))
+    (tmp_path / "arrays" / "notes.txt").write_text("x")
     return [
         (["run", tmp_path / "missing"], "no such file or folder"),
         (["run", tmp_path / "empty"], "no image files found"),
+        (["run", tmp_path / "arrays"], f"it holds sub/set.npz, an array file that imclust reads on its own: "
+                                       f"imclust run {tmp_path / 'arrays' / 'sub' / 'set.npz'}"),
         (["run", tmp_path / "junk"], "none of the 1 image files could be read"),
         (["run", "digits", "--k", "0"], "must be between 1"),
         (["run", "digits", "--k", "5000"], "must be between 1"),

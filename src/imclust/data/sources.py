@@ -445,6 +445,21 @@ def _choose_size(sizes: list[tuple[int, int]]) -> tuple[int, int]:
     return 64, 64
 
 
+def _array_file_hint(root: Path, skipped: Sequence[Skipped]) -> str | None:
+    """For a folder without images that holds array files imclust reads as a source of their own (.npy, .npz,
+    IDX): the command that clusters the first of them (image files before label files)."""
+    import shlex
+
+    arrays = [Path(sk.id) for sk in skipped if reason_category(sk.reason) == "unsupported type"
+              and (Path(sk.id).suffix.lower() in (".npy", ".npz") or _is_idx(Path(sk.id)))]
+    if not arrays:
+        return None
+    arrays.sort(key=lambda a: ("label" in a.name.lower(), str(a)))
+    more = f" ({len(arrays) - 1} more array file{'s' if len(arrays) > 2 else ''} there)" if len(arrays) > 1 else ""
+    return (f"it holds {arrays[0]}, an array file that imclust reads on its own: "
+            f"imclust run {shlex.quote(str(root / arrays[0]))}{more}")
+
+
 @register_source("folder")
 def load_folder_source(path, size=None, channels=None, max_pixels: int = DEFAULT_MAX_PIXELS, folder_labels: bool = True,
                        exclude: Sequence = (), **_) -> ImageSet:
@@ -455,9 +470,11 @@ def load_folder_source(path, size=None, channels=None, max_pixels: int = DEFAULT
         raise UserError(f"{root}: is a folder of imclust outputs, not of images; point at the folder that holds the images")
     scan = scan_folder(root, exclude)
     if not scan.files:
-        what = f"; {len(scan.skipped)} other entries: {summarize_skipped(scan.skipped)}" if scan.skipped else ""
+        n_other = len(scan.skipped)
+        what = (f"; {n_other} other entr{'y' if n_other == 1 else 'ies'}: {summarize_skipped(scan.skipped)}"
+                if scan.skipped else "")
         raise UserError(f"{root}: no image files found (looked for {', '.join(sorted(IMAGE_EXTENSIONS)[:12])} ... , "
-                        f"recursively{what}); point at a folder of images")
+                        f"recursively{what}); {_array_file_hint(root, scan.skipped) or 'point at a folder of images'}")
     good: list[Path] = []
     ids: list[str] = []
     sizes: list[tuple[int, int]] = []
