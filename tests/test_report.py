@@ -549,6 +549,11 @@ def test_k_choice_section_is_built_from_k_selection_json(auto_k_run, tmp_path):
         section4 = re.search(r'<section id="k-choice">(.*?)</section>', build_report(run_dir).read_text(), re.S).group(1)
         assert ('class="warn k-uncertain"' in section4) == uncertain
         assert ("rerun with k = 2 or 5 (“Rerun with another k” gives the command)" in section4) == uncertain
+    # every score below the weak mark: the page says the choice is weak
+    for score, weak in (([0.05, 0.02, 0.09, 0.0, 0.01], True), ([0.05, 0.02, 0.11, 0.0, 0.01], False)):
+        (run_dir / "k_selection.json").write_text(json.dumps({**sel, "score": score}))
+        section5 = re.search(r'<section id="k-choice">(.*?)</section>', build_report(run_dir).read_text(), re.S).group(1)
+        assert ("this choice of k is weak" in section5) == weak
     # a broken file is one clear error, not a traceback
     (run_dir / "k_selection.json").write_text(json.dumps({**sel, "score": [0.1]}))
     assert main(["report", str(run_dir)]) == 2

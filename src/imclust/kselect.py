@@ -154,13 +154,19 @@ class KSelection:
 
     @property
     def weak(self) -> bool:
-        """True when no candidate scored :data:`WEAK` or more: the embedding shows no clear groups."""
-        return len(self.candidates) > 1 and max(self.score) < WEAK
+        """True when no candidate scored :data:`WEAK` or more (:func:`scores_weak`)."""
+        return scores_weak(self.score)
 
     @property
     def uncertain(self) -> bool:
         """True when the two criteria's k differ by :data:`DISAGREE` or more (:func:`criteria_disagree`)."""
         return criteria_disagree(self.k_stability, self.k_reproduced)
+
+
+def scores_weak(score) -> bool:
+    """True when there was a choice (two candidates or more) and no candidate's score reached :data:`WEAK`: the
+    embedding shows no groups clearly more reproducible than a cloud without any."""
+    return len(score) > 1 and max(float(v) for v in score) < WEAK
 
 
 def criteria_disagree(k_stability: int, k_reproduced: int) -> bool:

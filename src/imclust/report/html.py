@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..io import write_text
-from ..kselect import DISAGREE, WEAK, criteria_disagree
+from ..kselect import DISAGREE, WEAK, criteria_disagree, scores_weak
 from ..metrics import METRIC_HELP, aligned_confusion
 
 MAX_MAP_POINTS = 50_000
@@ -423,7 +423,7 @@ def _k_section(r: _Run) -> str:
     if sel.get("seconds") is not None:
         rows.append(("Time to choose", e(_fmt_seconds(float(sel["seconds"])))))
     warn = ""
-    if len(ks) > 1 and max(float(v) for v in sel["score"]) < WEAK:
+    if scores_weak(sel["score"]):
         warn = ("<p class=\"warn\">No k gave groups clearly more reproducible than a cloud without clusters (every score "
                 f"is below {WEAK}): the embedding shows no clear groups, so this choice of k is weak. Try the runner-up or "
                 "a k you expect.</p>")
