@@ -99,8 +99,9 @@ def peers(channels: int) -> dict[str, dict]:
             **pixels}
 
 
-def features(ds, backbone: str, layer: str | None = None) -> tuple[np.ndarray, float]:
-    enc = build(encoder_spec(backbone, layer))
+def features(ds, backbone: str, layer: str | None = None, options: dict | None = None) -> tuple[np.ndarray, float]:
+    """The features of ``ds`` and the seconds they took; ``options`` are further encoder parameters (one backbone)."""
+    enc = build({**encoder_spec(backbone, layer), **(options or {})})
     t = time.perf_counter()
     X = enc.fit_transform(ds)  # a views encoder's fit already encodes every view: once, not twice
     return X, time.perf_counter() - t

@@ -66,6 +66,81 @@ def test_layers_truncation_and_any_input_size(one_torch_thread):
         bb.check_layer(m, "layer4")
 
 
+def _lite0_with_statistics():
+    """Lite0 with random weights and BatchNorm statistics away from the identity, so that folding has work to do."""
+    torch.manual_seed(0)
+    m = bb.build_backbone("efficientnet-lite0").eval()
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.normal_(0, 0.2, generator=g)
+                mod.running_var.uniform_(0.3, 2.0, generator=g)
+                mod.weight.uniform_(0.5, 1.5, generator=g)
+                mod.bias.normal_(0, 0.2, generator=g)
+    return m
+
+
+def _count_bn(model):
+    return sum(isinstance(x, torch.nn.BatchNorm2d) for x in model.modules())
+
+
+def test_inference_copy_is_the_same_network_and_leaves_the_original_alone(one_torch_thread):
+    m = _lite0_with_statistics()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    folded, unfolded = en.inference_copy(m, fold_batchnorm=True), en.inference_copy(m, fold_batchnorm=False)
+    assert _count_bn(m) == 2 + 3 * 16 - 1  # stem and head, and three per block but in the first (no expansion)
+    assert _count_bn(folded) == 0 and _count_bn(unfolded) == _count_bn(m)
+    # the original keeps its BatchNorms, its weights and its activations out of place (it may train)
+    assert not m.inplace and folded.inplace and unfolded.inplace
+    assert m.state_dict().keys() == before.keys() and all(torch.equal(m.state_dict()[k], v) for k, v in before.items())
+    x = torch.randn(2, 3, 97, 61)
+    with torch.no_grad():
+        for layer in (None, "stem", "stage4", "head", "avgpool"):
+            want = m(x, layer)
+            torch.testing.assert_close(folded(x, layer), want, rtol=1e-4, atol=1e-4)
+            assert torch.equal(unfolded(x, layer), want)  # ReLU6 in place changes no value
+        # a truncated network folds what it kept
+        cut = en.inference_copy(bb.truncate(_lite0_with_statistics(), "stage4"), fold_batchnorm=True)
+        torch.testing.assert_close(cut(x, "stage4"), m(x, "stage4"), rtol=1e-4, atol=1e-4)
+
+
+def test_encoder_folds_lite_in_fp32_keeps_the_loaded_weights_and_its_own_cache_entry(tmp_path, monkeypatch,
+                                                                                      one_torch_thread):
+    from imclust.data import load_source
+    from imclust.encoders.pretrained import PretrainedEncoder
+
+    ds = load_source(str(write_image_folder(tmp_path / "imgs", k=2, n_per=3, size=24)))
+    computed = []
+    real = PretrainedEncoder._compute
+
+    def spy(self, ds, indices, *a):
+        computed.append((self.fold_batchnorm, len(indices)))
+        return real(self, ds, indices, *a)
+
+    monkeypatch.setattr(PretrainedEncoder, "_compute", spy)
+    kw = dict(backbone="efficientnet-lite0", size=64, workers=0, cache_dir=str(tmp_path / "fc"), store_weights=True)
+    auto, plain = PretrainedEncoder(**kw), PretrainedEncoder(**kw, fold_batchnorm=False)  # fp32
+    a, b = auto.fit_transform(ds), plain.fit_transform(ds)
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)  # the same function
+    assert computed == [("auto", 6), (False, 6)]  # neither read the other's features from the cache
+    assert auto.weights_fingerprint_ == plain.weights_fingerprint_
+    assert _count_bn(auto._build()[0]) > 0 and _count_bn(auto._build()[1]) == 0  # loaded as is, run folded
+    assert "net._bn0.running_var" in auto.get_state()[0]  # stored weights keep the files' layout
+    np.testing.assert_array_equal(PretrainedEncoder(**kw).fit_transform(ds), a)
+    assert computed == [("auto", 6), (False, 6)]  # the folded entry is read back
+    # under bf16, auto does not fold: the features are those of the network as loaded, to the bit
+    bf16 = {**kw, "precision": "bf16", "cache": False}
+    auto16 = PretrainedEncoder(**bf16)
+    np.testing.assert_array_equal(auto16.fit_transform(ds), PretrainedEncoder(**bf16, fold_batchnorm=False).fit_transform(ds))
+    assert _count_bn(auto16._build()[1]) > 0
+    forced = PretrainedEncoder(**bf16, fold_batchnorm=True)
+    forced.fit(ds)
+    assert _count_bn(forced._build()[1]) == 0
+    with pytest.raises(UserError, match="fold_batchnorm must be auto, true or false"):
+        PretrainedEncoder(**kw, fold_batchnorm="yes").fit(ds)
+
+
 def test_round_channels_as_tensorflow():
     assert [en.round_channels(c, 1.1) for c in (16, 24, 40, 80, 112, 192, 320)] == [16, 24, 48, 88, 120, 208, 352]
     assert en.round_channels(40, 1.0) == 40 and en.round_repeats(3, 1.2) == 4

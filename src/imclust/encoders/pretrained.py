@@ -126,13 +126,21 @@ class PretrainedEncoder(Encoder):
         or ``$IMCLUST_CACHE_DIR/features``).
     store_weights : save the network's weights into the model folder (self-contained model).
     seed : seed of the random initialisation when neither weights nor pretrained are given.
+    fold_batchnorm : ``auto`` (default), ``true`` or ``false``: whether EfficientNet-Lite runs with each BatchNorm
+        folded into the convolution before it (:func:`imclust.nn.efficientnet.inference_copy`). ``auto`` folds
+        where the network computes in fp32, where folding gives the same features in fewer steps, and not under
+        bf16 autocast, where the folded weights are rounded differently and the features move by about as much
+        as bf16 moves them; ``true`` folds under bf16 too (faster, not the same features). The weights, their
+        fingerprint and stored weights are the unfolded ones either way; the feature cache keeps folded and
+        unfolded features apart.
     """
 
     def __init__(self, backbone: str = "vgg16", layer: str | None = None, weights: str | None = None,
                  pretrained: bool = False, preprocess: str = "auto", size: int | None = None,
                  normalize: bool = True, batch_size: int = 32, workers: int | None = None, device: str = "auto",
                  precision: str = "fp32", channels_last: bool = False, cache: bool = True,
-                 cache_dir: str | None = None, store_weights: bool = False, seed: int | None = 0):
+                 cache_dir: str | None = None, store_weights: bool = False, seed: int | None = 0,
+                 fold_batchnorm: str | bool = "auto"):
         self.backbone = backbone
         self.layer = layer
         self.weights = weights
@@ -149,6 +157,7 @@ class PretrainedEncoder(Encoder):
         self.cache_dir = cache_dir
         self.store_weights = store_weights
         self.seed = seed
+        self.fold_batchnorm = fold_batchnorm
 
     # -- configuration ------------------------------------------------------------------------------
     def _prep(self) -> Preprocess:
@@ -174,6 +183,8 @@ class PretrainedEncoder(Encoder):
             raise UserError(f"pretrained encoder: workers must be 0 or more, got {self.workers!r}")
         if self.weights and self.pretrained:
             raise UserError("give either --weights PATH or --pretrained, not both")
+        if not (self.fold_batchnorm is True or self.fold_batchnorm is False or self.fold_batchnorm == "auto"):
+            raise UserError(f"pretrained encoder: fold_batchnorm must be auto, true or false, got {self.fold_batchnorm!r}")
 
     def check_weights(self) -> None:
         """Stop at once, with the one line ``fit`` would give, when the pretrained weights this encoder loads from
@@ -189,6 +200,16 @@ class PretrainedEncoder(Encoder):
         name = bb.canonical_name(spec)
         if efficientnet.is_lite(name):
             efficientnet.pretrained_weights(name)  # converted once into the cache, as fit would
+
+    def _folds_batchnorm(self) -> bool:
+        """True when the network runs with its BatchNorms folded (an EfficientNet-Lite, as ``fold_batchnorm`` says)."""
+        from ..nn import backbones as bb
+        from ..nn import efficientnet, hf
+
+        spec = str(self.backbone)
+        if ":" in spec or hf.is_hf(spec) or not efficientnet.is_lite(bb.canonical_name(spec)):
+            return False
+        return self.fold_batchnorm is True or (self.fold_batchnorm == "auto" and self._precision() == "fp32")
 
     def _precision(self) -> str:
         """``fp32`` or ``bf16``: ``auto`` as :func:`imclust.nn.train.resolve_precision` decides for the device."""
@@ -277,6 +298,8 @@ class PretrainedEncoder(Encoder):
         for p in model.parameters():
             p.requires_grad_(False)
         fp = state_fingerprint(model)
+        if runner is model and isinstance(model, efficientnet.EfficientNetLite):  # the weights (and fp) stay as loaded
+            runner = efficientnet.inference_copy(model, self._folds_batchnorm())
         self._net = (model, runner, fwd, layer, source, fp)
         return self._net
 
@@ -309,7 +332,7 @@ class PretrainedEncoder(Encoder):
         if self.cache and n:
             cache = FeatureCache(self.cache_dir or default_root(), {
                 "backbone": str(self.backbone), "layer": layer, "weights": fp, "preprocess": prep.describe(),
-                "precision": self._precision()})
+                "precision": self._precision(), **({"batchnorm": "folded"} if self._folds_batchnorm() else {})})
             keys = content_keys(ds)
             feats, found = cache.lookup(keys)
             if found.any():

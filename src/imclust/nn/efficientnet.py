@@ -133,12 +133,13 @@ class MBConv(nn.Module):
         self._project_conv = SameConv2d(mid, cout, 1)
         self._bn2 = _bn(cout)
         self.residual = stride == 1 and cin == cout
+        self.inplace = False  # ReLU6 in place: inference copies only (inference_copy), never while training
 
     def forward(self, x):
         y = x
         if self.expand:
-            y = F.relu6(self._bn0(self._expand_conv(y)))
-        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+            y = F.relu6(self._bn0(self._expand_conv(y)), inplace=self.inplace)
+        y = F.relu6(self._bn1(self._depthwise_conv(y)), inplace=self.inplace)
         y = self._bn2(self._project_conv(y))
         return y + x if self.residual else y
 
@@ -169,12 +170,13 @@ class EfficientNetLite(Backbone):
         self._bn1 = _bn(1280)
         self._avg_pooling = nn.AdaptiveAvgPool2d(1)
         self._fc = nn.Linear(1280, 1000)
+        self.inplace = False  # as MBConv.inplace
 
     def _stem(self, x):
-        return F.relu6(self._bn0(self._conv_stem(x)))
+        return F.relu6(self._bn0(self._conv_stem(x)), inplace=self.inplace)
 
     def _head(self, x):
-        return F.relu6(self._bn1(self._conv_head(x)))
+        return F.relu6(self._bn1(self._conv_head(x)), inplace=self.inplace)
 
     def steps(self):
         yield "stem", self._stem
@@ -211,6 +213,49 @@ class EfficientNetLite(Backbone):
         if "fc" not in kept:
             self._fc = nn.Identity()
         return self
+
+
+def inference_copy(model: EfficientNetLite, fold_batchnorm: bool) -> EfficientNetLite:
+    """A copy of ``model`` for inference: ReLU6 applied in place (each one's input is a fresh convolution output
+    that nothing else reads: the same values, less memory traffic), and with ``fold_batchnorm`` every BatchNorm
+    folded into the convolution before it (the convolution gets BatchNorm's scale in its weights and its shift as
+    a bias, computed in float64; the BatchNorm becomes ``nn.Identity``).
+
+    Folding gives the same function in one step per convolution instead of two: in fp32 the same features to
+    float rounding, in fewer steps. Under bf16 autocast the folded weights and shifts are rounded to bf16 where
+    BatchNorm's were not, which moves the features by about as much as bf16 itself does. ``model`` is left as it
+    is: its state_dict, fingerprint and stored weights keep the layout of the weights files. Eval mode only (the
+    running statistics are what is folded)."""
+    import copy
+
+    folded = copy.deepcopy(model).eval()
+
+    def fold(owner: nn.Module, conv_name: str, bn_name: str) -> None:
+        conv, bn = getattr(owner, conv_name, None), getattr(owner, bn_name, None)
+        if not isinstance(conv, nn.Conv2d) or not isinstance(bn, nn.BatchNorm2d):
+            return  # cut away by truncate_to
+        with torch.no_grad():
+            scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+            bias = bn.bias.double() - bn.running_mean.double() * scale
+            if conv.bias is not None:
+                bias = bias + conv.bias.double() * scale
+            conv.weight.copy_((conv.weight.double() * scale.view(-1, 1, 1, 1)).to(conv.weight.dtype))
+            conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
+        setattr(owner, bn_name, nn.Identity())
+
+    folded.inplace = True
+    for block in folded._blocks:
+        if isinstance(block, MBConv):
+            block.inplace = True
+    if fold_batchnorm:
+        fold(folded, "_conv_stem", "_bn0")
+        fold(folded, "_conv_head", "_bn1")
+        for block in folded._blocks:
+            if isinstance(block, MBConv):
+                fold(block, "_expand_conv", "_bn0")
+                fold(block, "_depthwise_conv", "_bn1")
+                fold(block, "_project_conv", "_bn2")
+    return folded
 
 
 for _name in LITE:
