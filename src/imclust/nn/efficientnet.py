@@ -228,7 +228,7 @@ def inference_copy(model: EfficientNetLite, fold_batchnorm: bool) -> EfficientNe
     running statistics are what is folded)."""
     import copy
 
-    folded = copy.deepcopy(model).eval()
+    net = copy.deepcopy(model).eval()
 
     def fold(owner: nn.Module, conv_name: str, bn_name: str) -> None:
         conv, bn = getattr(owner, conv_name, None), getattr(owner, bn_name, None)
@@ -243,19 +243,19 @@ def inference_copy(model: EfficientNetLite, fold_batchnorm: bool) -> EfficientNe
             conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
         setattr(owner, bn_name, nn.Identity())
 
-    folded.inplace = True
-    for block in folded._blocks:
+    net.inplace = True
+    for block in net._blocks:
         if isinstance(block, MBConv):
             block.inplace = True
     if fold_batchnorm:
-        fold(folded, "_conv_stem", "_bn0")
-        fold(folded, "_conv_head", "_bn1")
-        for block in folded._blocks:
+        fold(net, "_conv_stem", "_bn0")
+        fold(net, "_conv_head", "_bn1")
+        for block in net._blocks:
             if isinstance(block, MBConv):
                 fold(block, "_expand_conv", "_bn0")
                 fold(block, "_depthwise_conv", "_bn1")
                 fold(block, "_project_conv", "_bn2")
-    return folded
+    return net
 
 
 for _name in LITE:
