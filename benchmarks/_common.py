@@ -102,6 +102,14 @@ def command() -> str:
     return "python " + shlex.join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:])
 
 
+def results_head(load_start: float, *, threads: bool = True, command_prefix: str = "") -> str:
+    """The lines that open a results block, each ending in a Markdown line break: the command that reproduces
+    it (after ``command_prefix``, e.g. a lock or an environment), this machine (with torch's thread count unless
+    ``threads`` is false), the date, and the 1-min load average at ``load_start`` and now, at the end."""
+    return (f"Command: `{command_prefix}{command()}`  \nMachine: {machine(threads)}  \n"
+            f"Date: {today()}; 1-min load average {load_start:.1f} at the start, {load_average():.1f} at the end.  \n")
+
+
 def update_section(name: str, body: str, top: bool = False) -> None:
     """Replace the block between <!-- name:start --> and <!-- name:end --> in RESULTS.md; a new block is
     appended, or with ``top`` put right after the title and its introduction (before the first block or

@@ -24,6 +24,9 @@ import numpy as np
 
 os.environ.setdefault("IMCLUST_QUIET", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import load_average, results_head, update_section  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -95,7 +98,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(args.torch_threads)
     recipe = args.recipe or default_recipe()
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     rows = []
     for name in args.datasets:
         rows += measure(name, load(name), methods(recipe, args.overrides), args.seeds, args.only)
@@ -104,14 +107,10 @@ def main(argv=None):
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     if args.section:
-        from _common import command, machine, today, update_section
-
         update_section(args.section, "\n".join([
             f"## Clustering accuracy of the `{recipe}` recipe against its peers (`ae_accuracy.py`)", "",
-            f"Command: `{command()}`  ",
-            f"Machine: 2-core CPU, 24 GiB, no GPU ({machine()}); 1-min load average {load_before:.1f} at the start and "
-            f"{os.getloadavg()[0]:.1f} at the end.  ",
-            f"Date: {today()}. Recipe `{recipe}`" + (f" with {', '.join(args.overrides)}" if args.overrides else "")
+            results_head(load_before) + f"Recipe `{recipe}`"
+            + (f" with {', '.join(args.overrides)}" if args.overrides else "")
             + "; k = number of classes; labels read only to score.", "", table]))
 
 

@@ -35,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from _common import command, load_average, machine, table, today, update_section  # noqa: E402
+from _common import load_average, results_head, table, update_section  # noqa: E402
 
 from imclust.nn.augment import ContrastiveAugment, StrongAugment, WeakAugment  # noqa: E402
 
@@ -125,8 +125,7 @@ def main(argv=None):
                         "÷ pretext views"])
     print(body)
     if args.update:
-        head = (f"Command: `{command()}`  \nMachine: {machine()}; device {device}; {today()}; 1-min load average "
-                f"{load_before:.1f} at the start, {load_average():.1f} at the end. Batch {args.batch} images of "
+        head = (results_head(load_before) + f"Device {device}. Batch {args.batch} images of "
                 f"{args.size} px (random pixels), median of {args.repeats} calls after a warm-up.\n\n")
         update_section("augment-speed", head + body)
 

@@ -24,6 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import load_average, results_head, update_section  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("IMCLUST_SHARED_DATA", ROOT.parent / "shared" / "data")) / "mnist-test" / "t10k-images-idx3-ubyte.gz"
 
@@ -41,7 +44,7 @@ def main():
     args = ap.parse_args()
     if not DATA.exists():
         sys.exit(f"MNIST-test not found at {DATA}")
-    load0 = os.getloadavg()[0]
+    load0 = load_average()
     lines = []
     rows = [one(args, seed) for seed in args.seeds]
     for r in rows:
@@ -60,16 +63,11 @@ def main():
     table = head + "\n" + "\n".join(lines)
     print(table)
     if args.section:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from _common import command, machine, today, update_section
-
         update_section(args.section, "\n".join([
             "## DeepCluster on MNIST-test (10,000 images): the recipe end to end (`deepcluster_mnist.py`)", "",
-            f"Command: `env OMP_NUM_THREADS=1 PYTHONPATH=src {command()}`  ",
-            f"Machine: 2-core CPU, 24 GiB, no GPU ({machine()}); 1-min load average {load0:.1f} at the start and "
-            f"{os.getloadavg()[0]:.1f} at the end (shared: times are indicative).  ",
-            f"Date: {today()}. Settings: the `deepcluster` recipe with {', '.join(MNIST_SETTINGS)}; peer in the same "
-            "run: the `baseline` recipe (raw pixels -> PCA 95 % -> k-means). Per-epoch k-means: `cluster.KMeans` "
+            results_head(load0, command_prefix="env OMP_NUM_THREADS=1 PYTHONPATH=src ")
+            + f"Settings: the `deepcluster` recipe with {', '.join(MNIST_SETTINGS)}; peer in the same run: the "
+            "`baseline` recipe (raw pixels -> PCA 95 % -> k-means). Per-epoch k-means: `cluster.KMeans` "
             "(faiss) through `nn.pseudolabels`.", "", table]))
 
 

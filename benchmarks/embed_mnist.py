@@ -20,7 +20,7 @@ import numpy as np
 os.environ.setdefault("IMCLUST_QUIET", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 
-from _common import DATASETS, command, load_average, machine, today, update_section  # noqa: E402
+from _common import DATASETS, load_average, results_head, update_section  # noqa: E402
 
 
 _INIT_DOC = {"auto": "by the heads' default (auto: evenly spread around the circle in 2-D)",
@@ -86,11 +86,8 @@ def main() -> None:
         f"## Supervised 2-D embeddings on MNIST-test: train 8,000, k-means on the held-out 2,000 ({', '.join(args.heads)}; "
         f"seeds {', '.join(map(str, args.seeds))}{'' if args.weight_init == 'auto' else '; ' + args.weight_init + ' init'}; issue 6)",
         "",
-        f"Command: `{command()}`  ",
-        f"Machine: 2-core CPU, 24 GiB, no GPU ({machine()}); 1-min load average {load_start:.1f} at the start and "
-        f"{load_average():.1f} at the end (above 1, other work shared the machine and wall time is inflated; CPU "
-        "time is the process's own).  ",
-        f"Date: {today()}  ",
+        results_head(load_start) + "Above a load of 1, other work shared the machine and wall time is inflated; CPU "
+        "time is the process's own.  ",
         f"Network: tutorial 4's {args.net.upper()} with a 2-D feature layer, {args.epochs} epochs, Adam lr 1e-3 with cosine "
         f"decay, batch 128, {args.precision}, random shifts of up to {args.augment_shift} px; ArcFace/CosFace: "
         f"s={args.scale}, m={args.margin if args.margin is not None else 'default (ArcFace 0.5, CosFace 0.35)'}, "

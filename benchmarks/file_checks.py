@@ -31,7 +31,7 @@ os.environ.setdefault("IMCLUST_QUIET", "1")
 
 from PIL import Image  # noqa: E402
 
-from _common import command, machine, today, update_section  # noqa: E402
+from _common import load_average, results_head, update_section  # noqa: E402
 
 
 def old_tail_check(data: bytes) -> bool:
@@ -120,7 +120,7 @@ def main() -> None:
     ap.add_argument("--step", type=int, default=5, help="cut every STEP-th byte (default 5)")
     ap.add_argument("--old-src", help="src/ folder of a checkout without this change, for the cost peer")
     args = ap.parse_args()
-    load0 = os.getloadavg()[0]
+    load0 = load_average()
     det = detection(args.step)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,9 +128,8 @@ def main() -> None:
             scan, decode = timed(folder, HERE.parent / "src")
             old = timed(folder, Path(args.old_src).resolve())[0] if args.old_src else None
             rows.append((name, len(os.listdir(folder)), scan, decode, old))
-    load1 = os.getloadavg()[0]
     body = [f"## File checks before a fit: JPEGs cut short and closed with an end marker (issue 17)", "",
-            f"`{command()}` on {machine()}, {today()}; load average {load0:.1f} at start, {load1:.1f} at end.", "",
+            results_head(load0).rstrip(), "",
             "| JPEG cuts (every %d bytes, + FFD9) | refused | let through but damaged | previous check: let through but damaged |"
             % args.step, "|---|---|---|---|",
             f"| {det['cuts']} | {det['refused']} | {det['passed_damaged']} | {det['old_passed_damaged']} |", "",

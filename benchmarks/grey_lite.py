@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import SUITE_SETS, by_dataset_and_method, command, machine, measured_rows, score_cells, table, today, update_section  # noqa: E402
+from _common import SUITE_SETS, by_dataset_and_method, load_average, measured_rows, results_head, score_cells, table, update_section  # noqa: E402
 from imclust import components  # noqa: E402,F401  (registers the parts)
 from imclust.base import seed_everything  # noqa: E402
 from imclust.cluster import KMeans  # noqa: E402
@@ -162,14 +162,12 @@ def main(argv=None):
     missing = [s for s in args.datasets if not (SUITE_SETS[s] == "digits" or Path(SUITE_SETS[s]).exists())]
     if missing and not args.summarise:
         sys.exit(f"not found: {', '.join(missing)}; this benchmark reads ../shared/data")
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     rows = measured_rows(args.summarise, args.datasets, GREY, lambda name: measure(name, args.seeds), args.rows)
     body = summarise(rows)
     print(body)
     if args.update:
-        head = (f"Command: `{command()}`  \nMachine: {machine()}; {today()}; 1-min load average {load_before:.1f} at the "
-                f"start, {os.getloadavg()[0]:.1f} at the end (Lite0 features from the feature cache where earlier runs "
-                "left them).\n\n")
+        head = results_head(load_before) + "Lite0 features from the feature cache where earlier runs left them.\n\n"
         update_section(args.section, head + body)
 
 

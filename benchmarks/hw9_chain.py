@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
-from _common import command, load_average, machine, today, update_section  # noqa: E402
+from _common import load_average, results_head, update_section  # noqa: E402
 
 from imclust import components  # noqa: E402,F401
 from imclust.metrics import evaluate  # noqa: E402
@@ -152,9 +152,8 @@ def main(argv=None):
     table = "\n".join(lines)
     print(table + "\n" + summary)
     if args.write:
-        update_section("hw9-chain", f"Command: `{command()}`  \nMachine: {machine()}; 1-min load average "
-                       f"{load_before:.1f} at the start and {load_average():.1f} at the end  \nDate: {today()}\n\n"
-                       f"9,000 CIFAR-10 train images (900/class), vehicles vs animals.\n\n{table}\n\n{summary}")
+        update_section("hw9-chain", results_head(load_before) + "\n9,000 CIFAR-10 train images (900/class), vehicles "
+                       f"vs animals.\n\n{table}\n\n{summary}")
 
 
 if __name__ == "__main__":

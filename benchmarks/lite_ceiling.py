@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import command, machine, table, today, update_section  # noqa: E402
+from _common import load_average, results_head, table, update_section  # noqa: E402
 from imclust.data import load_source  # noqa: E402
 from imclust.errors import UserError  # noqa: E402
 from imclust.metrics import evaluate  # noqa: E402
@@ -81,7 +81,7 @@ def main(argv=None):
     for name in args.datasets:
         if SOURCES[name] != "digits" and not Path(SOURCES[name]).exists():  # digits: scikit-learn's, built in
             sys.exit(f"{SOURCES[name]}: not found; this benchmark reads ../shared/data")
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     lines = []
     for name in args.datasets:
         ds = load_source(str(SOURCES[name]))
@@ -107,9 +107,8 @@ def main(argv=None):
     body = table(lines, ["dataset", "feature", "dims", f"{NEIGHBOURS}-NN agreement", "PCA-50 -> GMM ACC", "feature s"])
     print(body)
     if args.update:
-        head = (f"Command: `{command()}`  \nMachine: {machine()}; {today()}; 1-min load average {load_before:.1f} at the "
-                f"start, {os.getloadavg()[0]:.1f} at the end (features computed with precision {args.precision} and "
-                f"channels_last; seeds {args.seeds}).\n\n")
+        head = results_head(load_before) + (f"Features computed with precision {args.precision} and channels_last; "
+                                            f"seeds {args.seeds}.\n\n")
         update_section(args.section, head + body)
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 os.environ.setdefault("IMCLUST_QUIET", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import command, load_average, machine, today, update_section  # noqa: E402
+from _common import load_average, results_head, update_section  # noqa: E402
 from ae_accuracy import DATA, measure, summarise  # noqa: E402
 
 from imclust.data import load_source  # noqa: E402
@@ -66,9 +66,7 @@ def main(argv=None):
     table = summarise(rows)
     print(table)
     if args.write:
-        update_section("photo-umap", f"Command: `{command()}`  \nMachine: {machine()}; 1-min load average "
-                       f"{load_before:.1f} at the start and {load_average():.1f} at the end  \nDate: {today()}\n\n"
-                       f"No method here uses torch.\n\n{table}")
+        update_section("photo-umap", results_head(load_before) + f"\nNo method here uses torch.\n\n{table}")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import SUITE_SETS, by_dataset_and_method, command, machine, measured_rows, score_cells, table, today, update_section  # noqa: E402
+from _common import SUITE_SETS, by_dataset_and_method, load_average, measured_rows, results_head, score_cells, table, update_section  # noqa: E402
 from imclust import components  # noqa: E402,F401
 from imclust.base import build, seed_everything  # noqa: E402
 from imclust.data import load_source  # noqa: E402
@@ -179,7 +179,7 @@ def main(argv=None):
     ap.add_argument("--summarise", nargs="+", metavar="PATH", help="build the table from JSON-lines files of rows")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     for name in args.datasets:
         if not isinstance(SOURCES[name], str) and not SOURCES[name].exists():  # "digits" is built in
             sys.exit(f"{SOURCES[name]}: not found; this benchmark reads ../shared/data")
@@ -197,9 +197,8 @@ def main(argv=None):
     body = summarise(rows)
     print(body)
     if args.update:
-        head = (f"Command: `{command()}`  \nMachine: {machine()}; {today()}; 1-min load average {load_before:.1f} at the "
-                f"start, {os.getloadavg()[0]:.1f} at the end (accuracy only; features from the feature cache, "
-                "computed with bf16 autocast and channels_last).\n\n")
+        head = results_head(load_before) + ("Accuracy only; features from the feature cache, computed with bf16 "
+                                            "autocast and channels_last.\n\n")
         update_section(args.section, head + body)
 
 

@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import command, load_average, machine, today, update_section  # noqa: E402
+from _common import load_average, results_head, update_section  # noqa: E402
 
 from imclust import api  # noqa: E402
 
@@ -94,8 +94,7 @@ def main():
     table = "\n".join(lines)
     print(table)
     if args.update:
-        update_section(args.update, f"Command: `{command()}`  \nMachine: {machine()}; {today()}; 1-min load average "
-                       f"{load_before:.1f} at the start, {load_average():.1f} at the end. Seeds {args.seeds} "
+        update_section(args.update, results_head(load_before) + f"Seeds {args.seeds} "
                        f"(mean ± std); k = number of classes; feature cache off.\n\n{table}")
 
 

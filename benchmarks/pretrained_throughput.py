@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import load_average, machine, today, update_section  # noqa: E402
+from _common import load_average, results_head, update_section  # noqa: E402
 
 from imclust.data import load_source  # noqa: E402
 from imclust.encoders.pretrained import PretrainedEncoder  # noqa: E402
@@ -122,9 +122,8 @@ def main():
     table = "\n".join(lines)
     print(table)
     if args.update:
-        cmd = "flock /tmp/imclust-bench.lock python benchmarks/pretrained_throughput.py " + " ".join(sys.argv[1:])
-        update_section(args.update, f"Command: `{cmd}`  \nMachine: {machine()}; {today()}; 1-min load average "
-                       f"{load_before:.1f} at the start, {load_average():.1f} at the end. Images per second; "
+        update_section(args.update, results_head(load_before, command_prefix="flock /tmp/imclust-bench.lock ")
+                       + "Images per second; "
                        f"random weights; batch {args.batch}, {args.workers} DataLoader worker(s); "
                        f"forward: {args.seconds:.0f} s timed per cell; end-to-end: {args.data}, "
                        f"a random subset (96 images per model).\n\n{table}")

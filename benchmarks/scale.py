@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 sys.path.insert(0, str(HERE))
 
-from _common import DATA, command, load_average, machine, table, today, update_section  # noqa: E402
+from _common import DATA, load_average, results_head, table, update_section  # noqa: E402
 
 
 def _tree_rss(root_pid: int) -> int:
@@ -128,9 +128,8 @@ def cifar(args) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
     header = ["run", "images", "wall s", "images/s (whole run)", "images/s (encode)", "peak RSS GiB", "ACC",
               "stage s", "load at start / end"]
-    return (f"## All 60,000 CIFAR-10 images on this machine (issue 15)\n\n"
-            f"Command: `{command()}`  \nMachine: {machine()}; 1-min load average {args.load_start:.1f} at the start, "
-            f"{load_average():.1f} at the end  \nDate: {today()}  \n"
+    return ("## All 60,000 CIFAR-10 images on this machine (issue 15)\n\n"
+            + results_head(args.load_start) +
             "`imclust run` on a class-folder tree of links to the train and test images, in a fresh process; peak "
             "RSS of the whole process tree (DataLoader workers included). Target: peak RSS ≤ 4 GiB. The random "
             "ResNet-18 is a throughput check; its ACC is not a result.\n\n" + table(rows, header))
@@ -256,8 +255,7 @@ def synthetic(args) -> str:
     header = ["stage", "points", "result", "peak RSS GiB", "RSS after making the data GiB", "process wall s",
               "load at start / end"]
     return (f"## The graph and clustering stages on {args.n:,} points (issue 15)\n\n"
-            f"Command: `{command()}`  \nMachine: {machine()}; 1-min load average {args.load_start:.1f} at the start, "
-            f"{load_average():.1f} at the end  \nDate: {today()}  \n"
+            + results_head(args.load_start) +
             "Synthetic features: 100 Gaussian clusters in 128 dimensions (seeded). graph: 15 neighbours through "
             "`imclust.manifold.nearest_neighbors` (faiss IVF with 4·√n lists, 16 probed, beyond 200,000 points) and "
             "UMAP's fuzzy graph; recall against exact search on 2,000 points. kmeans: our `kmeans` component "

@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
 import torch  # noqa: E402
-from _common import DATA, by_dataset_and_method, command, fresh_cache, machine, score_cells, table, today, update_section  # noqa: E402
+from _common import DATA, by_dataset_and_method, fresh_cache, load_average, results_head, score_cells, table, update_section  # noqa: E402
 
 from imclust import components  # noqa: E402,F401
 from imclust.data import load_source  # noqa: E402
@@ -188,6 +188,7 @@ def main(argv=None):
     missing = [d for d in args.datasets if not SOURCES[d].exists()]
     if missing:
         sys.exit(f"dataset(s) not found: {', '.join(str(SOURCES[d]) for d in missing)}; this benchmark reads ../shared/data")
+    load_start = load_average()
     rows = []
     for name in args.datasets:
         rows += measure(name, args.seeds, args.only, args.overrides)
@@ -196,9 +197,9 @@ def main(argv=None):
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     if args.write:
-        head = (f"## SCAN on this CPU (issue 14): {', '.join(args.datasets)}\n\nCommand: `{command()}`  \nMachine: {machine()}; date {today()}. "
-                f"Each run is timed end to end (decode, pretext, neighbours, heads, self-labelling, assignment); "
-                f"the load column is the 1-min load average at the start and end of the runs.\n\n")
+        head = (f"## SCAN on this CPU (issue 14): {', '.join(args.datasets)}\n\n" + results_head(load_start) +
+                "Each run is timed end to end (decode, pretext, neighbours, heads, self-labelling, assignment); "
+                "the load column is the 1-min load average at the start and end of each run.\n\n")
         update_section(args.section, head + body)
 
 

@@ -50,7 +50,7 @@ os.environ.setdefault("IMCLUST_QUIET", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SUITE_SETS, command, fresh_cache, machine, table, today, update_section  # noqa: E402
+from _common import SUITE_SETS, fresh_cache, load_average, results_head, table, update_section  # noqa: E402
 
 from imclust import components  # noqa: E402,F401
 from imclust.base import build  # noqa: E402
@@ -304,7 +304,7 @@ def summarise(rows: list[dict], methods: list[str]) -> tuple[str, str]:
     return table(lines, header), "\n".join(goal)
 
 
-def study_table(rows: list[dict], seeds) -> str:
+def study_table(rows: list[dict], seeds, load_start: float) -> str:
     names = list(rows[0]["study"])
     sets = list(dict.fromkeys(r["set"] for r in rows))
     rules = ["ours", "stability gap", "reproducible clusters", "silhouette"]
@@ -318,8 +318,8 @@ def study_table(rows: list[dict], seeds) -> str:
         lines.append([s, truth, *["/".join(map(str, picks[m])) for m in hits]])
     runs = len(rows)
     lines.append(["**k within ±25 %**", "", *[f"{hits[m]} of {runs}" for m in hits]])
-    return (f"## Choosing k: the candidates studied (issue 18)\n\nCommand: `{command()}`  \nMachine: {machine()}  \n"
-            f"Date: {today()}\n\nSeeds {list(seeds)}; k per seed. Every candidate reads the same embedding (the default "
+    return ("## Choosing k: the candidates studied (issue 18)\n\n" + results_head(load_start)
+            + f"\nSeeds {list(seeds)}; k per seed. Every candidate reads the same embedding (the default "
             "recipe's, from the run with k given) and the same candidate k (plain `--k auto`; BIC up to 60 to bound its "
             "time). GMM BIC: full covariance on a 3,000-point sample, lowest BIC. Eigengap: normalised Laplacian of the "
             "15-nearest-neighbour graph (Gaussian weights scaled by each point's 15th distance), largest gap. Gap "
@@ -353,7 +353,7 @@ def main(argv=None):
     import torch
 
     torch.set_num_threads(1)
-    load_start = os.getloadavg()[0]
+    load_start = load_average()
     kept = {}
     if args.rows is not None and args.rows.exists():
         for line in args.rows.read_text().splitlines():
@@ -382,7 +382,7 @@ def main(argv=None):
                     keep(row)
             rows.append(row)
     if args.study:
-        text = study_table(rows, args.seeds)
+        text = study_table(rows, args.seeds, load_start)
         print(text)
         if args.write:
             update_section("select_k-study", text)
@@ -396,8 +396,7 @@ def main(argv=None):
                    f" (the timing columns are means over seed{'s' if len(fresh_seeds) > 1 else ''} "
                    f"{', '.join(map(str, fresh_seeds))}, whose runs with k given were measured afresh; the other seeds' "
                    "embeddings came from a cache)")
-    head = (f"## Choosing k when it is unknown (issue 18)\n\nCommand: `{command()}`  \nMachine: {machine()}; 1-min load "
-            f"average {load_start:.1f} at the start and {os.getloadavg()[0]:.1f} at the end  \nDate: {today()}\n\n"
+    head = ("## Choosing k when it is unknown (issue 18)\n\n" + results_head(load_start) + "\n"
             f"Seeds {args.seeds}. k per seed (seed order), scores are means over seeds; every rule chooses k on the default "
             "recipe's embedding of the run with k given, and its k is clustered with that recipe's GMM. "
             "\"auto ÷ given\" is (run with k given + choosing k) ÷ run with k given"

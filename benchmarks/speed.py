@@ -44,7 +44,7 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parent / "src"
 sys.path.insert(0, str(HERE))
 
-from _common import available, command, fresh_cache, load_average, machine, table, today, update_section  # noqa: E402
+from _common import available, fresh_cache, load_average, results_head, table, update_section  # noqa: E402
 
 SIDES = {"ours": "ours (imclust backend)", "peer": "umap-learn, defaults, random_state=seed (one thread)",
          "parallel": "umap-learn, defaults, unseeded (numba threads)",
@@ -114,9 +114,8 @@ def digits(args) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
     header = ["command", "median wall s", "range s", "median CPU s", "ACC", "load + fit s",
               "rest s (start, imports, outputs)", "median stage s"]
-    return (f"## `imclust run digits` in a fresh process (issue 15)\n\n"
-            f"Command: `{command()}`  \nMachine: {machine()}; 1-min load average {args.load_start:.1f} at the start, "
-            f"{load_average():.1f} at the end  \nDate: {today()}  \n"
+    return ("## `imclust run digits` in a fresh process (issue 15)\n\n"
+            + results_head(args.load_start) +
             f"{args.runs} runs of `python -m imclust run digits --out DIR` each (fresh interpreter, empty cache; all "
             f"outputs: model, predictions, figures, montages, thumbnails, report.html). Issue 15's target, set for the "
             f"default of its day (hog-umap): median ≤ 10 s, ACC ≥ 0.963. "
@@ -231,9 +230,8 @@ def stages(args) -> str:
         shutil.rmtree(tmp, ignore_errors=True)
     header = ["dataset", "n", "side", "ACC", "NMI", "ARI", "graph + embedding s", "stages s", "stages CPU s",
               "process s", "process CPU s", "import umap s", "÷ ours: stages / stages CPU / process"]
-    return (f"## Non-trained stages against umap-learn, fresh processes (issue 15)\n\n"
-            f"Command: `{command()}`  \nMachine: {machine()}; 1-min load average {args.load_start:.1f} at the start, "
-            f"{load_average():.1f} at the end  \nDate: {today()}  \n"
+    return ("## Non-trained stages against umap-learn, fresh processes (issue 15)\n\n"
+            + results_head(args.load_start) +
             f"Features: hog-umap's (HOG -> PCA-50). Stages: neighbour graph + 10-D UMAP embedding + GMM "
             f"(full covariance, best of 10 starts); mean over seeds {args.seeds}, every side in its own fresh process "
             "per seed. \"import umap s\" is the time to import umap-learn (with pynndescent and numba) inside the "

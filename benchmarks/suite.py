@@ -50,7 +50,7 @@ CACHE = HERE / ".suite-cache"
 sys.path.insert(0, str(HERE))
 
 from _common import SUITE_SETS as SETS  # noqa: E402  (name -> source as `imclust run` takes it)
-from _common import machine  # noqa: E402
+from _common import load_average, results_head  # noqa: E402
 METHODS = ("recipe", "kmeans", "manifold")
 PEER_NAMES = {"kmeans": "raw-pixel k-means", "manifold": "PCA-50 → UMAP → GMM"}
 QUICK_MAX = 2000
@@ -392,18 +392,16 @@ def main(argv=None):
     if missing:
         sys.exit(f"suite.py: {', '.join(str(SETS[n]) for n in missing)} not found; the suite reads ../shared/data "
                  "(or $IMCLUST_SHARED_DATA)")
-    load_before, started = os.getloadavg()[0], time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_before, started = load_average(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = run_all(args)
     errors = [r for r in results if "error" in r]
     table, _ = summarise(results, args.only, args.methods)
-    cmd = "python benchmarks/suite.py" + (" " + " ".join(sys.argv[1:]) if len(sys.argv) > 1 else "")
     recipe = f"`{args.recipe}`" if args.recipe else ("what `imclust run` picks for the set (grey default or colour default"
                                                      + (")" if args.with_weights else ", without pretrained weights)"))
     if args.overrides:
         recipe += " with " + ", ".join(f"`{o}`" for o in args.overrides)
     body = (f"## Benchmark suite: {'the default' if not args.recipe else args.recipe} against the peers on every set\n\n"
-            f"Command: `{cmd}`  \nMachine: {machine(threads=False)}; started {started}; 1-min load average {load_before:.1f} at "
-            f"the start, {os.getloadavg()[0]:.1f} at the end; {args.jobs} fit(s) at a time.  \n"
+            + results_head(load_before, threads=False) + f"Started {started}; {args.jobs} fit(s) at a time.  \n"
             f"Recipe: {recipe}. Peers: {PEER_NAMES['kmeans']} (`KMeans(n_init=10)` on the pixels as loaded) and "
             f"{PEER_NAMES['manifold']} (umap-learn, n_components = k, 10 neighbours, min_dist 0; full-covariance GMM, "
             f"reg_covar raised where duplicates need it). k = number of classes. "

@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SUITE_SETS, command, cpu_model, load_average, machine, table, today, update_section  # noqa: E402
+from _common import SUITE_SETS, cpu_model, load_average, results_head, table, update_section  # noqa: E402
 
 from imclust.nn.train import autocast_context, resolve_precision  # noqa: E402
 
@@ -131,9 +131,7 @@ def main():
                             f"{s / secs['fp32']:.2f}x"] for p, s in secs.items()],
                           ["autoencoder precision", "encode s", "÷ fp32"]))
 
-    body = (f"Command: `flock /tmp/imclust-bench.lock {command()}`  \nMachine: {machine()}; "
-            f"{today()}; 1-min load average {load_before:.1f} at the start, {load_average():.1f} at the end. "
-            f"`precision = \"auto\"` resolves to **{auto}** here. Training steps per second (forward, backward, "
+    body = (results_head(load_before, command_prefix="flock /tmp/imclust-bench.lock ") + f"`precision = \"auto\"` resolves to **{auto}** here. Training steps per second (forward, backward, "
             f"optimizer step), random inputs, {args.seconds:.0f} s timed per cell; CL: channels_last.\n\n"
             + steps + recipe)
     print(body)

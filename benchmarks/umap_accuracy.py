@@ -24,7 +24,7 @@ os.environ.setdefault("IMCLUST_QUIET", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from _common import available, command, load_average, machine, table, today, update_section  # noqa: E402
+from _common import available, load_average, results_head, table, update_section  # noqa: E402
 
 from imclust import components  # noqa: E402,F401
 from imclust.base import build  # noqa: E402
@@ -84,9 +84,8 @@ def main(argv=None):
                  f"**{np.mean(means['imclust']) - np.mean(means['umap-learn']):+.4f}**"])
     header = ["dataset", "n", "recipe", "ours ACC", "ours NMI", "ours ARI", "ours UMAP s", "umap-learn ACC",
               "umap-learn NMI", "umap-learn ARI", "umap-learn UMAP s", "ACC ours - umap-learn"]
-    body = (f"## Our UMAP against umap-learn inside the recipes (issue 15)\n\n"
-            f"Command: `{command()}`  \nMachine: {machine()}; 1-min load average {load_start:.1f} at the start, "
-            f"{load_average():.1f} at the end  \nDate: {today()}  \n"
+    body = ("## Our UMAP against umap-learn inside the recipes (issue 15)\n\n"
+            + results_head(load_start) +
             f"Mean over seeds {args.seeds}. Same features (the recipe's encoder and PCA-50) and the same GMM on both "
             "sides; only the UMAP implementation differs. Times are the UMAP step inside one process "
             "(umap-learn's first run in the process includes its numba compilation).\n\n" + table(rows, header))
