@@ -16,7 +16,7 @@ from imclust.api import run
 from imclust.data import ImageSet
 from imclust.errors import UserError
 from imclust.kselect import (REPRODUCED, WEAK, _nearest_candidate, adjusted_rand, candidates, criteria_disagree, default_k_max,
-                             pairs_kept_together, parse_auto, rerun_template, select_k)
+                             pairs_kept_together, parse_auto, rerun_template, scores_peak_at_top, select_k, wider_range)
 from imclust.pipeline import Pipeline
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,6 +110,22 @@ def test_criteria_two_scales_apart_make_the_choice_uncertain(capsys, monkeypatch
     assert not capsys.readouterr().err.count("uncertain")
     assert criteria_disagree(3, 6) and criteria_disagree(20, 3) and criteria_disagree(6, 3)
     assert not criteria_disagree(4, 7) and not criteria_disagree(10, 10)
+
+
+def test_a_score_still_rising_at_the_largest_candidate_is_said_with_a_wider_range(capsys, monkeypatch):
+    """Twelve groups searched up to 8: the best score is the last candidate's, and the run says that finer
+    groupings were not examined and gives a range that looks further (twice as far, at most half the images)."""
+    monkeypatch.setenv("IMCLUST_QUIET", "0")
+    sel = select_k(_blobs(k=12, n_per=40), "auto:2-8", random_state=0)
+    assert sel.peaks_at_top and max(sel.score) == sel.score[-1]
+    line = capsys.readouterr().err
+    assert "the score is highest at the largest candidate, k=8" in line and "(--k auto:2-16 looks further)" in line
+    sel = select_k(_blobs(k=4), "auto:2-10", random_state=0)
+    assert not sel.peaks_at_top and "largest candidate" not in capsys.readouterr().err
+    assert scores_peak_at_top([0.1, 0.2, 0.3]) and scores_peak_at_top([0.3, 0.1, 0.3])
+    assert not scores_peak_at_top([0.1, 0.3, 0.2]) and not scores_peak_at_top([0.4])
+    assert wider_range(2, 8, 480) == "auto:2-16" and wider_range(5, 100, 300) == "auto:5-150"
+    assert wider_range(2, 150, 300) is None and parse_auto(wider_range(5, 100, 300), 300) == (5, 150)
 
 
 def test_nearest_candidate_on_a_log_scale():
@@ -287,6 +303,7 @@ def test_run_writes_the_evidence_and_the_report_shows_it(tmp_path):
     assert sel["candidates"] == list(range(6, 15)) and set(info["k_selection"]["scores"]) == {str(k) for k in range(6, 15)}
     assert info["k_selection"]["uncertain"] == criteria_disagree(sel["k_stability"], sel["k_reproduced"])
     assert info["k_selection"]["weak"] == (max(sel["score"]) < WEAK)
+    assert info["k_selection"]["peaks_at_top"] == scores_peak_at_top(sel["score"])
     assert sel["runner_up"] in sel["candidates"] and sel["runner_up"] != sel["k"]
     assert sel["rerun"].startswith("imclust run digits --recipe baseline --seed 0 --k {k} --out ")
     model = json.loads((out / "model" / "pipeline.json").read_text())["parts"]["clusterer"]

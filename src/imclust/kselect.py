@@ -25,6 +25,8 @@ the two.** The runner-up is the best stability-gap score clearly apart from the 
 criteria's k differ by :data:`DISAGREE` or more, the embedding holds groups at more than one scale (objects and
 their categories, people and their poses) and the compromise between them is uncertain: the log and the report
 say so and name both ends, so that a user who knows which grain they want can rerun there.
+When the best score is the largest candidate's, the curve does not show where it stops rising: the log and the
+report say so and give a range reaching twice as far (:func:`wider_range`).
 
 Nothing here reads labels, and nothing refits the encoder: only the embedding the clusterer sees is used.
 An embedding wider than :data:`MAX_DIMS` (pretrained features: 384–1,280 dimensions) is compared on the
@@ -158,6 +160,11 @@ class KSelection:
         return scores_weak(self.score)
 
     @property
+    def peaks_at_top(self) -> bool:
+        """True when the best score is at the largest candidate (:func:`scores_peak_at_top`)."""
+        return scores_peak_at_top(self.score)
+
+    @property
     def uncertain(self) -> bool:
         """True when the two criteria's k differ by :data:`DISAGREE` or more (:func:`criteria_disagree`)."""
         return criteria_disagree(self.k_stability, self.k_reproduced)
@@ -167,6 +174,20 @@ def scores_weak(score) -> bool:
     """True when there was a choice (two candidates or more) and no candidate's score reached :data:`WEAK`: the
     embedding shows no groups clearly more reproducible than a cloud without any."""
     return len(score) > 1 and max(float(v) for v in score) < WEAK
+
+
+def scores_peak_at_top(score) -> bool:
+    """True when there was a choice and the best score is at the largest candidate: the curve still rises where
+    the candidates end, so it does not show whether finer groupings score higher still."""
+    values = [float(v) for v in score]
+    return len(values) > 1 and values[-1] >= max(values)
+
+
+def wider_range(k_min: int, k_max: int, n: int) -> str | None:
+    """``auto:MIN-MAX`` reaching twice as far as ``k_max`` (at most half the ``n`` images, :func:`parse_auto`'s
+    limit); None when ``k_max`` is already that limit."""
+    hi = min(n // 2, 2 * k_max)
+    return f"auto:{k_min}-{hi}" if hi > k_max else None
 
 
 def criteria_disagree(k_stability: int, k_reproduced: int) -> bool:
@@ -364,6 +385,7 @@ def select_k(X, k="auto", random_state: int | None = 0) -> KSelection:
                      _round(stab), _round(ref), _round(stab_sd), _round(kept), _round(kept_ref), k_stability,
                      k_reproduced, sample_size=int(m), halved_sample_size=int(m_halved), dims=dims, seed=seed,
                      seconds=time.perf_counter() - t0)
+    wider = wider_range(k_min, k_max, n)
     log(f"chose k={chosen} among {k_min}-{k_max}: the geometric mean of the stability gap's k={k_stability} and "
         f"the reproducible clusters' k={k_reproduced}" +
         (f" (on the embedding's {dims} leading principal components)" if dims else "") +
@@ -373,7 +395,9 @@ def select_k(X, k="auto", random_state: int | None = 0) -> KSelection:
             f" and k={max(k_stability, k_reproduced)} are each supported by one criterion; if you know the grain you "
             "want, rerun with that end (the report gives the command)" if sel.uncertain else "") + (
             "; no k gave groups clearly more reproducible than a cloud without clusters, so this choice is weak"
-            if sel.weak else ""))
+            if sel.weak else "") + (
+            f"; the score is highest at the largest candidate, k={ks[-1]}, so finer groupings were not examined"
+            + (f" (--k {wider} looks further)" if wider else "") if sel.peaks_at_top else ""))
     return sel
 
 

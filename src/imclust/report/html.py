@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..io import write_text
-from ..kselect import DISAGREE, WEAK, criteria_disagree, scores_weak
+from ..kselect import DISAGREE, WEAK, criteria_disagree, scores_peak_at_top, scores_weak, wider_range
 from ..metrics import METRIC_HELP, aligned_confusion
 
 MAX_MAP_POINTS = 50_000
@@ -434,6 +434,11 @@ def _k_section(r: _Run) -> str:
                  f"chosen k, between them, is uncertain. If you know the grain you want, rerun with k = {lo} or {hi}"
                  + (" (“Rerun with another k” gives the command)" if "{k}" in str(sel.get("rerun", "")) else "")
                  + " and compare the montages.</p>")
+    if scores_peak_at_top(sel["score"]):
+        wider = wider_range(int(sel.get("k_min", ks[0])), int(sel.get("k_max", ks[-1])), len(r.ids))
+        warn += (f"<p class=\"warn k-top\">The score is highest at the largest candidate (k = {ks[-1]}): groupings "
+                 "finer than that were not examined, and the curve does not show where the score stops rising"
+                 + (f". To look further, rerun with <code>--k {wider}</code>.</p>" if wider else ".</p>"))
     legend = (f"<p class=\"small k-legend\"><span style=\"color:{K_CURVE_COLOURS['score']}\">━ score</span> · "
               f"<span style=\"color:{K_CURVE_COLOURS['stability']}\">╌ stability on the embedding</span> · "
               f"<span style=\"color:{K_CURVE_COLOURS['reference']}\">┈ stability on the reference</span>"
