@@ -122,8 +122,9 @@ def test_a_score_still_rising_at_the_largest_candidate_is_said_with_a_wider_rang
     assert "the score is highest at the largest candidate, k=8" in line and "(--k auto:2-16 looks further)" in line
     sel = select_k(_blobs(k=4), "auto:2-10", random_state=0)
     assert not sel.peaks_at_top and "largest candidate" not in capsys.readouterr().err
-    assert scores_peak_at_top([0.1, 0.2, 0.3]) and scores_peak_at_top([0.3, 0.1, 0.3])
+    assert scores_peak_at_top([0.1, 0.2, 0.3]) and scores_peak_at_top([0.3, 0.1, 0.31])
     assert not scores_peak_at_top([0.1, 0.3, 0.2]) and not scores_peak_at_top([0.4])
+    assert not scores_peak_at_top([0.3, 0.1, 0.3]) and not scores_peak_at_top([0.0, 0.0, 0.0])  # ties: no rise
     assert wider_range(2, 8, 480) == "auto:2-16" and wider_range(5, 100, 300) == "auto:5-150"
     assert wider_range(2, 150, 300) is None and parse_auto(wider_range(5, 100, 300), 300) == (5, 150)
 

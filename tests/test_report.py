@@ -555,9 +555,10 @@ def test_k_choice_section_is_built_from_k_selection_json(auto_k_run, tmp_path):
         section5 = re.search(r'<section id="k-choice">(.*?)</section>', build_report(run_dir).read_text(), re.S).group(1)
         assert ("this choice of k is weak" in section5) == weak
     # the best score at the largest candidate: the page says finer groupings were not examined and how to look
-    # further (twice the range, at most half the images); elsewhere it says nothing of the kind
+    # further (twice the range, at most half the images); elsewhere, a tie with an earlier k included, it does not
     n = len((run_dir / "predictions.csv").read_text().splitlines()) - 1  # the images clustered
-    for score, top in (([0.1, 0.2, 0.3, 0.4, 0.5], True), ([0.1, 0.5, 0.3, 0.4, 0.2], False)):
+    for score, top in (([0.1, 0.2, 0.3, 0.4, 0.5], True), ([0.1, 0.5, 0.3, 0.4, 0.2], False),
+                       ([0.5, 0.2, 0.3, 0.4, 0.5], False)):
         (run_dir / "k_selection.json").write_text(json.dumps({**sel, "score": score}))
         section6 = re.search(r'<section id="k-choice">(.*?)</section>', build_report(run_dir).read_text(), re.S).group(1)
         assert ('class="warn k-top"' in section6) == top

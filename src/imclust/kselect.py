@@ -161,7 +161,7 @@ class KSelection:
 
     @property
     def peaks_at_top(self) -> bool:
-        """True when the best score is at the largest candidate (:func:`scores_peak_at_top`)."""
+        """True when the largest candidate scored above every other (:func:`scores_peak_at_top`)."""
         return scores_peak_at_top(self.score)
 
     @property
@@ -177,10 +177,11 @@ def scores_weak(score) -> bool:
 
 
 def scores_peak_at_top(score) -> bool:
-    """True when there was a choice and the best score is at the largest candidate: the curve still rises where
-    the candidates end, so it does not show whether finer groupings score higher still."""
+    """True when there was a choice and the largest candidate scored above every other: the curve still rises
+    where the candidates end, so it does not show whether finer groupings score higher still. A tie (a flat
+    curve, every score 0 on a cloud without groups) is not a rise."""
     values = [float(v) for v in score]
-    return len(values) > 1 and values[-1] >= max(values)
+    return len(values) > 1 and values[-1] > max(values[:-1])
 
 
 def wider_range(k_min: int, k_max: int, n: int) -> str | None:

@@ -99,7 +99,8 @@ def _k_selection_summary(result) -> dict:
         return {}
     return {"k_selection": {"criterion": sel.criterion, "k": sel.k, "runner_up": sel.runner_up,
                             "k_stability": sel.k_stability, "k_reproduced": sel.k_reproduced, "weak": sel.weak,
-                            "uncertain": sel.uncertain, "peaks_at_top": sel.peaks_at_top, "k_min": sel.k_min, "k_max": sel.k_max,
+                            "uncertain": sel.uncertain, "peaks_at_top": sel.peaks_at_top, "k_min": sel.k_min,
+                            "k_max": sel.k_max,
                             "scores": {str(k): v for k, v in sel.scores().items()}}}
 
 
