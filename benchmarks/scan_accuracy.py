@@ -17,7 +17,9 @@ Every fit (ours and the peers') runs with an empty cache folder, so nothing is r
 (the peers' SimCLR pretext included) and each is timed from scratch.
 Collapse warnings of our runs (empty or dominant clusters, after any stage) are counted in the table, with the
 runs whose self-labelling was kept (it is discarded when it collapses the scan stage's clusters) or skipped.
-Results go to the ``scan-cpu`` block of RESULTS.md with ``--write`` (another block with ``--section NAME``).
+Results go to the ``scan-cpu`` block of RESULTS.md with ``--write`` (another block with ``--section NAME``);
+``--json FILE`` also keeps the rows, and ``--summarise FILE...`` rebuilds the table from such files (nothing
+refitted), so that a run made without ``--write`` can still be written.
 
     flock /tmp/imclust-bench.lock python benchmarks/scan_accuracy.py --datasets cifar10-test --seeds 0 1 2 --write
 """
@@ -183,21 +185,32 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="also write the raw rows here")
     ap.add_argument("--write", action="store_true", help="replace the --section block of benchmarks/RESULTS.md")
     ap.add_argument("--section", default="scan-cpu", help="name of the RESULTS.md block that --write replaces")
+    ap.add_argument("--summarise", nargs="+", default=None, metavar="JSON",
+                    help="build the table from the rows of earlier --json files instead of measuring")
+    ap.add_argument("--title", default=None, help="the heading of the --write block (default: the datasets)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    missing = [d for d in args.datasets if not SOURCES[d].exists()]
-    if missing:
-        sys.exit(f"dataset(s) not found: {', '.join(str(SOURCES[d]) for d in missing)}; this benchmark reads ../shared/data")
     load_start = load_average()
-    rows = []
-    for name in args.datasets:
-        rows += measure(name, args.seeds, args.only, args.overrides)
+    if args.summarise:
+        rows = [row for path in args.summarise for row in json.loads(Path(path).read_text())]
+        datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    else:
+        torch.set_num_threads(args.threads)
+        missing = [d for d in args.datasets if not SOURCES[d].exists()]
+        if missing:
+            sys.exit(f"dataset(s) not found: {', '.join(str(SOURCES[d]) for d in missing)}; this benchmark reads "
+                     "../shared/data")
+        datasets, rows = args.datasets, []
+        for name in datasets:
+            rows += measure(name, args.seeds, args.only, args.overrides)
     body = summarise(rows)
     print(body)
-    if args.json:
+    if args.json:  # with --summarise: the rows of every file named, joined
         Path(args.json).write_text(json.dumps(rows, indent=1))
     if args.write:
-        head = (f"## SCAN on this CPU (issue 14): {', '.join(args.datasets)}\n\n" + results_head(load_start) +
+        rebuilt = ("The table is rebuilt from the rows of earlier runs (`--summarise`): their seconds and load column "
+                   "are as measured then; the load average above is the rebuild's. " if args.summarise else "")
+        title = args.title or f"SCAN on this CPU (issue 14): {', '.join(datasets)}"
+        head = f"## {title}\n\n" + results_head(load_start) + rebuilt + (
                 "Each run is timed end to end (decode, pretext, neighbours, heads, self-labelling, assignment); "
                 "the load column is the 1-min load average at the start and end of each run.\n\n")
         update_section(args.section, head + body)

@@ -135,6 +135,32 @@ def test_pretext_cache_is_reused_and_keyed_by_settings_and_content(one_torch_thr
     assert not first_scan.pretext_from_cache_ and second_scan.pretext_from_cache_
 
 
+def test_simclr_view_scale_trains_on_smaller_views_and_embeds_at_the_working_side(one_torch_thread, two_classes,
+                                                                                   tmp_path):
+    ds, _ = two_classes  # 16 px images
+    spec = {"type": "simclr", "width": 4, "epochs": 1, "batch_size": 32, "cache_dir": str(tmp_path), "device": "cpu"}
+    seen = {}
+    for scale, side in ((1.0, 16), (0.5, 8)):
+        enc = build({**spec, "view_scale": scale}, kind="encoder")
+        original = enc.two_views
+
+        def record(x8, device, original=original, scale=scale):
+            v = original(x8, device)
+            seen.setdefault(scale, set()).add(tuple(v.shape[1:]))
+            return v
+
+        enc.two_views = record
+        enc.fit(ds)
+        assert seen[scale] == {(1, side, side)}  # every training view at the scaled side
+        assert enc.input_shape_ == [1, 16, 16]  # features: the images at their own side
+        assert enc.train_features().shape == enc.transform(ds).shape == (len(ds), enc.net_.out_dim)
+        seen[f"key {scale}"] = enc.cache_key_
+    assert seen["key 1.0"] != seen["key 0.5"]  # another pretext: its own cache entry
+    for bad in (0.2, 1.5):
+        with pytest.raises(UserError, match="view_scale"):
+            build({**spec, "view_scale": bad}, kind="encoder").fit(ds)
+
+
 def test_simclr_resume_reaches_the_uninterrupted_result(one_torch_thread, two_classes, tmp_path):
     ds, _ = two_classes
     spec = {"type": "simclr", "width": 4, "epochs": 3, "batch_size": 32, "cache": False, "device": "cpu",
@@ -233,6 +259,10 @@ def test_presets_follow_the_images_and_overrides_are_checked():
     on_cpu = build({"type": "scan", "budget": "cpu"}, kind="encoder")
     archs = {shape: on_cpu.resolve_settings(shape)["pretext"]["arch"] for shape in [(3, 32, 32), (1, 28, 28), (3, 96, 96)]}
     assert archs == {(3, 32, 32): "resnet18", (1, 28, 28): "convnet", (3, 96, 96): "convnet"}
+    # the 32 px colour preset trains on 24 px views (features at 32 px); the others on views of the working side
+    scales = {shape: on_cpu.resolve_settings(shape)["pretext"].get("view_scale", 1.0)
+              for shape in [(3, 32, 32), (1, 28, 28), (3, 96, 96)]}
+    assert scales == {(3, 32, 32): 0.75, (1, 28, 28): 1.0, (3, 96, 96): 1.0}
     # self-labelling is off on the CPU budget (every preset) and on with the GPU's
     on_gpu = build({"type": "scan", "budget": "gpu"}, kind="encoder")
     for shape in [(3, 32, 32), (1, 28, 28), (3, 96, 96)]:

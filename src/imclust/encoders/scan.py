@@ -28,8 +28,9 @@ say so.
 :data:`PRESETS`: ``grey`` (one channel: working side at most 32 px, small ConvNet, no flips, no colour
 jitter), ``colour-32`` (colour up to 48 px: 32 px), ``photo`` (larger colour images: 64 px, blur in the
 views). ``budget = "auto"`` sizes networks and epochs for the device: ``cpu`` (small ConvNet, or for
-``colour-32`` a width-16 CIFAR-stem ResNet-18; 60 pretext epochs; no self-labelling, which lowered or left
-unchanged the heads' clusters on every set measured on a CPU: ``--set encoder.selflabel.epochs=4`` runs it) or,
+``colour-32`` a width-16 CIFAR-stem ResNet-18 trained on 24 px views of the 32 px images for 100 epochs; 60
+pretext epochs otherwise; no self-labelling, which lowered or left unchanged the heads' clusters on every set
+measured on a CPU: ``--set encoder.selflabel.epochs=4`` runs it) or,
 when training on a CUDA GPU, ``gpu`` (CIFAR-stem ResNet-18, 100 pretext epochs and at least 8,000 steps).
 Any value can be overridden with the ``pretext``, ``scan`` and ``selflabel`` tables (``--set
 encoder.pretext.epochs=50``); the settings used are in ``settings_`` and ``scan.json``.
@@ -59,10 +60,10 @@ from .contrastive import ImageNormaliser, aug_generator, in_memory, uint8_of
 
 #: stage settings by kind of images and budget: ``size`` (the largest working side), ``pretext`` (options of the
 #: ``simclr`` encoder), ``scan`` and ``selflabel`` (options of those stages). ``cpu``: a small ConvNet (for 32 px
-#: colour, a CIFAR-stem ResNet-18 at width 16, which learns more per epoch at a higher cost per step) and a
-#: frozen backbone in the scan stage, no self-labelling (sized for a two-core CPU); ``gpu``: the published
-#: CIFAR-stem ResNet-18, SCAN with the backbone training (SimCLR hyper-parameters as SCAN's: SGD lr 0.4,
-#: t = 0.1, batch 512).
+#: colour, a CIFAR-stem ResNet-18 at width 16, which learns more per epoch at a higher cost per step, trained on
+#: 24 px views: ``view_scale``) and a frozen backbone in the scan stage, no self-labelling (sized for a two-core
+#: CPU); ``gpu``: the published CIFAR-stem ResNet-18, SCAN with the backbone training (SimCLR hyper-parameters
+#: as SCAN's: SGD lr 0.4, t = 0.1, batch 512).
 _CPU = {"pretext": {"arch": "convnet", "width": 16, "epochs": 60, "min_steps": 800},
         "scan": {"update_backbone": False, "epochs": 100, "min_steps": 2000, "lr": 1e-3},
         "selflabel": {"epochs": 0, "min_steps": 150}}  # epochs > 0 turns self-labelling on
@@ -73,7 +74,8 @@ _GPU = {"pretext": {"arch": "resnet18", "width": 64, "epochs": 100, "min_steps":
 _GREY = {"pretext": {"crop_scale": [0.3, 1.0], "flip": False, "hue": 0.0, "grayscale_p": 0.0},
          "scan": {"flip": False}, "selflabel": {"flip": False}}
 _PHOTO = {"pretext": {"blur_p": 0.5}, "scan": {}, "selflabel": {}}
-_NARROW_RESNET = {"pretext": {"arch": "resnet18"}, "scan": {}, "selflabel": {}}
+# 24 px views of the 32 px images cost about 0.57x a step at 32 px, so 100 epochs take about the time of 60
+_NARROW_RESNET = {"pretext": {"arch": "resnet18", "view_scale": 0.75, "epochs": 100}, "scan": {}, "selflabel": {}}
 
 
 def _preset(size: int, budget: dict, kind: dict | None = None) -> dict:
@@ -519,7 +521,7 @@ class ScanEncoder(ClusteringEncoder):
     # -- fit ----------------------------------------------------------------------------------------------------
     def fit(self, ds: ImageSet, y=None):
         from ..nn.contrastive import mine_neighbours
-        from ..nn.train import module_arrays, pick_device
+        from ..nn.train import pick_device
 
         self.check_n_clusters(len(ds))
         settings = self.settings_ = self.resolve_settings(ds.shape)
