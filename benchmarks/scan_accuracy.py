@@ -189,6 +189,8 @@ def main(argv=None):
                     help="build the table from the rows of earlier --json files instead of measuring")
     ap.add_argument("--title", default=None, help="the heading of the --write block (default: the datasets)")
     args = ap.parse_args(argv)
+    if args.summarise and (args.overrides or args.only):
+        ap.error("--summarise rebuilds a table from measured rows: --set and --only apply only when measuring")
     load_start = load_average()
     if args.summarise:
         rows = [row for path in args.summarise for row in json.loads(Path(path).read_text())]
