@@ -56,6 +56,7 @@ SOURCES = {
     "mnist-test": DATA / "mnist-test" / "t10k-images-idx3-ubyte.gz",
     "umist": DATA / "umist" / "umist.npz",
     "pie27": DATA / "pie27" / "pie27.npz",
+    "gtsrb-test": DATA / "gtsrb-test" / "gtsrb-test.npz",
 }
 OURS = "ours (scan)"
 HEADS = "scan heads (before self-labelling)"
