@@ -9,6 +9,9 @@ For each dataset and seed, k = the number of classes (labels are read only for t
   clusters are then the heads');
 - ``pretext + k-means``: k-means (10 restarts) on the L2-normalised features of the same run's pretext (read
   back from that run's cache, so it costs no training): what SCAN's later stages add;
+- ``ours + SETTING`` (one row per ``--also SETTING``): the scan recipe with that override too, fitted on the
+  same run's cached pretext (so the pretext is the same network, and its seconds are the later stages' only):
+  a stage setting compared with the preset's on the same features;
 - the default a user gets without SCAN and without pretrained weights (what ``imclust run --weightless`` picks
   for the set: the colour default for colour sets, the grey default for grey ones);
 - raw-pixel k-means (the pixels at 32x32 for photos, k-means++, 10 restarts).
@@ -107,7 +110,7 @@ def pretext_kmeans(pipe: Pipeline, ds, k: int, seed: int) -> np.ndarray:
     return KMeans(k, n_init=10, random_state=seed).fit_predict(f)
 
 
-def measure(name: str, seeds, only=None, overrides=()) -> list[dict]:
+def measure(name: str, seeds, only=None, overrides=(), also=()) -> list[dict]:
     ds = load_source(str(SOURCES[name]))
     k = len(np.unique(ds.labels))
     rows = []
@@ -141,6 +144,14 @@ def measure(name: str, seeds, only=None, overrides=()) -> list[dict]:
                         record(HEADS, pipe.encoder.scan_labels_, 0.0, load0)
                     t = time.perf_counter()
                     record(PRETEXT, pretext_kmeans(pipe, ds, k, seed), time.perf_counter() - t, load0)
+                    for setting in also:  # the same cache: the pretext is read back, not trained again
+                        variant = recipe_spec("scan", [*overrides, setting])
+                        variant["encoder"]["cache_dir"] = cache
+                        other, secs = fit(variant, ds, k, seed, f"{OURS} + {setting}")
+                        if not other.encoder.pretext_from_cache_:
+                            raise RuntimeError(f"--also {setting}: the pretext was trained again, not read back")
+                        record(f"ours + {setting}", other.labels_, secs, load0,
+                               sum("COLLAPSE" in w for w in other.encoder.warnings_))
             else:
                 with fresh_cache():
                     pipe, secs = fit(spec, ds, k, seed, mname)
@@ -163,11 +174,13 @@ def summarise(rows) -> str:
         px = [r["acc"] for r in rows if r["dataset"] == d and r["method"] == PIXELS]
         dflt = [r["acc"] for r in rows if r["dataset"] == d and r.get("default")]
         secs = [r["seconds"] for r in rs]
+        timed = f"{np.mean(secs):.0f} ({max(secs):.0f})"
         out.append([f"{d} (n={rs[0]['n']})", m, *score_cells(rs),
-                    f"{np.mean(secs):.0f} ({max(secs):.0f})" if m not in (HEADS, PRETEXT) else "(from ours)",
+                    "(from ours)" if m in (HEADS, PRETEXT) else
+                    f"{timed}, pretext from ours" if m.startswith("ours + ") else timed,
                     f"{acc - np.mean(dflt):+.3f}" if dflt else "–",
                     f"{acc / np.mean(px):.2f}×" if px else "–",
-                    str(sum(r["warnings"] for r in rs)) if m == OURS else "",
+                    str(sum(r["warnings"] for r in rs)) if m == OURS or m.startswith("ours + ") else "",
                     selflabel_cell(rs) if m == OURS else "",
                     f"{min(r['load_start'] for r in rs):.1f}–{max(r['load_end'] for r in rs):.1f}", len(rs)])
     return table(out, ["dataset", "method", "ACC (mean ± sd)", "NMI", "ARI", "seconds per run (max)",
@@ -182,6 +195,8 @@ def main(argv=None):
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--only", nargs="+", default=None, help="run only methods whose name starts with these")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="override of the scan recipe")
+    ap.add_argument("--also", action="append", default=[], metavar="SETTING",
+                    help="also fit ours with this override on the same (cached) pretext; one row each")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (the timed runs hold the bench lock)")
     ap.add_argument("--json", default=None, help="also write the raw rows here")
     ap.add_argument("--write", action="store_true", help="replace the --section block of benchmarks/RESULTS.md")
@@ -190,8 +205,8 @@ def main(argv=None):
                     help="build the table from the rows of earlier --json files instead of measuring")
     ap.add_argument("--title", default=None, help="the heading of the --write block (default: the datasets)")
     args = ap.parse_args(argv)
-    if args.summarise and (args.overrides or args.only):
-        ap.error("--summarise rebuilds a table from measured rows: --set and --only apply only when measuring")
+    if args.summarise and (args.overrides or args.only or args.also):
+        ap.error("--summarise rebuilds a table from measured rows: --set, --only and --also apply only when measuring")
     load_start = load_average()
     if args.summarise:
         rows = [row for path in args.summarise for row in json.loads(Path(path).read_text())]
@@ -204,7 +219,7 @@ def main(argv=None):
                      "../shared/data")
         datasets, rows = args.datasets, []
         for name in datasets:
-            rows += measure(name, args.seeds, args.only, args.overrides)
+            rows += measure(name, args.seeds, args.only, args.overrides, args.also)
     body = summarise(rows)
     print(body)
     if args.json:  # with --summarise: the rows of every file named, joined

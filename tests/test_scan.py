@@ -246,6 +246,47 @@ def test_self_labelling_that_collapses_the_scan_stages_clusters_is_discarded(one
     assert enc.clusters_["largest_cluster"] <= dominant_share(2) and enc.summary()["selflabel_kept"] is False
 
 
+def test_scan_stage_keeps_the_head_whose_clusters_follow_the_neighbours():
+    """Two heads on features of two groups whose neighbours stay in their group: head 1 splits the groups,
+    head 0 cuts across them but has the lower loss. The information rule keeps head 1; "loss" keeps head 0."""
+    from types import SimpleNamespace
+
+    from imclust.encoders.scan import ClusterHeads
+
+    rng = np.random.RandomState(0)
+    shift = np.array([5.0, 0, 0, 0])
+    feats = np.concatenate([rng.randn(20, 4) + shift, rng.randn(20, 4) - shift]).astype(np.float32)
+    group = np.repeat([0, 1], 20)
+    neighbours = np.stack([rng.choice(np.flatnonzero(group == g), 3) for g in group])
+    heads = ClusterHeads(4, 2, 2)
+    heads.norm.set_statistics(torch.from_numpy(feats))
+    with torch.no_grad():
+        for h, axis in ((0, 1), (1, 0)):  # head 0 reads a noise axis, head 1 the groups' axis
+            heads.heads[h].weight.zero_()
+            heads.heads[h].bias.zero_()
+            heads.heads[h].weight[0, axis], heads.heads[h].weight[1, axis] = 1.0, -1.0
+    for keep, expected in (("information", 1), ("loss", 0)):
+        stage = ScanStage(n_clusters=2, heads=2, keep_head=keep)
+        stage.heads_, stage._clean_features = heads, torch.from_numpy(feats)
+        stage._neighbours = torch.from_numpy(neighbours)
+        stage.on_fit_end(SimpleNamespace(history=[{"head_losses": [-1.0, -0.5]}], device=torch.device("cpu")))
+        assert stage.best_head_ == expected
+        assert stage.head_information_[1] > stage.head_information_[0] + 0.3  # ln 2 = 0.69 against about 0
+    with pytest.raises(UserError, match="keep_head must be one of information, loss"):
+        build({"type": "scan", "scan": {"keep_head": "lowest"}}, kind="encoder").resolve_settings((1, 28, 28))
+
+
+def test_every_heads_information_is_reported_and_the_rules_share_the_training(one_torch_thread, two_classes):
+    ds, _ = two_classes
+    enc = tiny_scan(scan={"heads": 3}, selflabel={"epochs": 0}).fit(ds)
+    info = enc.head_information_
+    assert len(info) == 3 and enc.best_head_ == int(np.argmax(info))
+    assert enc.summary()["head_information"] == info
+    by_loss = tiny_scan(scan={"heads": 3, "keep_head": "loss"}, selflabel={"epochs": 0}).fit(ds)
+    assert by_loss.head_losses_ == enc.head_losses_  # the same training; only the choice differs
+    assert by_loss.best_head_ == int(np.argmin(by_loss.head_losses_))
+
+
 def test_presets_follow_the_images_and_overrides_are_checked():
     assert data_kind((1, 28, 28)) == "grey" and data_kind((3, 32, 32)) == "colour-32"
     assert data_kind((3, 96, 96)) == "photo" and data_kind((3, 48, 64)) == "colour-32"

@@ -11,7 +11,11 @@ checkpoints in ``checkpoint_dir/<stage>`` and exact resume, DDP under torchrun):
    :func:`imclust.nn.contrastive.mine_neighbours`), then the pretext backbone with ``heads``
    linear clustering heads trains on strongly augmented (anchor, random neighbour) pairs with SCAN's loss
    (neighbours agree, minus ``entropy_weight`` times the entropy of the mean prediction; every head in the
-   same step). The head with the lowest loss over the last epoch is kept;
+   same step). One head is kept, without labels: with ``keep_head = "information"`` the one whose clusters of
+   the images carry the most information about their neighbours' clusters
+   (:func:`imclust.temi.neighbour_information`, as TEMI keeps its head); ``"loss"`` keeps the head of lowest
+   loss over the last epoch, SCAN's published rule, whose heads' losses differ by a few thousandths while
+   their clusters differ;
 3. **selflabel**: the images whose weak view the network assigns to a cluster with probability above
    ``threshold`` (0.99) become targets for the cross-entropy of their strong view (RandAugment plus cutout;
    classes weighted by the inverse of their confident counts); backbone and head train together.
@@ -89,6 +93,7 @@ PRESETS: dict[str, dict[str, dict]] = {
     "photo": {"cpu": _preset(64, _CPU, _PHOTO), "gpu": _preset(96, _GPU, _PHOTO)},
 }
 KINDS = tuple(PRESETS)
+KEEP_HEAD = ("information", "loss")  # how the scan stage keeps one of its heads (ScanStage.keep_head)
 BUDGETS = ("cpu", "gpu")
 
 
@@ -269,6 +274,7 @@ class ScanStage(_Stage):
     component_name = "scan"
 
     heads: int = 5
+    keep_head: str = "information"
     entropy_weight: float = 5.0
     update_backbone: bool = False
     views: int = 8
@@ -279,6 +285,8 @@ class ScanStage(_Stage):
         super().check_method_params()
         if int(self.heads) < 1 or not float(self.entropy_weight) >= 0 or int(self.views) < 1:
             raise UserError("scan: heads and views must be at least 1 and entropy_weight 0 or more")
+        if self.keep_head not in KEEP_HEAD:
+            raise UserError(f"scan: keep_head must be one of {', '.join(KEEP_HEAD)}, got {self.keep_head!r}")
 
     def prepare_data(self, data: _StageData) -> int:
         n = super().prepare_data(data)
@@ -371,10 +379,27 @@ class ScanStage(_Stage):
                 "entropy_head0": ddp.mean_scalar(ent / steps), **self._cluster_stats()}
 
     def on_fit_end(self, trainer):
+        from ..temi import neighbour_information
+
         hist = trainer.history
-        self.best_head_ = int(hist[-1]["best_head"]) if hist else 0
         self.head_losses_ = list(hist[-1]["head_losses"]) if hist else []
+        clusters = self._head_clusters(trainer.device)
+        neighbours = self._neighbours.numpy()
+        self.head_information_ = [neighbour_information(c, neighbours, int(self.n_clusters)) for c in clusters]
+        if self.keep_head == "loss":
+            self.best_head_ = int(np.argmin(self.head_losses_)) if self.head_losses_ else 0
+        else:
+            self.best_head_ = int(np.argmax(self.head_information_))
         super().on_fit_end(trainer)
+
+    def _head_clusters(self, device) -> np.ndarray:
+        """``(heads, n)``: every head's clusters of the (un-augmented) training images."""
+        from ..nn.train import extract_features
+
+        feats = self._compute_views(self.net_, 1)[0] if self.update_backbone else self._clean_features
+        logits = extract_features(lambda h: self.heads_(h).transpose(0, 1), feats, device=device,
+                                  modules=[self.heads_])  # (n, heads, k)
+        return logits.argmax(-1).T.astype(np.int64)
 
     def backbone(self, pretext_net: nn.Module) -> nn.Module:
         """The backbone after this stage: its own when it trained one, else the pretext's."""
@@ -455,7 +480,7 @@ class ScanEncoder(ClusteringEncoder):
     ``grey``, ``colour-32``, ``photo``) and ``budget`` (``auto``, ``cpu``, ``gpu``) choose the stage settings
     of :data:`PRESETS`; ``size`` overrides the preset's working side; ``pretext``, ``scan``, ``selflabel``:
     tables of options overriding the preset's (``pretext``: any ``simclr`` option; ``scan``: ``epochs``,
-    ``min_steps``, ``batch_size``, ``lr``, ``heads``, ``entropy_weight``, ``update_backbone``, ``flip``,
+    ``min_steps``, ``batch_size``, ``lr``, ``heads``, ``keep_head``, ``entropy_weight``, ``update_backbone``, ``flip``,
     ``n_ops``, ``cutout``, ...; ``selflabel``: the same plus ``threshold`` and ``balance``; ``epochs = 0``
     skips self-labelling); ``neighbours``: k of the mined neighbours; shared: ``device``, ``precision``,
     ``channels_last``, ``workers``, ``checkpoint_dir`` (each stage in its own subfolder), ``resume``,
@@ -509,6 +534,8 @@ class ScanEncoder(ClusteringEncoder):
         }
         if int(self.neighbours) < 1:
             raise UserError(f"scan: neighbours must be at least 1, got {self.neighbours!r}")
+        # the scan stage's values are checked now, not after the pretext has trained
+        ScanStage(**{**settings["scan"], "n_clusters": 2}).check_method_params()
         return settings
 
     def _shared(self, stage: str) -> dict:
@@ -552,14 +579,16 @@ class ScanEncoder(ClusteringEncoder):
         scan = ScanStage(**{**settings["scan"], "n_clusters": k, "init": init, **self._shared("scan")})
         scan.fit(_StageData(images, self.mean_, self.std_, pre.net_, neighbours=neighbours))
         self.scan_history_ = scan.history_
-        self.best_head_, self.head_losses_ = scan.best_head_, scan.head_losses_
+        self.best_head_, self.head_losses_, self.head_information_ = (scan.best_head_, scan.head_losses_,
+                                                                      scan.head_information_)
         self.net_, self.head_ = scan.backbone(pre.net_), scan.heads_.single(scan.best_head_)
         self.scan_labels_ = self._probabilities(uint8_of(images)).argmax(1).astype(np.int64)
         rec, warn = collapse_report(self.scan_labels_, k, "the scan stage")
         self.scan_clusters_ = rec
         self._warn(warn)
-        log(f"scan: head {self.best_head_} kept (losses {', '.join(f'{v:.3f}' for v in self.head_losses_)}); "
-            f"cluster sizes {rec['counts']}")
+        log(f"scan: head {self.best_head_} kept by {settings['scan'].get('keep_head', 'information')} (neighbour "
+            f"information {', '.join(f'{v:.3f}' for v in self.head_information_)}; losses "
+            f"{', '.join(f'{v:.3f}' for v in self.head_losses_)}); cluster sizes {rec['counts']}")
         # 3. self-labelling
         self.selflabel_history_ = []
         self.selflabel_kept_ = False
@@ -650,7 +679,8 @@ class ScanEncoder(ClusteringEncoder):
         arrays.update(module_arrays(self.net_, "net."))
         arrays.update(module_arrays(self.head_, "head."))
         extra = {k: getattr(self, k) for k in ("input_shape_", "arch_", "width_", "n_clusters_", "settings_",
-                                               "best_head_", "head_losses_", "warnings_", "clusters_",
+                                               "best_head_", "head_losses_", "head_information_", "warnings_",
+                                               "clusters_",
                                                "scan_clusters_", "pretext_history_", "scan_history_",
                                                "selflabel_history_", "selflabel_kept_", "pretext_from_cache_")}
         return arrays, extra
@@ -671,7 +701,8 @@ class ScanEncoder(ClusteringEncoder):
     def summary(self) -> dict:
         return {
             "settings": self.settings_, "n_clusters": int(self.n_clusters_), "best_head": self.best_head_,
-            "head_losses": self.head_losses_, "pretext_from_cache": self.pretext_from_cache_,
+            "head_losses": self.head_losses_, "head_information": getattr(self, "head_information_", None),
+            "pretext_from_cache": self.pretext_from_cache_,
             "clusters_after_scan": self.scan_clusters_, "clusters": self.clusters_,
             "confident_share": [h.get("confident") for h in self.selflabel_history_],
             "selflabel_kept": bool(getattr(self, "selflabel_kept_", bool(self.selflabel_history_))),
