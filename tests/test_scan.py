@@ -80,7 +80,7 @@ def test_scan_stage_that_trains_the_backbone_separates_and_is_seeded(one_torch_t
     assert np.array_equal(a.labels_, b.labels_)
     last = a.scan_history_[-1]
     assert len(last["head_losses"]) == ScanStage.heads and np.all(np.isfinite(last["head_losses"]))
-    assert last["best_head"] == int(np.argmin(last["head_losses"])) and last["clusters_used"] == 2
+    assert last["lowest_loss_head"] == int(np.argmin(last["head_losses"])) and last["clusters_used"] == 2
     # the backbone trained in this stage: its features differ from the same pretext's, kept frozen
     frozen = tiny_scan(**{**over, "scan": {"epochs": 3}}).fit(ds)
     assert not np.allclose(a.transform(ds), frozen.transform(ds), atol=1e-4)

@@ -366,15 +366,17 @@ class ScanStage(_Stage):
         losses = torch.stack(losses)
         self._head_loss += losses.detach().float()
         self._steps += 1
-        best = torch.argmin(self._head_loss).view(1)
-        self._count(logits[:, :b].index_select(0, best)[0])
+        # the epoch's cluster counts (collapse monitoring) follow the head of lowest loss so far: the head kept
+        # at the end is chosen only then (keep_head)
+        lowest = torch.argmin(self._head_loss).view(1)
+        self._count(logits[:, :b].index_select(0, lowest)[0])
         return losses.sum()
 
     def on_epoch_end(self, trainer, epoch):
         steps = max(self._steps, 1)
         losses = [ddp.mean_scalar(v / steps) for v in self._head_loss.tolist()]
         consistency, ent = self._parts.tolist()
-        return {"head_losses": losses, "best_head": int(np.argmin(losses)),
+        return {"head_losses": losses, "lowest_loss_head": int(np.argmin(losses)),
                 "consistency_head0": ddp.mean_scalar(consistency / steps),
                 "entropy_head0": ddp.mean_scalar(ent / steps), **self._cluster_stats()}
 
