@@ -588,7 +588,7 @@ class ScanEncoder(ClusteringEncoder):
         rec, warn = collapse_report(self.scan_labels_, k, "the scan stage")
         self.scan_clusters_ = rec
         self._warn(warn)
-        log(f"scan: head {self.best_head_} kept by {settings['scan'].get('keep_head', 'information')} (neighbour "
+        log(f"scan: head {self.best_head_} kept by {scan.keep_head} (neighbour "
             f"information {', '.join(f'{v:.3f}' for v in self.head_information_)}; losses "
             f"{', '.join(f'{v:.3f}' for v in self.head_losses_)}); cluster sizes {rec['counts']}")
         # 3. self-labelling
