@@ -285,6 +285,11 @@ def test_every_heads_information_is_reported_and_the_rules_share_the_training(on
     by_loss = tiny_scan(scan={"heads": 3, "keep_head": "loss"}, selflabel={"epochs": 0}).fit(ds)
     assert by_loss.head_losses_ == enc.head_losses_  # the same training; only the choice differs
     assert by_loss.best_head_ == int(np.argmin(by_loss.head_losses_))
+    arrays, extra = enc.get_state()
+    del extra["head_information_"]  # a model saved before the scan stage computed it still loads and saves
+    older = tiny_scan(scan={"heads": 3})
+    older.set_state(arrays, extra)
+    assert older.summary()["head_information"] is None and older.get_state()[1]["head_information_"] is None
 
 
 def test_presets_follow_the_images_and_overrides_are_checked():

@@ -690,6 +690,7 @@ class ScanEncoder(ClusteringEncoder):
     def set_state(self, arrays, extra):
         from ..nn.train import load_module_arrays
 
+        self.head_information_ = None  # absent from models saved before the scan stage computed it
         for k, v in extra.items():
             setattr(self, k, v)
         self.mean_, self.std_ = np.asarray(arrays["mean_"], np.float32), np.asarray(arrays["std_"], np.float32)
@@ -703,7 +704,7 @@ class ScanEncoder(ClusteringEncoder):
     def summary(self) -> dict:
         return {
             "settings": self.settings_, "n_clusters": int(self.n_clusters_), "best_head": self.best_head_,
-            "head_losses": self.head_losses_, "head_information": getattr(self, "head_information_", None),
+            "head_losses": self.head_losses_, "head_information": self.head_information_,
             "pretext_from_cache": self.pretext_from_cache_,
             "clusters_after_scan": self.scan_clusters_, "clusters": self.clusters_,
             "confident_share": [h.get("confident") for h in self.selflabel_history_],
