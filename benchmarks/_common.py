@@ -72,6 +72,14 @@ def available(names):
     return out
 
 
+def require_sets(sources: dict, names) -> None:
+    """Exit with one line naming every set of ``names`` whose file or folder in ``sources`` (name -> path, or
+    ``"digits"``, scikit-learn's, built in) is missing."""
+    missing = [str(sources[n]) for n in names if sources[n] != "digits" and not Path(sources[n]).exists()]
+    if missing:
+        sys.exit(f"not found: {', '.join(missing)}; this benchmark reads ../shared/data (or $IMCLUST_SHARED_DATA)")
+
+
 def cpu_model() -> str:
     """The CPU's model name (what decides, for one, whether bf16 is native), else the architecture."""
     try:

@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import SUITE_SETS, by_dataset_and_method, load_average, measured_rows, results_head, score_cells, table, update_section  # noqa: E402
+from _common import SUITE_SETS, by_dataset_and_method, load_average, measured_rows, require_sets, results_head, score_cells, table, update_section  # noqa: E402
 from imclust import components  # noqa: E402,F401  (registers the parts)
 from imclust.base import seed_everything  # noqa: E402
 from imclust.cluster import KMeans  # noqa: E402
@@ -159,9 +159,8 @@ def main(argv=None):
     ap.add_argument("--section", default="grey-lite", help="name of the RESULTS.md block")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    missing = [s for s in args.datasets if not (SUITE_SETS[s] == "digits" or Path(SUITE_SETS[s]).exists())]
-    if missing and not args.summarise:
-        sys.exit(f"not found: {', '.join(missing)}; this benchmark reads ../shared/data")
+    if not args.summarise:
+        require_sets(SUITE_SETS, args.datasets)
     load_before = load_average()
     rows = measured_rows(args.summarise, args.datasets, GREY, lambda name: measure(name, args.seeds), args.rows)
     body = summarise(rows)

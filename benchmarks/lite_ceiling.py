@@ -41,7 +41,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import load_average, results_head, table, update_section  # noqa: E402
+from _common import load_average, require_sets, results_head, table, update_section  # noqa: E402
 from imclust.data import load_source  # noqa: E402
 from imclust.errors import UserError  # noqa: E402
 from imclust.metrics import evaluate  # noqa: E402
@@ -78,9 +78,7 @@ def main(argv=None):
     ap.add_argument("--section", default="lite-ceiling", help="the RESULTS.md block that --update rewrites")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    for name in args.datasets:
-        if SOURCES[name] != "digits" and not Path(SOURCES[name]).exists():  # digits: scikit-learn's, built in
-            sys.exit(f"{SOURCES[name]}: not found; this benchmark reads ../shared/data")
+    require_sets(SOURCES, args.datasets)
     load_before = load_average()
     lines = []
     for name in args.datasets:

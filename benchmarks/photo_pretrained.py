@@ -43,7 +43,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import SUITE_SETS, by_dataset_and_method, load_average, measured_rows, results_head, score_cells, table, update_section  # noqa: E402
+from _common import SUITE_SETS, by_dataset_and_method, load_average, measured_rows, require_sets, results_head, score_cells, table, update_section  # noqa: E402
 from imclust import components  # noqa: E402,F401
 from imclust.base import build, seed_everything  # noqa: E402
 from imclust.data import load_source  # noqa: E402
@@ -180,9 +180,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     load_before = load_average()
-    for name in args.datasets:
-        if not isinstance(SOURCES[name], str) and not SOURCES[name].exists():  # "digits" is built in
-            sys.exit(f"{SOURCES[name]}: not found; this benchmark reads ../shared/data")
+    require_sets(SOURCES, args.datasets)
     if args.features_only:
         for name in args.datasets:
             ds = load_source(str(SOURCES[name]))

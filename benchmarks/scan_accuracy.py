@@ -44,7 +44,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "src"))
 
 import torch  # noqa: E402
-from _common import SUITE_SETS, by_dataset_and_method, fresh_cache, load_average, results_head, score_cells, table, update_section  # noqa: E402
+from _common import SUITE_SETS, by_dataset_and_method, fresh_cache, load_average, require_sets, results_head, score_cells, table, update_section  # noqa: E402
 
 from imclust import components  # noqa: E402,F401
 from imclust.data import load_source  # noqa: E402
@@ -206,10 +206,7 @@ def main(argv=None):
         datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     else:
         torch.set_num_threads(args.threads)
-        missing = [d for d in args.datasets if d != "digits" and not SOURCES[d].exists()]  # digits: built in
-        if missing:
-            sys.exit(f"dataset(s) not found: {', '.join(str(SOURCES[d]) for d in missing)}; this benchmark reads "
-                     "../shared/data")
+        require_sets(SOURCES, args.datasets)
         datasets, rows = args.datasets, []
         for name in datasets:
             rows += measure(name, args.seeds, args.only, args.overrides, args.also)

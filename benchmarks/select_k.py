@@ -50,7 +50,7 @@ os.environ.setdefault("IMCLUST_QUIET", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SUITE_SETS, fresh_cache, load_average, results_head, table, update_section  # noqa: E402
+from _common import SUITE_SETS, fresh_cache, load_average, require_sets, results_head, table, update_section  # noqa: E402
 
 from imclust import components  # noqa: E402,F401
 from imclust.base import build  # noqa: E402
@@ -347,9 +347,7 @@ def main(argv=None):
                          "with --clustimage, a reused row of the first seed that lacks the peer gets its runs added")
     ap.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
-    missing = [s for s in args.sets if not (SUITE[s] == "digits" or Path(SUITE[s]).exists())]
-    if missing:
-        sys.exit(f"not found: {', '.join(missing)}; this benchmark reads ../shared/data")
+    require_sets(SUITE, args.sets)
     import torch
 
     torch.set_num_threads(1)

@@ -50,7 +50,7 @@ CACHE = HERE / ".suite-cache"
 sys.path.insert(0, str(HERE))
 
 from _common import SUITE_SETS as SETS  # noqa: E402  (name -> source as `imclust run` takes it)
-from _common import load_average, results_head  # noqa: E402
+from _common import load_average, require_sets, results_head  # noqa: E402
 METHODS = ("recipe", "kmeans", "manifold")
 PEER_NAMES = {"kmeans": "raw-pixel k-means", "manifold": "PCA-50 → UMAP → GMM"}
 QUICK_MAX = 2000
@@ -388,10 +388,7 @@ def main(argv=None):
     if args.child:
         return child_main(args)
     sys.path.insert(0, str(SRC))
-    missing = [n for n in args.only if SETS[n] != "digits" and not Path(SETS[n]).exists()]
-    if missing:
-        sys.exit(f"suite.py: {', '.join(str(SETS[n]) for n in missing)} not found; the suite reads ../shared/data "
-                 "(or $IMCLUST_SHARED_DATA)")
+    require_sets(SETS, args.only)
     load_before, started = load_average(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = run_all(args)
     errors = [r for r in results if "error" in r]
