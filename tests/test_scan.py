@@ -292,6 +292,32 @@ def test_every_heads_information_is_reported_and_the_rules_share_the_training(on
     assert older.summary()["head_information"] is None and older.get_state()[1]["head_information_"] is None
 
 
+def test_heads_with_their_own_entropy_weights_compete(one_torch_thread, two_classes):
+    """entropy_weight as a list gives each head its own weight: a head's training depends on its weight only
+    (the head of weight 5 trains as in a run where every head has 5), and the information rule passes over the
+    head that, without the entropy term, lets its clusters merge."""
+    ds, _ = two_classes
+    common = {"heads": 2, "epochs": 30}
+    mixed = tiny_scan(n_clusters=4, scan={**common, "entropy_weight": [0.0, 5.0]}, selflabel={"epochs": 0}).fit(ds)
+    same = tiny_scan(n_clusters=4, scan={**common, "entropy_weight": 5.0}, selflabel={"epochs": 0}).fit(ds)
+    assert mixed.head_losses_[1] == pytest.approx(same.head_losses_[1], rel=1e-5)
+    assert mixed.head_losses_[0] != pytest.approx(same.head_losses_[0], rel=1e-3)
+    assert mixed.head_information_[1] > mixed.head_information_[0]
+    assert mixed.best_head_ == 1
+    bad = {"a list of the wrong length": {"entropy_weight": [1.0, 2.0]},
+           "a negative weight": {"entropy_weight": [1.0, -1.0, 2.0]},
+           "not a number": {"entropy_weight": "high"}}
+    for scan in bad.values():
+        with pytest.raises(UserError, match="entropy_weight must be a number of 0 or more, or a list of 3"):
+            build({"type": "scan", "scan": {"heads": 3, **scan}}, kind="encoder").resolve_settings((1, 28, 28))
+    with pytest.raises(UserError, match="keep_head = loss compares the heads' losses"):
+        build({"type": "scan", "scan": {"heads": 2, "entropy_weight": [1.0, 5.0], "keep_head": "loss"}},
+              kind="encoder").resolve_settings((1, 28, 28))
+    # one weight written as a list of equal ones is one weight: the loss rule still applies
+    build({"type": "scan", "scan": {"heads": 2, "entropy_weight": [5, 5], "keep_head": "loss"}},
+          kind="encoder").resolve_settings((1, 28, 28))
+
+
 def test_presets_follow_the_images_and_overrides_are_checked():
     assert data_kind((1, 28, 28)) == "grey" and data_kind((3, 32, 32)) == "colour-32"
     assert data_kind((3, 96, 96)) == "photo" and data_kind((3, 48, 64)) == "colour-32"

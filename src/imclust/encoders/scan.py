@@ -11,11 +11,13 @@ checkpoints in ``checkpoint_dir/<stage>`` and exact resume, DDP under torchrun):
    :func:`imclust.nn.contrastive.mine_neighbours`), then the pretext backbone with ``heads``
    linear clustering heads trains on strongly augmented (anchor, random neighbour) pairs with SCAN's loss
    (neighbours agree, minus ``entropy_weight`` times the entropy of the mean prediction; every head in the
-   same step). One head is kept, without labels: with ``keep_head = "information"`` the one whose clusters of
-   the images carry the most information about their neighbours' clusters
-   (:func:`imclust.temi.neighbour_information`, as TEMI keeps its head); ``"loss"`` keeps the head of lowest
-   loss over the last epoch, SCAN's published rule, whose heads' losses differ by a few thousandths while
-   their clusters differ;
+   same step; ``entropy_weight`` may also be a list, one weight per head, so that heads pulled towards
+   equal cluster sizes with different force compete). One head is kept, without labels: with
+   ``keep_head = "information"`` the one whose clusters of the images carry the most information about their
+   neighbours' clusters (:func:`imclust.temi.neighbour_information`, as TEMI keeps its head); ``"loss"`` keeps
+   the head of lowest loss over the last epoch, SCAN's published rule, whose heads' losses differ by a few
+   thousandths while their clusters differ (it needs one entropy weight for all heads: losses under
+   different weights do not compare);
 3. **selflabel**: the images whose weak view the network assigns to a cluster with probability above
    ``threshold`` (0.99) become targets for the cross-entropy of their strong view (RandAugment plus cutout;
    classes weighted by the inverse of their confident counts); backbone and head train together.
@@ -275,7 +277,7 @@ class ScanStage(_Stage):
 
     heads: int = 5
     keep_head: str = "information"
-    entropy_weight: float = 5.0
+    entropy_weight: float | list = 5.0  # or one weight per head
     update_backbone: bool = False
     views: int = 8
     epochs: int = 100
@@ -283,10 +285,27 @@ class ScanStage(_Stage):
 
     def check_method_params(self):
         super().check_method_params()
-        if int(self.heads) < 1 or not float(self.entropy_weight) >= 0 or int(self.views) < 1:
-            raise UserError("scan: heads and views must be at least 1 and entropy_weight 0 or more")
+        if int(self.heads) < 1 or int(self.views) < 1:
+            raise UserError("scan: heads and views must be at least 1")
         if self.keep_head not in KEEP_HEAD:
             raise UserError(f"scan: keep_head must be one of {', '.join(KEEP_HEAD)}, got {self.keep_head!r}")
+        weights = self.entropy_weights()
+        if self.keep_head == "loss" and len(set(weights)) > 1:
+            raise UserError(f"scan: keep_head = loss compares the heads' losses, which differ with their entropy "
+                            f"weights {weights}; give one entropy_weight, or use keep_head = information")
+
+    def entropy_weights(self) -> list[float]:
+        """The entropy weight of each head: ``entropy_weight`` for all, or its list (one per head)."""
+        w = self.entropy_weight
+        many = isinstance(w, (list, tuple))
+        try:
+            weights = [float(v) for v in w] if many else [float(w)] * int(self.heads)
+        except (TypeError, ValueError):
+            weights = []
+        if len(weights) != int(self.heads) or not all(v >= 0 for v in weights):
+            raise UserError(f"scan: entropy_weight must be a number of 0 or more, or a list of {self.heads} such "
+                            f"numbers (one per head), got {w!r}")
+        return weights
 
     def prepare_data(self, data: _StageData) -> int:
         n = super().prepare_data(data)
@@ -358,16 +377,16 @@ class ScanStage(_Stage):
         logits = self._logits(idx, nidx, trainer)
         b = len(idx)
         losses = []
-        for h in range(logits.shape[0]):
-            loss, consistency, ent = scan_loss(logits[h, :b], logits[h, b:], float(self.entropy_weight))
+        for h, weight in enumerate(self.entropy_weights()):
+            loss, consistency, ent = scan_loss(logits[h, :b], logits[h, b:], weight)
             losses.append(loss)
             if h == 0:
                 self._parts += torch.stack([consistency, ent]).detach().float()
         losses = torch.stack(losses)
         self._head_loss += losses.detach().float()
         self._steps += 1
-        # the epoch's cluster counts (collapse monitoring) follow the head of lowest loss so far: the head kept
-        # at the end is chosen only then (keep_head)
+        # the epoch's cluster counts (collapse monitoring) follow the head of lowest loss so far (with one weight per
+        # head, the loss includes each head's own weight): the head kept at the end is chosen only then (keep_head)
         lowest = torch.argmin(self._head_loss).view(1)
         self._count(logits[:, :b].index_select(0, lowest)[0])
         return losses.sum()
@@ -588,7 +607,9 @@ class ScanEncoder(ClusteringEncoder):
         rec, warn = collapse_report(self.scan_labels_, k, "the scan stage")
         self.scan_clusters_ = rec
         self._warn(warn)
-        log(f"scan: head {self.best_head_} kept by {scan.keep_head} (neighbour "
+        weights = scan.entropy_weights()
+        weight = f" (entropy weight {weights[self.best_head_]:g})" if len(set(weights)) > 1 else ""
+        log(f"scan: head {self.best_head_}{weight} kept by {scan.keep_head} (neighbour "
             f"information {', '.join(f'{v:.3f}' for v in self.head_information_)}; losses "
             f"{', '.join(f'{v:.3f}' for v in self.head_losses_)}); cluster sizes {rec['counts']}")
         # 3. self-labelling
