@@ -92,9 +92,15 @@ def cpu_model() -> str:
 
 
 def machine(threads: bool = True) -> str:
+    """The CPU, whether it computes bf16 natively (``precision = "auto"`` trains in bf16 there and in fp32
+    elsewhere, several times slower: timings from the two kinds do not compare), cores, torch and python."""
     import torch
 
-    return (f"{platform.processor() or platform.machine()} ({cpu_model()}), {os.cpu_count()} cores, "
+    from imclust.nn.train import resolve_precision
+
+    bf16 = ("native bf16" if resolve_precision("auto", torch.device("cpu")) == "bf16"
+            else "no native bf16, so precision auto is fp32")
+    return (f"{platform.processor() or platform.machine()} ({cpu_model()}, {bf16}), {os.cpu_count()} cores, "
             f"torch {torch.__version__}, " + (f"{torch.get_num_threads()} threads, " if threads else "")
             + f"python {platform.python_version()}")
 
