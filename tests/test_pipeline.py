@@ -146,3 +146,25 @@ def test_recipe_override():
         build_pipeline("baseline", ["clusterer.bogus=1"])
     with pytest.raises(UserError, match="unknown recipe"):
         build_pipeline("nope")
+
+
+@pytest.mark.parametrize("k", [4, "auto:2-6"])
+def test_refit_encoded_at_another_k_is_a_fresh_fit_at_that_k(k):
+    """The benchmark of ``--k auto`` refits the stages after the encoder; that must be the run a user gets."""
+    from conftest import blobs_images
+
+    from imclust.data import ImageSet
+
+    x, _ = blobs_images(n_per=40, k=3, size=8)
+    ds = ImageSet([str(i) for i in range(len(x))], lambda idx: x[np.asarray(idx)], x.shape[1:])
+    spec = {"encoder": {"type": "pixels"}, "reducers": [{"type": "umap", "n_components": 3, "n_epochs": 50}],
+            "clusterer": {"type": "gmm", "n_clusters": 3, "n_init": 2}}
+    refit = Pipeline.from_spec(spec, seed=1).fit(ds)
+    first = refit.labels_.copy()
+    refit.refit_encoded(refit.features_, k)
+    fresh = Pipeline.from_spec({**spec, "clusterer": {**spec["clusterer"], "n_clusters": k}}, seed=1).fit(ds)
+    np.testing.assert_array_equal(refit.embedding_, fresh.embedding_)
+    np.testing.assert_array_equal(refit.labels_, fresh.labels_)
+    assert refit.n_clusters_ == fresh.n_clusters_ == (4 if k == 4 else fresh.k_selection_.k)
+    assert (refit.k_selection_ is None) == (k == 4) and refit.timings_["encode"] == 0.0
+    assert len(np.unique(first)) == 3 and len(np.unique(refit.labels_)) == refit.n_clusters_

@@ -155,8 +155,20 @@ class Pipeline:
         self.stage_ = "encoder"  # the part at work, so an error can be traced to the options that caused it
         X = self.encoder.fit_transform(ds)
         self.timings_["encode"] = time.perf_counter() - t
-        self.features_ = check_finite(X, f"encode ({self.encoder.component_name})")
-        X = self.features_
+        return self._fit_encoded(check_finite(X, f"encode ({self.encoder.component_name})"))
+
+    def refit_encoded(self, features, k) -> "Pipeline":
+        """Fit the reducers and the clusterer again at another ``k`` (a whole number, "auto" or "auto:MIN-MAX") on
+        ``features``, the output of this pipeline's already fitted encoder (``features_``), without encoding again.
+
+        The same as a fresh ``fit`` with that k where the encoder's output does not depend on k: every random part
+        after the encoder takes its seed from its own ``random_state``, not from a global generator."""
+        self.set_k(k)
+        self.timings_ = {"encode": 0.0}
+        return self._fit_encoded(check_finite(features, f"encode ({self.encoder.component_name})"))
+
+    def _fit_encoded(self, X) -> "Pipeline":
+        self.features_ = X
         if self.reducers and hasattr(self.reducers[0], "set_views"):
             # the column blocks of an encoder with several views (multi-view reducers build a graph per view)
             self.reducers[0].set_views(getattr(self.encoder, "view_dims_", None), getattr(self.encoder, "view_names_", None))
