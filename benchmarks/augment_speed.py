@@ -21,7 +21,6 @@ run. On a GPU each timed call ends with a synchronise.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path

@@ -15,8 +15,6 @@ import os
 import sys
 import time
 
-import numpy as np
-
 os.environ.setdefault("IMCLUST_QUIET", "1")
 sys.path.insert(0, os.path.dirname(__file__))
 

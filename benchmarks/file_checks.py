@@ -19,7 +19,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -128,7 +127,7 @@ def main() -> None:
             scan, decode = timed(folder, HERE.parent / "src")
             old = timed(folder, Path(args.old_src).resolve())[0] if args.old_src else None
             rows.append((name, len(os.listdir(folder)), scan, decode, old))
-    body = [f"## File checks before a fit: JPEGs cut short and closed with an end marker (issue 17)", "",
+    body = ["## File checks before a fit: JPEGs cut short and closed with an end marker (issue 17)", "",
             results_head(load0).rstrip(), "",
             "| JPEG cuts (every %d bytes, + FFD9) | refused | let through but damaged | previous check: let through but damaged |"
             % args.step, "|---|---|---|---|",
