@@ -352,8 +352,8 @@ def study_table(rows: list[dict], seeds, load_start: float) -> str:
     runs = len(rows)
     lines.append(["**k within ±25 %**", "", *[f"{hits[m]} of {runs}" for m in hits]])
     return ("## Choosing k: the candidates studied (issue 18)\n\n" + results_head(load_start)
-            + f"\nSeeds {list(seeds)}; k per seed. Every candidate reads the same embedding (the default "
-            "recipe's, from the run with k given) and the same candidate k (plain `--k auto`; BIC up to 60 to bound its "
+            + f"\nSeeds {list(seeds)}; k per seed. Every candidate reads the same embedding (that of the "
+            "default recipe's `--k auto` run) and the same candidate k (plain `--k auto`; BIC up to 60 to bound its "
             "time). GMM BIC: full covariance on a 3,000-point sample, lowest BIC. Eigengap: normalised Laplacian of the "
             "15-nearest-neighbour graph (Gaussian weights scaled by each point's 15th distance), largest gap. Gap "
             "statistic: Tibshirani et al., k-means, 5 uniform references in the principal-axes box, 1-SE rule. "
