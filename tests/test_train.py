@@ -105,7 +105,7 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypa
     several times slower than fp32); the Trainer trains, and its checkpoints record, the precision it resolved."""
     from imclust.nn import train as train_mod
 
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    monkeypatch.setattr(train_mod, "cpu_computes_bf16", lambda: native)
     want = "bf16" if native else "fp32"
     assert train_mod.resolve_precision("auto", torch.device("cpu")) == want
     assert train_mod.resolve_precision("fp32", torch.device("cpu")) == "fp32"
@@ -128,3 +128,20 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypa
 def test_unknown_precision_is_a_user_error():
     with pytest.raises(UserError, match="unknown precision 'fp16'"):
         Trainer({"net": _net()}, TrainConfig(epochs=1, precision="fp16"))
+
+
+@pytest.mark.parametrize("onednn, flags, want", [
+    (True, "fpu sse avx2 avx512f avx512_vnni", False),  # AVX-512 without BF16: oneDNN says yes, but emulates
+    (True, "fpu avx512f avx512_bf16", True),
+    (True, "fpu amx_bf16 amx_tile", True),
+    (False, "fpu avx512f avx512_bf16", False),
+    (True, None, True),  # the flags cannot be read (not Linux): oneDNN's word stands
+])
+def test_cpu_bf16_needs_the_instructions_not_only_onednns_word(monkeypatch, tmp_path, onednn, flags, want):
+    from imclust.nn import train as train_mod
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn)
+    info = tmp_path / "cpuinfo"
+    if flags is not None:
+        info.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert train_mod.cpu_computes_bf16(str(info)) is want

@@ -14,6 +14,7 @@ from imclust.base import REGISTRY, Component, build, register, registered
 from imclust.data.sources import _array_imageset
 from imclust.encoders.base import TrainableEncoder
 from imclust.errors import UserError
+from imclust.nn import train as train_mod
 from imclust.nn.train import LRSchedule, TrainConfig, Trainer, batch_indices, extract_features
 
 from conftest import blobs_images
@@ -136,14 +137,14 @@ def test_fingerprint_leaves_out_what_may_change_on_resume():
 @pytest.mark.parametrize("native", [True, False])
 def test_fingerprint_records_the_precision_auto_resolves_to(monkeypatch, native):
     """A pretext cached or checkpointed under ``auto`` is keyed by what ran (bf16 or fp32), not by ``auto``."""
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native)
+    monkeypatch.setattr(train_mod, "cpu_computes_bf16", lambda: native)
     enc = ToyAE(precision="auto", device="cpu")
     enc.input_shape_ = [1, 6, 6]
     assert enc.resume_fingerprint(48)["params"]["precision"] == ("bf16" if native else "fp32")
 
 
 def test_a_fit_under_auto_precision_says_what_it_resolved_to(monkeypatch, capsys):
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(train_mod, "cpu_computes_bf16", lambda: False)
     monkeypatch.delenv("IMCLUST_QUIET", raising=False)
     ToyAE(precision="auto", device="cpu", epochs=1).fit(_ds())
     assert "precision auto -> fp32" in capsys.readouterr().err

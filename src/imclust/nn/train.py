@@ -88,10 +88,25 @@ class TrainConfig:
 PRECISIONS = ("fp32", "bf16", "auto")
 
 
+def cpu_computes_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True where the CPU has bf16 instructions (AVX-512 BF16 or AMX). oneDNN's check alone also says yes on
+    AVX-512 CPUs without them, where it emulates bf16 and trains slower than in fp32, so where the CPU's flags can be read (Linux) they must name one of those instruction sets as well."""
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+    except (AttributeError, RuntimeError):
+        return False
+    try:
+        flags = set(Path(cpuinfo).read_text().split())
+    except OSError:  # no /proc/cpuinfo (macOS, Windows): oneDNN's word stands
+        return True
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``fp32`` or ``bf16`` for ``device``. ``auto``: bf16 where the device computes it natively (CUDA with bf16,
-    a CPU with AVX-512 BF16 or AMX, by oneDNN's own check), else fp32: on a CPU without those instructions bf16
-    autocast emulates every convolution and runs several times slower than fp32."""
+    a CPU with AVX-512 BF16 or AMX: :func:`cpu_computes_bf16`), else fp32: on a CPU without those instructions
+    bf16 autocast emulates every convolution and runs several times slower than fp32."""
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; use {', '.join(PRECISIONS)}")
     if precision != "auto":
@@ -99,10 +114,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if device.type == "cpu":
-        try:
-            return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
-        except (AttributeError, RuntimeError):
-            return "fp32"
+        return "bf16" if cpu_computes_bf16() else "fp32"
     return "fp32"
 
 
