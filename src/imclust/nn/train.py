@@ -90,7 +90,8 @@ PRECISIONS = ("fp32", "bf16", "auto")
 
 def cpu_computes_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """True where the CPU has bf16 instructions (AVX-512 BF16 or AMX). oneDNN's check alone also says yes on
-    AVX-512 CPUs without them, where it emulates bf16 and trains slower than in fp32, so where the CPU's flags can be read (Linux) they must name one of those instruction sets as well."""
+    AVX-512 CPUs without them, where it emulates bf16 and trains slower than in fp32; so where the CPU's flags can
+    be read (Linux), they must name one of those instruction sets as well."""
     try:
         if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             return False
