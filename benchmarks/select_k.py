@@ -31,6 +31,8 @@ The run with k given is a first run: it fits with an empty ``$IMCLUST_CACHE_DIR`
 or pretext come from an earlier run of the same images (a rerun that reads them is a few seconds of PCA and GMM).
 ``--cache DIR`` keeps each set's two embeddings (and both runs' labels and seconds, and the auto run's selection, as
 measured when they were first fitted) so that later runs, for example while studying a rule, skip the encoder.
+It keeps the encoder's output too: with ``--refit`` both runs fit the stages after the encoder again with the
+current code, so that a change to those stages is measured on the whole suite without encoding again.
 ``--rows FILE`` keeps every measured row, so that seeds run at different times (or in parallel, each into its own
 file, then concatenated) make one table; the header's load average then describes the last invocation only.
 ``--study`` adds the other criteria studied (their k only, a table of its own).
@@ -151,38 +153,75 @@ def study(X, sel, seed: int) -> dict:
             "eigengap": eigengap_choice(X, ks, seed), "gap statistic": gap_statistic_choice(X, ks, seed)}
 
 
-def reference_run(name: str, seed: int, cache: Path | None) -> dict:
+class CachedEncoder:
+    """Stands in for a fitted encoder whose output was read from the cache: what the stages after it ask of it
+    (its name, and the widths and names of its views)."""
+
+    def __init__(self, name: str, view_dims, view_names):
+        self.component_name = name
+        self.view_dims_ = [int(d) for d in view_dims] or None
+        self.view_names_ = [str(v) for v in view_names] or None
+
+
+def reference_run(name: str, seed: int, cache: Path | None, refit: bool = False) -> dict:
     """The default recipe with k = number of classes (embedding, labels, scores and seconds per stage), and the
     same run with ``--k auto``: its embedding (where a reducer compares graphs at the run's k, the layout differs),
-    its selection, labels and seconds. The encoder is fitted once; the auto run refits the stages after it."""
+    its selection, labels and seconds. The encoder is fitted once; the auto run refits the stages after it.
+    ``refit``: the encoder's output comes from the cache and both runs fit the stages after it again with the
+    current code (the encoder's seconds are the cached ones)."""
     path = cache / f"{name}-seed{seed}.npz" if cache else None
-    if path is not None and path.exists():
-        f = np.load(path, allow_pickle=False)
-        if "embedding_auto" in f.files:  # a cache written before the auto run was kept is fitted again
-            return {"embedding": f["embedding"], "y": f["y"], "labels": f["labels"], "recipe": str(f["recipe"]),
-                    "embedding_auto": f["embedding_auto"], "labels_auto": f["labels_auto"],
-                    **{key: json.loads(str(f[key])) for key in ("timings", "timings_auto", "selection", "graphs")},
-                    "cached": True}
+    cached = np.load(path, allow_pickle=False) if path is not None and path.exists() else None
+    if refit:
+        if cached is None or "features" not in cached.files:
+            raise SystemExit(f"--refit: {path} is missing or holds no encoder output (caches written before it was "
+                             "kept hold only embeddings); run this set and seed without --refit first")
+        recipe, y = str(cached["recipe"]), cached["y"]
+        pipe = Pipeline.from_spec(recipe_spec(recipe, int(len(np.unique(y)))), name=recipe, seed=seed)
+        pipe.encoder = CachedEncoder(pipe.encoder.component_name, cached["view_dims"], cached["view_names"])
+        encode_s = {key: v for key, v in json.loads(str(cached["timings"])).items() if key in ("load", "encode")}
+        pipe.refit_encoded(cached["features"], int(len(np.unique(y))))
+        return auto_run(pipe, {"y": y, "recipe": recipe, "timings": {**pipe.timings_, **encode_s},
+                               "cached": False, "refit": True}, None)
+    if cached is not None and "embedding_auto" in cached.files:  # a cache without the auto run is fitted again
+        f = cached
+        return {"embedding": f["embedding"], "y": f["y"], "labels": f["labels"], "recipe": str(f["recipe"]),
+                "embedding_auto": f["embedding_auto"], "labels_auto": f["labels_auto"],
+                **{key: json.loads(str(f[key])) for key in ("timings", "timings_auto", "selection", "graphs")},
+                "cached": True}
     t = time.perf_counter()
     ds = load_source(str(SUITE[name]))
     load_s = time.perf_counter() - t
     y = np.asarray(ds.labels)
     recipe = default_recipe(ds.channels)
-    cfg = load_recipe(recipe)
-    spec = {"encoder": cfg["encoder"], "reducers": cfg.get("reducers", []),
-            "clusterer": {**cfg["clusterer"], "n_clusters": int(len(np.unique(y)))}}
     with fresh_cache():  # the reference is a first run: no features or pretext from an earlier one
-        pipe = Pipeline.from_spec(spec, name=recipe, seed=seed).fit(ds)
-    out = {"embedding": pipe.embedding_, "y": y, "labels": pipe.labels_, "recipe": recipe,
-           "timings": {"load": load_s, **pipe.timings_}, "graphs": {"given": graph_chosen(pipe)}, "cached": False}
+        pipe = Pipeline.from_spec(recipe_spec(recipe, int(len(np.unique(y)))), name=recipe, seed=seed).fit(ds)
+    return auto_run(pipe, {"y": y, "recipe": recipe, "timings": {"load": load_s, **pipe.timings_}, "cached": False},
+                    path)
+
+
+def recipe_spec(recipe: str, k) -> dict:
+    cfg = load_recipe(recipe)
+    return {"encoder": cfg["encoder"], "reducers": cfg.get("reducers", []),
+            "clusterer": {**cfg["clusterer"], "n_clusters": k}}
+
+
+def auto_run(pipe, out: dict, path: Path | None) -> dict:
+    """``out`` (the run with k given, just fitted by ``pipe``) with that run's embedding, labels and graph, then
+    the same stages fitted again with ``--k auto``; kept in ``path`` (with the encoder's output) where given."""
+    out.update(embedding=pipe.embedding_, labels=pipe.labels_, graphs={"given": graph_chosen(pipe)})
     pipe.refit_encoded(pipe.features_, "auto")
     out.update(embedding_auto=pipe.embedding_, labels_auto=pipe.labels_, timings_auto=pipe.timings_,
                selection=pipe.k_selection_.to_dict())
     out["graphs"]["auto"] = graph_chosen(pipe)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # the encoder's output too (and its views' widths and names), so that a study of the stages after the
+        # encoder can fit them again without encoding (--refit)
+        views = {"view_dims": np.asarray(getattr(pipe.encoder, "view_dims_", None) or [], dtype=np.int64),
+                 "view_names": np.asarray(getattr(pipe.encoder, "view_names_", None) or [], dtype=str)}
         np.savez(path, **{key: out[key] for key in ("embedding", "y", "labels", "recipe", "embedding_auto", "labels_auto")},
-                 **{key: json.dumps(out[key]) for key in ("timings", "timings_auto", "selection", "graphs")})
+                 **{key: json.dumps(out[key]) for key in ("timings", "timings_auto", "selection", "graphs")},
+                 features=np.asarray(pipe.features_), **views)
     return out
 
 
@@ -229,12 +268,14 @@ def clustimage_run(python: str, name: str, seed: int) -> dict | None:
     return {**out["auto"], "true": out["true"]}
 
 
-def measure(name: str, seed: int, cache: Path | None, peer_python: str | None, studied: bool = False) -> dict:
-    ref = reference_run(name, seed, cache)
+def measure(name: str, seed: int, cache: Path | None, peer_python: str | None, studied: bool = False,
+            refit: bool = False) -> dict:
+    ref = reference_run(name, seed, cache, refit)
     X, y, recipe = ref["embedding_auto"], ref["y"], ref["recipe"]
     k_true = int(len(np.unique(y)))
     given = ref["timings"]
     row = {"set": name, "seed": seed, "n": len(y), "k_true": k_true, "recipe": recipe, "cached": ref["cached"],
+           "refit": ref.get("refit", False),
            "run_seconds": float(sum(given.values())), "true": scores(ref["labels"], y), "graphs": ref["graphs"],
            # the --k auto run: the same loading and encoding, then its own stages
            "auto_run_seconds": float(given["load"] + given["encode"] + sum(ref["timings_auto"].values()))}
@@ -378,6 +419,10 @@ def main(argv=None):
                     help="a JSON-lines file of measured rows (outside the repository): rows already there for a set and "
                          "seed are reused, new ones are appended, so that runs of some seeds can be joined in one table; "
                          "with --clustimage, a reused row of the first seed that lacks the peer gets its runs added")
+    ap.add_argument("--refit", action="store_true",
+                    help="read each set's encoder output from --cache (kept there by an earlier run) and fit the stages "
+                         "after the encoder again with the current code, both runs: a change after the encoder is "
+                         "measured without encoding again (the encoder's seconds are the cached ones)")
     ap.add_argument("--write", action="store_true", help="write the table into benchmarks/RESULTS.md")
     args = ap.parse_args(argv)
     require_sets(SUITE, args.sets)
@@ -402,7 +447,7 @@ def main(argv=None):
             row = kept.get((s, seed))
             peer_python = args.clustimage if seed == args.seeds[0] else None  # clustimage is deterministic: once per set
             if row is None or (args.study and "study" not in row):
-                row = measure(s, seed, args.cache, peer_python, args.study)
+                row = measure(s, seed, args.cache, peer_python, args.study, args.refit)
                 keep(row)
             elif peer_python and "clustimage" not in row:
                 # a kept row measured without the peer: add the peer's runs, keep everything else as measured
@@ -427,6 +472,10 @@ def main(argv=None):
                    f" (the timing columns are means over seed{'s' if len(fresh_seeds) > 1 else ''} "
                    f"{', '.join(map(str, fresh_seeds))}, whose runs with k given were measured afresh; the other seeds' "
                    "embeddings came from a cache)")
+    refit_seeds = sorted({r["seed"] for r in rows if r.get("refit")})
+    if refit_seeds:
+        timing_note += (f" (seed{'s' if len(refit_seeds) > 1 else ''} {', '.join(map(str, refit_seeds))}: the encoder's "
+                        "output and seconds came from a cache, and both runs fitted and timed the stages after it afresh)")
     head = ("## Choosing k when it is unknown (issue 18)\n\n" + results_head(load_start) + "\n"
             f"Seeds {args.seeds}. k per seed (seed order), scores are means over seeds; every rule chooses k on the "
             "embedding of the default recipe's `--k auto` run (where the recipe compares graphs at the run's k, the one "
