@@ -58,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SUITE_SETS, fresh_cache, load_average, require_sets, results_head, table, update_section  # noqa: E402
 
 from imclust import components  # noqa: E402,F401
+from imclust.api import build_pipeline  # noqa: E402
 from imclust.base import build  # noqa: E402
 from imclust.data import load_source  # noqa: E402
 from imclust.kselect import DISAGREE, KSelection, criteria_disagree  # noqa: E402
@@ -176,7 +177,7 @@ def reference_run(name: str, seed: int, cache: Path | None, refit: bool = False)
             raise SystemExit(f"--refit: {path} is missing or holds no encoder output (caches written before it was "
                              "kept hold only embeddings); run this set and seed without --refit first")
         recipe, y = str(cached["recipe"]), cached["y"]
-        pipe = Pipeline.from_spec(recipe_spec(recipe, int(len(np.unique(y)))), name=recipe, seed=seed)
+        pipe = recipe_pipeline(recipe, int(len(np.unique(y))), seed)
         pipe.encoder = CachedEncoder(pipe.encoder.component_name, cached["view_dims"], cached["view_names"])
         encode_s = {key: v for key, v in json.loads(str(cached["timings"])).items() if key in ("load", "encode")}
         pipe.refit_encoded(cached["features"], int(len(np.unique(y))))
@@ -194,15 +195,15 @@ def reference_run(name: str, seed: int, cache: Path | None, refit: bool = False)
     y = np.asarray(ds.labels)
     recipe = default_recipe(ds.channels)
     with fresh_cache():  # the reference is a first run: no features or pretext from an earlier one
-        pipe = Pipeline.from_spec(recipe_spec(recipe, int(len(np.unique(y)))), name=recipe, seed=seed).fit(ds)
+        pipe = recipe_pipeline(recipe, int(len(np.unique(y))), seed).fit(ds)
     return auto_run(pipe, {"y": y, "recipe": recipe, "timings": {"load": load_s, **pipe.timings_}, "cached": False},
                     path)
 
 
-def recipe_spec(recipe: str, k) -> dict:
-    cfg = load_recipe(recipe)
-    return {"encoder": cfg["encoder"], "reducers": cfg.get("reducers", []),
-            "clusterer": {**cfg["clusterer"], "n_clusters": k}}
+def recipe_pipeline(recipe: str, k: int, seed: int) -> Pipeline:
+    pipe, _ = build_pipeline(recipe, seed=seed)
+    pipe.set_k(k)
+    return pipe
 
 
 def auto_run(pipe, out: dict, path: Path | None) -> dict:
