@@ -177,10 +177,11 @@ def reference_run(name: str, seed: int, cache: Path | None, refit: bool = False)
             raise SystemExit(f"--refit: {path} is missing or holds no encoder output (caches written before it was "
                              "kept hold only embeddings); run this set and seed without --refit first")
         recipe, y = str(cached["recipe"]), cached["y"]
-        pipe = recipe_pipeline(recipe, int(len(np.unique(y))), seed)
+        k_true = int(len(np.unique(y)))
+        pipe = recipe_pipeline(recipe, k_true, seed)
         pipe.encoder = CachedEncoder(pipe.encoder.component_name, cached["view_dims"], cached["view_names"])
         encode_s = {key: v for key, v in json.loads(str(cached["timings"])).items() if key in ("load", "encode")}
-        pipe.refit_encoded(cached["features"], int(len(np.unique(y))))
+        pipe.refit_encoded(cached["features"], k_true)
         return auto_run(pipe, {"y": y, "recipe": recipe, "timings": {**pipe.timings_, **encode_s},
                                "cached": False, "refit": True}, None)
     if cached is not None and "embedding_auto" in cached.files:  # a cache without the auto run is fitted again
