@@ -57,6 +57,16 @@ def fresh_cache():
                 os.environ["IMCLUST_CACHE_DIR"] = before
 
 
+def recipe_pipeline(recipe: str, k, seed: int):
+    """The recipe's pipeline as ``imclust run`` builds it (:func:`imclust.api.build_pipeline`), asked for ``k``
+    clusters (a whole number, ``"auto"`` or ``"auto:MIN-MAX"``)."""
+    from imclust.api import build_pipeline
+
+    pipe, _ = build_pipeline(recipe, seed=seed)
+    pipe.set_k(k)
+    return pipe
+
+
 def load_average() -> float:
     return os.getloadavg()[0]
 

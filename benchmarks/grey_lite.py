@@ -6,7 +6,7 @@ fuzzy intersection of its neighbour graphs, is left out of it, or is laid out al
 cut most cleanly (the UMAP reducer's ``optional_view``; the table says per seed which graph was laid out: with
 Lite0, without it, Lite0's alone, or the pixels' subspace graph). Everything else is the same, so both recipes are
 measured on one fit of the views: for each set and seed, ``hog-ae-lite-umap`` runs as a whole
-(``Pipeline.from_spec(...).fit``), and ``hog-ae-umap`` reuses the columns of its own views from that fit (the same HOG, the same autoencoder, the
+(built as ``imclust run`` builds it), and ``hog-ae-umap`` reuses the columns of its own views from that fit (the same HOG, the same autoencoder, the
 same pixels: the views are fitted one after another in name order, so the autoencoder is trained with the same
 seed state either way) and fits its own UMAP and GMM, seeded as its own run seeds them. The script checks that
 the two recipes differ only by that view before it measures anything. One autoencoder trains per set and seed
@@ -39,7 +39,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import SUITE_SETS, by_dataset_and_method, load_average, measured_rows, require_sets, results_head, score_cells, table, update_section  # noqa: E402
+from _common import SUITE_SETS, by_dataset_and_method, load_average, measured_rows, recipe_pipeline, require_sets, results_head, score_cells, table, update_section  # noqa: E402
 from imclust import components  # noqa: E402,F401  (registers the parts)
 from imclust.base import seed_everything  # noqa: E402
 from imclust.cluster import KMeans  # noqa: E402
@@ -54,15 +54,11 @@ GREY = ("digits", "mnist-test", "usps", "fashion-mnist-1k", "umist", "pie27", "m
 WITH, WITHOUT, PIXELS = "hog-ae-lite-umap", "hog-ae-umap", "raw-pixel k-means"
 
 
-def spec(recipe: str, k: int) -> dict:
-    cfg = load_recipe(recipe)
-    return {"encoder": cfg["encoder"], "reducers": cfg.get("reducers", []),
-            "clusterer": {**cfg["clusterer"], "n_clusters": k}}
-
-
-def extra_view(with_view: dict, without: dict) -> str:
-    """The one view that ``with_view`` adds to ``without``; stops the script if the recipes differ otherwise."""
-    a, b = copy.deepcopy(with_view), copy.deepcopy(without)
+def extra_view(with_view: str, without: str) -> str:
+    """The one view that recipe ``with_view`` adds to recipe ``without``; stops the script if their parts differ
+    otherwise."""
+    a, b = ({part: copy.deepcopy(load_recipe(r).get(part)) for part in ("encoder", "reducers", "clusterer")}
+            for r in (with_view, without))
     added = sorted(set(a["encoder"]["views"]) - set(b["encoder"]["views"]))
     if len(added) != 1:
         sys.exit(f"{WITH} should add exactly one view to {WITHOUT}; it adds {added or 'none'}")
@@ -75,19 +71,19 @@ def extra_view(with_view: dict, without: dict) -> str:
     return added[0]
 
 
-def without_view(pipe: Pipeline, drop: str, spec_without: dict, seed: int) -> tuple[np.ndarray, float]:
+def without_view(pipe: Pipeline, drop: str, k: int, seed: int) -> tuple[np.ndarray, float]:
     """``hog-ae-umap``'s labels from the fitted ``hog-ae-lite-umap`` pipeline's views, less ``drop``."""
     names, dims = list(pipe.encoder.view_names_), list(pipe.encoder.view_dims_)
     bounds = np.cumsum([0] + dims)
     keep = [n for n in names if n != drop]
     cols = np.concatenate([np.arange(bounds[names.index(n)], bounds[names.index(n) + 1]) for n in keep])
-    other = Pipeline.from_spec(spec_without, name=WITHOUT, seed=seed)  # its reducers and clusterer, seeded as in its run
+    other = recipe_pipeline(WITHOUT, k, seed)  # its reducers and clusterer, seeded as in its run
     t = time.perf_counter()
     seed_everything(seed)
     X = pipe.features_[:, cols]
     reducer = other.reducers[0]
     reducer.set_views([dims[names.index(n)] for n in keep], keep)
-    reducer.set_n_clusters(spec_without["clusterer"]["n_clusters"])
+    reducer.set_n_clusters(k)
     for r in other.reducers:
         X = r.fit_transform(X)
     labels = np.asarray(other.clusterer.fit_predict(X), dtype=np.int64)
@@ -100,8 +96,7 @@ def measure(name: str, seeds) -> list[dict]:
     k = int(len(np.unique(y)))
     unlabelled = ds.with_labels(None)  # the recipes never see the labels
     pixels = ds.to_array(desc=None).reshape(len(ds), -1)
-    s_with, s_without = spec(WITH, k), spec(WITHOUT, k)
-    drop = extra_view(s_with, s_without)
+    drop = extra_view(WITH, WITHOUT)
     rows = []
 
     def record(method, seed, labels, secs, extra=None):
@@ -113,12 +108,12 @@ def measure(name: str, seeds) -> list[dict]:
 
     for seed in seeds:
         t = time.perf_counter()
-        pipe = Pipeline.from_spec(s_with, name=WITH, seed=seed).fit(unlabelled)
+        pipe = recipe_pipeline(WITH, k, seed).fit(unlabelled)
         secs = time.perf_counter() - t
         choice = getattr(pipe.reducers[0], "graph_choice_", None) or {}
         record(WITH, seed, pipe.labels_, secs, {"graph": choice.get("chosen"), "optional_view": choice.get("optional_view"),
                                                 "conductance": choice.get("mean_conductance")})
-        labels, own = without_view(pipe, drop, s_without, seed)
+        labels, own = without_view(pipe, drop, k, seed)
         shared = pipe.timings_["encode"]  # the views they share, and Lite0's (from the cache when it holds them)
         record(WITHOUT, seed, labels, own + shared, {"graph": None})
         t = time.perf_counter()

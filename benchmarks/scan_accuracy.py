@@ -47,10 +47,11 @@ import torch  # noqa: E402
 from _common import SUITE_SETS, by_dataset_and_method, fresh_cache, load_average, require_sets, results_head, score_cells, table, update_section  # noqa: E402
 
 from imclust import components  # noqa: E402,F401
+from imclust.api import build_pipeline  # noqa: E402
 from imclust.data import load_source  # noqa: E402
 from imclust.metrics import evaluate  # noqa: E402
 from imclust.pipeline import Pipeline  # noqa: E402
-from imclust.recipes import default_recipe, load_recipe  # noqa: E402
+from imclust.recipes import default_recipe  # noqa: E402
 
 #: every set of the suite, under this table's names (CIFAR-10 as its 10k test folder, ``cifar10-test``)
 SOURCES = {("cifar10-test" if name == "cifar10" else name): path for name, path in SUITE_SETS.items()}
@@ -60,26 +61,24 @@ PRETEXT = "pretext + k-means"
 PIXELS = "raw-pixel k-means"
 
 
-def recipe_spec(name: str, overrides=()) -> dict:
-    from imclust.recipes import apply_override
-
-    cfg = load_recipe(name)
-    for o in overrides:
-        apply_override(cfg, o)
-    return {"encoder": cfg["encoder"], "reducers": cfg.get("reducers", []), "clusterer": cfg["clusterer"]}
-
-
-def peers(ds, default: str) -> dict[str, dict]:
-    """The set's weightless default recipe ``default`` and raw-pixel k-means."""
+def peers(ds, default: str) -> dict[str, str | dict]:
+    """The set's weightless default recipe ``default`` (by name) and raw-pixel k-means (a spec: no recipe)."""
     pixels = {"type": "pixels", "size": 32} if min(ds.shape[1:]) > 32 else {"type": "pixels"}
-    return {default: recipe_spec(default),
+    return {default: default,
             PIXELS: {"encoder": pixels, "reducers": [], "clusterer": {"type": "kmeans", "n_init": 10}}}
 
 
-def fit(spec: dict, ds, k: int, seed: int, name: str) -> tuple[Pipeline, float]:
-    spec = json.loads(json.dumps(spec))
+def fit(method: str | dict, ds, k: int, seed: int, name: str, overrides=(),
+        cache_dir: str | None = None) -> tuple[Pipeline, float]:
+    """Fit ``method`` with k clusters, timed: a recipe's name (built as ``imclust run`` builds it, with
+    ``overrides``) or the spec of a peer that is no recipe; ``cache_dir``: the encoder's cache folder."""
     t = time.perf_counter()
-    pipe = Pipeline.from_spec(spec, name=name, seed=seed)
+    if isinstance(method, str):
+        pipe, _ = build_pipeline(method, overrides, seed=seed)
+    else:
+        pipe = Pipeline.from_spec(json.loads(json.dumps(method)), name=name, seed=seed)
+    if cache_dir is not None:
+        pipe.encoder.set_params(cache_dir=cache_dir)
     pipe.set_k(k)
     pipe.fit(ds)
     return pipe, time.perf_counter() - t
@@ -118,17 +117,15 @@ def measure(name: str, seeds, only=None, overrides=(), also=()) -> list[dict]:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    methods = {OURS: recipe_spec("scan", overrides), **peers(ds, default)}
+    methods = {OURS: "scan", **peers(ds, default)}
     for seed in seeds:
-        for mname, spec in methods.items():
+        for mname, method in methods.items():
             if only and not any(mname.startswith(o) for o in only):
                 continue
             load0 = os.getloadavg()[0]
             if mname == OURS:
                 with fresh_cache() as cache:
-                    spec = json.loads(json.dumps(spec))
-                    spec["encoder"]["cache_dir"] = cache
-                    pipe, secs = fit(spec, ds, k, seed, mname)
+                    pipe, secs = fit(method, ds, k, seed, mname, overrides, cache)
                     collapses = sum("COLLAPSE" in w for w in pipe.encoder.warnings_)
                     ran = bool(pipe.encoder.selflabel_history_)
                     record(mname, pipe.labels_, secs, load0, collapses, selflabel_ran=ran,
@@ -138,16 +135,14 @@ def measure(name: str, seeds, only=None, overrides=(), also=()) -> list[dict]:
                     t = time.perf_counter()
                     record(PRETEXT, pretext_kmeans(pipe, ds, k, seed), time.perf_counter() - t, load0)
                     for setting in also:  # the same cache: the pretext is read back, not trained again
-                        variant = recipe_spec("scan", [*overrides, setting])
-                        variant["encoder"]["cache_dir"] = cache
-                        other, secs = fit(variant, ds, k, seed, f"{OURS} + {setting}")
+                        other, secs = fit(method, ds, k, seed, f"{OURS} + {setting}", [*overrides, setting], cache)
                         if not other.encoder.pretext_from_cache_:
                             raise RuntimeError(f"--also {setting}: the pretext was trained again, not read back")
                         record(f"ours + {setting}", other.labels_, secs, load0,
                                sum("COLLAPSE" in w for w in other.encoder.warnings_))
             else:
                 with fresh_cache():
-                    pipe, secs = fit(spec, ds, k, seed, mname)
+                    pipe, secs = fit(method, ds, k, seed, mname)
                 record(mname, pipe.labels_, secs, load0)
     return rows
 

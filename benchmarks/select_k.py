@@ -55,15 +55,13 @@ os.environ.setdefault("IMCLUST_QUIET", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import SUITE_SETS, fresh_cache, load_average, require_sets, results_head, table, update_section  # noqa: E402
+from _common import SUITE_SETS, fresh_cache, load_average, recipe_pipeline, require_sets, results_head, table, update_section  # noqa: E402
 
 from imclust import components  # noqa: E402,F401
-from imclust.api import build_pipeline  # noqa: E402
 from imclust.base import build  # noqa: E402
 from imclust.data import load_source  # noqa: E402
 from imclust.kselect import DISAGREE, KSelection, criteria_disagree  # noqa: E402
 from imclust.metrics import evaluate  # noqa: E402
-from imclust.pipeline import Pipeline  # noqa: E402
 from imclust.recipes import default_recipe, load_recipe  # noqa: E402
 
 SUITE = SUITE_SETS
@@ -199,12 +197,6 @@ def reference_run(name: str, seed: int, cache: Path | None, refit: bool = False)
         pipe = recipe_pipeline(recipe, int(len(np.unique(y))), seed).fit(ds)
     return auto_run(pipe, {"y": y, "recipe": recipe, "timings": {"load": load_s, **pipe.timings_}, "cached": False},
                     path)
-
-
-def recipe_pipeline(recipe: str, k: int, seed: int) -> Pipeline:
-    pipe, _ = build_pipeline(recipe, seed=seed)
-    pipe.set_k(k)
-    return pipe
 
 
 def auto_run(pipe, out: dict, path: Path | None) -> dict:
