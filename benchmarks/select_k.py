@@ -5,9 +5,12 @@ For each set and seed, the default recipe (whatever :func:`imclust.recipes.defau
 defaults that need no weights, ``hog-ae-umap`` and ``photo-simclr-umap``) is
 fitted once with k = the number of classes: that is "a run with k given" (its seconds are the time reference and
 its scores the true-k columns). Its fitted encoder's output is then given to the recipe's later stages again with
-``--k auto`` (:meth:`imclust.pipeline.Pipeline.refit_encoded`): that is the ``--k auto`` run, and its embedding is
-the one every rule below chooses k on. The two embeddings differ where a reducer compares graphs at the run's k
-(the grey defaults: with ``--k auto`` it compares them at the middle of the candidate range, not at the true k).
+``--k auto`` (:meth:`imclust.pipeline.Pipeline.refit_encoded`): that is the ``--k auto`` run, and its final
+embedding is the one the other rules below choose k on and every rule's k is clustered on. The run's embedding
+differs from the one with k given where a reducer compares graphs at the run's k (the grey defaults: with
+``--k auto`` it compares them at the middle of the candidate range, not at the true k, and ours chooses k on that
+layout; the run then compares the graphs again at the k it chose and clusters the cleanest graph's layout at that
+k, so that its clusters are those of a run with that k given).
 
 - ours: :func:`imclust.kselect.select_k` with plain ``--k auto`` bounds: the candidate nearest the geometric mean of
   its two criteria's k, each of which is also scored on its own (stability gap, reproducible clusters);
@@ -466,15 +469,20 @@ def main(argv=None):
                    f" (the timing columns are means over seed{'s' if len(fresh_seeds) > 1 else ''} "
                    f"{', '.join(map(str, fresh_seeds))}, whose runs with k given were measured afresh; the other seeds' "
                    "embeddings came from a cache)")
-    refit_seeds = sorted({r["seed"] for r in rows if r.get("refit")})
-    if refit_seeds:
-        timing_note += (f" (seed{'s' if len(refit_seeds) > 1 else ''} {', '.join(map(str, refit_seeds))}: the encoder's "
-                        "output and seconds came from a cache, and both runs fitted and timed the stages after it afresh)")
+    refit = [r for r in rows if r.get("refit")]
+    if refit:
+        seeds = sorted({r["seed"] for r in refit})
+        who = "every row" if len(refit) == len(rows) else (
+            f"{', '.join(sorted({r['set'] for r in refit}))} at seed{'s' if len(seeds) > 1 else ''} "
+            f"{', '.join(map(str, seeds))}")
+        timing_note += (f" ({who}: the encoder's output and seconds came from a cache, and both runs fitted and timed "
+                        "the stages after it afresh)")
     head = ("## Choosing k when it is unknown (issue 18)\n\n" + results_head(load_start) + "\n"
             f"Seeds {args.seeds}. k per seed (seed order), scores are means over seeds; every rule chooses k on the "
-            "embedding of the default recipe's `--k auto` run (where the recipe compares graphs at the run's k, the one "
-            "it laid out is named), and its k is clustered with that recipe's GMM; the true-k columns are the run with "
-            "k given. \"auto ÷ given\" is the seconds of the `--k auto` run (loading and encoding shared with the run "
+            "embedding of the default recipe's `--k auto` run (where the recipe compares graphs, ours on the layout "
+            "kept at the middle of the k range, the others on the one kept at ours' k; the graph laid out is named, "
+            "given → auto where they differ), and its k is clustered with that recipe's GMM on the run's final "
+            "embedding; the true-k columns are the run with k given. \"auto ÷ given\" is the seconds of the `--k auto` run (loading and encoding shared with the run "
             "with k given, then its own stages and choosing k) ÷ those of the run with k given"
             + ("; clustimage (its own PCA features, Ward, silhouette over 3-25; deterministic, so run once per set) is "
                "scored against its own run at the true k, whose ACC/NMI/ARI follow its columns" if "clustimage" in methods else "")

@@ -414,6 +414,26 @@ def test_umap_optional_view_is_used_where_its_neighbours_agree():
     assert red.graph_choice_["chosen"] != without and [6, 12] in red.graph_choice_["columns"]
 
 
+def test_umap_compares_its_graphs_again_at_another_k_and_keeps_the_layout_it_is_told():
+    """What the pipeline's --k auto uses to settle on a graph: scores at any k, and any laid-out graph kept."""
+    X, _ = _with_optional_view("alone")
+    red = _view_reducer([6, 6], ["base", "extra"], n_components=3, n_neighbors=10, n_epochs=60, optional_view="extra")
+    first = red.fit_transform(X)
+    choice = dict(red.graph_choice_)
+    assert red.graph_scores(3) == choice["mean_conductance"]  # the same comparison as the fit's
+    other = UMAP.SHARED
+    assert choice["chosen"] != other and choice["compared_at"] == [[3, choice["chosen"]]]
+    scores = red.graph_scores(5)
+    Z = red.keep_graph(other, 5, scores)
+    assert red.graph_choice_["chosen"] == other and red.graph_choice_["columns"] == [[0, 6], [6, 12]]
+    assert red.graph_choice_["compared_at"] == [[3, choice["chosen"]], [5, min(scores, key=scores.get)]]
+    assert not np.array_equal(Z, first)
+    np.testing.assert_array_equal(red.train_embedding_, Z)
+    np.testing.assert_array_equal(red.train_X_, X)  # new points are placed by both views now
+    red.release_graphs()
+    assert red.graph_scores(3) == {}
+
+
 @pytest.mark.parametrize("kind, kept, scrambled", [("cuts across", slice(0, 6), slice(6, 12)),
                                                   ("alone", slice(6, 12), slice(0, 6))])
 def test_umap_optional_view_places_new_points_by_the_kept_views_alone(kind, kept, scrambled):

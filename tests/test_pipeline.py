@@ -168,3 +168,70 @@ def test_refit_encoded_at_another_k_is_a_fresh_fit_at_that_k(k):
     assert refit.n_clusters_ == fresh.n_clusters_ == (4 if k == 4 else fresh.k_selection_.k)
     assert (refit.k_selection_ is None) == (k == 4) and refit.timings_["encode"] == 0.0
     assert len(np.unique(first)) == 3 and len(np.unique(refit.labels_)) == refit.n_clusters_
+
+
+class _TwoLayouts(PCA):
+    """A reducer that, like UMAP comparing graphs, holds two layouts of the same points (3 and 6 well-separated
+    blobs) and says which is cleaner at each k by the rule given (k -> name)."""
+
+    component_name = "two-layouts"
+
+    def __init__(self, cleaner=None):
+        super().__init__(n_components=2)
+        self.cleaner = cleaner
+
+    def fit_transform(self, X, y=None):
+        rng = np.random.RandomState(0)
+        self._layouts = {name: np.concatenate([c + 0.3 * rng.randn(len(X) // k, 2) for c in 20 * rng.randn(k, 2)])
+                         .astype(np.float32) for name, k in (("three", 3), ("six", 6))}
+        self.graph_choice_ = None
+        k = self.n_clusters if isinstance(self.n_clusters, int) else 4  # under auto: the middle of the range
+        return self.keep_graph(self.cleaner(k), k, self.graph_scores(k))
+
+    def set_n_clusters(self, k):
+        self.n_clusters = k
+
+    def graph_scores(self, k):
+        return {name: 0.1 if name == self.cleaner(k) else 0.2 for name in self._layouts}
+
+    def keep_graph(self, name, k, scores):
+        earlier = (self.graph_choice_ or {}).get("compared_at", [])
+        self.graph_choice_ = {"chosen": name, "compared_at": [*earlier, [int(k), min(scores, key=scores.get)]]}
+        return self._layouts[name]
+
+    def release_graphs(self):
+        self.released_ = True
+
+
+@pytest.mark.parametrize("cleaner, kept", [
+    # at the middle of the range 'three' is the cleaner; at the k chosen on its layout (3) 'six' is: six's layout
+    # is clustered at k = 3
+    ({4: "three", 3: "six"}, "six"),
+    # 'three' is the cleaner at the chosen k too: its layout and clusters stand
+    ({4: "three", 3: "three"}, "three"),
+])
+def test_auto_k_keeps_the_graph_cleanest_at_the_chosen_k_and_gives_that_k_s_clusters(cleaner, kept):
+    X = np.random.RandomState(1).randn(360, 5)  # the reducer lays out its own points
+
+    def pipeline(k):
+        red = _TwoLayouts(cleaner.__getitem__)
+        pipe = Pipeline(build_pipeline("baseline")[0].encoder, [red], KMeans(n_clusters=k, random_state=0))
+        return pipe.refit_encoded(X, k), red
+
+    pipe, red = pipeline("auto:2-8")
+    assert pipe.k_selection_.k == pipe.n_clusters_ == 3  # chosen on 'three', the layout kept first
+    assert red.graph_choice_ == {"chosen": kept, "compared_at": [[4, "three"], [3, kept]]}
+    np.testing.assert_array_equal(pipe.embedding_, red._layouts[kept])
+    assert red.released_ and "graph_at_k" in pipe.timings_
+    assert pipe.clusterer.get_params()["n_clusters"] == "auto:2-8"  # the run's record keeps what was asked
+    # the clusters are those of a run with the chosen k given (there the graphs are compared at 3 at once)
+    given, given_red = pipeline(3)
+    assert given_red.graph_choice_["chosen"] == kept
+    np.testing.assert_array_equal(pipe.labels_, given.labels_)
+
+
+def test_k_given_compares_the_graphs_once():
+    red = _TwoLayouts({4: "three", 3: "six", 6: "six"}.__getitem__)
+    pipe = Pipeline(build_pipeline("baseline")[0].encoder, [red], KMeans(n_clusters=4, random_state=0))
+    pipe.refit_encoded(np.random.RandomState(1).randn(360, 5), 4)
+    assert red.graph_choice_["compared_at"] == [[4, "three"]] and "graph_at_k" not in pipe.timings_

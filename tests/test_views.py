@@ -97,12 +97,19 @@ def test_default_grey_run_draws_the_autoencoder_views_figures(tmp_path, one_torc
     assert 'alt="training loss per epoch"' in page and 'alt="originals and reconstructions"' in page
 
 
-def test_graph_comparison_with_k_chosen_automatically_uses_the_middle_of_the_range(digits300, one_torch_thread):
+def test_graph_comparison_with_k_chosen_automatically_starts_at_the_middle_of_the_range(digits300, one_torch_thread):
     pipe, _ = build_pipeline("hog-ae-umap", ["encoder.views.autoencoder.min_steps=20",
                                              "encoder.views.autoencoder.epochs=1"], seed=0)
     fit_pipeline(pipe, digits300, "auto:4-16")
-    assert pipe.reducers[0].graph_choice_["k"] == 8  # √(4·16): k is not known when the graphs are compared
+    choice = pipe.reducers[0].graph_choice_
+    assert choice["compared_at"][0][0] == 8  # √(4·16): k is not known when the graphs are first compared
     assert pipe.k_selection_ is not None and 4 <= pipe.n_clusters_ <= 16
+    # then again at the chosen k, as a run with that k given compares them: the same graph and the same clusters
+    assert choice["k"] == choice["compared_at"][-1][0] == pipe.n_clusters_ and len(choice["compared_at"]) == 2
+    auto_labels = pipe.labels_
+    pipe.refit_encoded(pipe.features_, pipe.n_clusters_)  # the stages after the encoder, fitted with that k given
+    assert pipe.reducers[0].graph_choice_["chosen"] == choice["chosen"]
+    np.testing.assert_array_equal(pipe.labels_, auto_labels)
 
 
 def test_weightless_colour_default_joins_colour_features_and_a_network_trained_on_the_images(tmp_path, monkeypatch,

@@ -68,7 +68,9 @@ class Pipeline:
     After ``fit``: ``features_`` (encoder output), ``embedding_`` (what the clusterer saw, or the reduced
     features when the encoder owns the clusters), ``labels_`` and ``timings_`` (seconds per stage). When k
     was chosen (``n_clusters`` ``"auto"`` or ``"auto:MIN-MAX"``), ``k_selection_`` holds the evidence
-    (:mod:`imclust.kselect`) and ``timings_["choose_k"]`` its seconds.
+    (:mod:`imclust.kselect`) and ``timings_["choose_k"]`` its seconds; where a reducer compared graphs (at the
+    middle of the k range, since k was not known yet), they are compared again at the chosen k
+    (:meth:`_graph_at_chosen_k`, ``timings_["graph_at_k"]``).
     """
 
     def __init__(self, encoder, reducers=(), clusterer=None, name: str = "custom", seed: int | None = 0):
@@ -185,6 +187,7 @@ class Pipeline:
         if self.encoder_owns_clusters:
             self.labels_ = np.asarray(self.encoder.labels_, dtype=np.int64)
             log(f"[{self.name}] clusters learned by the encoder ({self.n_clusters_} of them)")
+            self._release_graphs()
             return self
         t = time.perf_counter()
         self.stage_ = "clusterer"
@@ -199,8 +202,50 @@ class Pipeline:
         if self.k_selection_ is not None:  # the clusterer chose k first: its own line in the timings
             self.timings_["choose_k"] = self.k_selection_.seconds
             self.timings_["cluster"] -= self.k_selection_.seconds
+            t = time.perf_counter()
+            if self._graph_at_chosen_k():
+                self.timings_["graph_at_k"] = time.perf_counter() - t
+        self._release_graphs()
         self.stage_ = None
         return self
+
+    def _release_graphs(self) -> None:
+        """Drop what reducers kept of the graphs they compared (their layouts), once the run has settled."""
+        for r in self.reducers:
+            if hasattr(r, "release_graphs"):
+                r.release_graphs()
+
+    def _graph_at_chosen_k(self) -> bool:
+        """Under ``--k auto``, where a reducer compared graphs: it compared them at the middle of the k range, k not
+        being known yet. Compare them again at the chosen k; where another graph is the cleanest there, keep its
+        layout, fit the later stages on it and cluster it at that k. The clusters are then those of a run with
+        that k given, which is what a user who reruns with the chosen k expects; the evidence for k stays the one
+        read on the first layout. True where the graphs were compared again."""
+        index = next((i for i, r in enumerate(self.reducers) if getattr(r, "graph_choice_", None)), None)
+        if index is None or not hasattr(self.reducers[index], "graph_scores"):
+            return False
+        reducer, k = self.reducers[index], self.n_clusters_
+        first = reducer.graph_choice_["chosen"]
+        scores = reducer.graph_scores(k)
+        if not scores:
+            return False
+        cleanest = min(scores, key=scores.get)  # a tie keeps the first, as the first comparison does
+        X = reducer.keep_graph(cleanest, k, scores)
+        if cleanest == first:
+            return True  # the same graph: its layout, and the clusters already fitted on it, stand
+        for i, r in enumerate(self.reducers[index + 1:], start=index + 1):
+            self.stage_ = f"reducers.{i}"
+            X = check_finite(r.fit_transform(X), f"reduce.{i} ({r.component_name})")
+        self.embedding_ = X
+        self.stage_ = "clusterer"
+        log(f"[{self.name}] cluster the {cleanest} graph's layout with {self.clusterer.component_name} at the "
+            f"chosen k={k}")
+        selection, asked = self.k_selection_, self.clusterer.get_params(deep=False)["n_clusters"]
+        self.clusterer.set_params(n_clusters=k)
+        self.labels_ = np.asarray(self.clusterer.fit_predict(X), dtype=np.int64)
+        self.clusterer.set_params(n_clusters=asked)  # the run asked for auto: its record says so
+        self.clusterer.k_selection_ = selection
+        return True
 
     def transform(self, ds: ImageSet) -> np.ndarray:
         """The embedding of new images (encoder, then each reducer's ``transform``)."""

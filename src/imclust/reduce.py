@@ -494,8 +494,11 @@ class UMAP(_KNNPlacement, Reducer):
     into k groups by k-means; the layout whose groups are cut more cleanly from their own graph (the lower
     :func:`imclust.manifold.mean_conductance`) is kept, and ``graph_choice_`` records both scores. k is the
     run's number of clusters (the pipeline passes it); when k is chosen automatically, the geometric middle
-    of its range. Labels are never read. Only the columns of the kept graph's views are stored, and new
-    points are placed by them alone (by self-expression where the subspace graph was kept).
+    of its range; the pipeline then compares the layouts again at the k it chooses on the kept one and keeps
+    the cleanest there, so that the run gives the clusters of a run with that k given
+    (``graph_choice_["compared_at"]`` lists the comparisons). Labels are never read. Only the columns of the
+    kept graph's views are stored, and new points are placed by them alone (by self-expression where the
+    subspace graph was kept).
 
     ``optional_view = "NAME"`` (with ``views = "intersect"``): the view NAME joins the shared-neighbour graph
     only where that helps, and may stand alone. The graph of the other views without it, and NAME's own graph
@@ -590,6 +593,7 @@ class UMAP(_KNNPlacement, Reducer):
             if len([v for v in names if v != self.subspace]) < 2:
                 raise UserError(f"umap optional_view = {self.optional_view!r}: the neighbour graph needs at least "
                                 "one other view to fall back on")
+        self._competition = None  # the layouts of an earlier fit's graphs
         if self.backend == "imclust":
             emb = self._fit_imclust(X)
         else:
@@ -670,26 +674,58 @@ class UMAP(_KNNPlacement, Reducer):
     def _fit_choosing_graph(self, X, seed):
         """Lay out each competing graph (:meth:`_competing_graphs`) and keep the layout whose k-means groups are
         cut most cleanly from their own graph."""
-        from sklearn.cluster import KMeans
-
-        from .manifold import graph_layout, mean_conductance
-        from .progress import log
+        from .manifold import graph_layout
 
         graphs = self._competing_graphs(X, seed)
+        layouts = {name: graph_layout(G, X, int(self.n_components), float(self.min_dist), n_epochs=self.n_epochs,
+                                      seed=seed, desc=f"UMAP layout ({name})") for name, (G, _) in graphs.items()}
+        # every layout stays in memory (not in the saved model) until the run has settled on a graph: under
+        # --k auto the pipeline compares them again at the k it chooses (:meth:`keep_graph`)
+        self._competition = {"X": X, "graphs": graphs, "layouts": layouts, "seed": seed}
+        self.graph_choice_ = None
         k = self._comparison_k(len(X))
-        layouts, scores = {}, {}
-        for name, (G, _) in graphs.items():
-            layouts[name] = graph_layout(G, X, int(self.n_components), float(self.min_dist), n_epochs=self.n_epochs,
-                                         seed=seed, desc=f"UMAP layout ({name})")
-            groups = KMeans(k, n_init=3, random_state=0 if seed is None else seed).fit_predict(layouts[name])
+        scores = self.graph_scores(k)
+        return self.keep_graph(min(scores, key=scores.get), k, scores)  # a tie keeps the first: every view's graph
+
+    def graph_scores(self, k: int) -> dict:
+        """Graph name -> mean conductance of ``k`` k-means groups of its layout on the graph itself (lower is
+        cleaner), for each graph laid out by the last fit (empty where the fit compared no graphs)."""
+        from sklearn.cluster import KMeans
+
+        from .manifold import mean_conductance
+
+        competition = getattr(self, "_competition", None)
+        if competition is None:
+            return {}
+        seed = competition["seed"]
+        k = int(min(int(k), len(competition["X"]) - 1))  # k-means needs fewer groups than points
+        scores = {}
+        for name, (G, _) in competition["graphs"].items():
+            groups = KMeans(k, n_init=3, random_state=0 if seed is None else seed).fit_predict(
+                competition["layouts"][name])
             scores[name] = round(mean_conductance(G, groups), 4)
-        chosen = min(scores, key=scores.get)  # a tie keeps the first: the shared-neighbour graph of every view
-        # columns: the input columns of the chosen graph's views, where new points are placed
-        self.graph_choice_ = {"k": k, "mean_conductance": scores, "chosen": chosen, "subspace_view": self.subspace,
-                              "optional_view": self.optional_view, "columns": graphs[chosen][1]}
-        log(f"UMAP: laid out the {chosen} graph (mean conductance of {k} k-means groups on their own graph: " +
-            ", ".join(f"{name} {v:.3f}" for name, v in scores.items()) + "; lower is cleaner)")
-        return layouts[chosen]
+        return scores
+
+    def keep_graph(self, name: str, k: int, scores: dict) -> np.ndarray:
+        """Keep the layout of graph ``name`` (one laid out by the last fit), as compared at ``k`` with ``scores``
+        (:meth:`graph_scores`): it becomes the embedding, and new points are placed by its views' columns.
+        ``graph_choice_["compared_at"]`` lists every comparison made, as [k, the cleanest graph]."""
+        from .progress import log
+
+        competition = self._competition
+        earlier = (self.graph_choice_ or {}).get("compared_at", [])
+        self.graph_choice_ = {"k": int(k), "mean_conductance": scores, "chosen": name, "subspace_view": self.subspace,
+                              "optional_view": self.optional_view, "columns": competition["graphs"][name][1],
+                              "compared_at": [*earlier, [int(k), min(scores, key=scores.get)]]}
+        log(f"UMAP: laid out the {name} graph (mean conductance of {k} k-means groups on their own graph: " +
+            ", ".join(f"{g} {v:.3f}" for g, v in scores.items()) + "; lower is cleaner)")
+        emb = competition["layouts"][name]
+        self._store_for_placement(competition["X"], emb)
+        return emb
+
+    def release_graphs(self) -> None:
+        """Drop the layouts and graphs kept for :meth:`keep_graph` (the run has settled on one)."""
+        self._competition = None
 
     def _fit_umap_learn(self, X):
         import warnings
