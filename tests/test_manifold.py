@@ -417,9 +417,14 @@ def test_umap_optional_view_is_used_where_its_neighbours_agree():
 def test_umap_compares_its_graphs_again_at_another_k_and_keeps_the_layout_it_is_told():
     """What the pipeline's --k auto uses to settle on a graph: scores at any k, and any laid-out graph kept."""
     X, _ = _with_optional_view("alone")
-    red = _view_reducer([6, 6], ["base", "extra"], n_components=3, n_neighbors=10, n_epochs=60, optional_view="extra")
+    options = dict(n_components=3, n_neighbors=10, n_epochs=60, optional_view="extra")
+    given = _view_reducer([6, 6], ["base", "extra"], k=3, **options)
+    given.fit_transform(X)
+    assert given.graph_scores(3) == {}  # k given: the comparison is final, and the other layouts are let go
+    red = _view_reducer([6, 6], ["base", "extra"], k="auto:2-4", **options)  # compared first at √(2·4) ≈ 3
     first = red.fit_transform(X)
     choice = dict(red.graph_choice_)
+    assert choice == {**given.graph_choice_, "compared_at": choice["compared_at"]}  # the same comparison at 3
     assert red.graph_scores(3) == choice["mean_conductance"]  # the same comparison as the fit's
     other = UMAP.SHARED
     assert choice["chosen"] != other and choice["compared_at"] == [[3, choice["chosen"]]]

@@ -674,18 +674,23 @@ class UMAP(_KNNPlacement, Reducer):
     def _fit_choosing_graph(self, X, seed):
         """Lay out each competing graph (:meth:`_competing_graphs`) and keep the layout whose k-means groups are
         cut most cleanly from their own graph."""
+        from .kselect import is_auto
         from .manifold import graph_layout
 
         graphs = self._competing_graphs(X, seed)
         layouts = {name: graph_layout(G, X, int(self.n_components), float(self.min_dist), n_epochs=self.n_epochs,
                                       seed=seed, desc=f"UMAP layout ({name})") for name, (G, _) in graphs.items()}
-        # every layout stays in memory (not in the saved model) until the run has settled on a graph: under
-        # --k auto the pipeline compares them again at the k it chooses (:meth:`keep_graph`)
+        # unless k was given, every layout stays in memory (not in the saved model) until the run has settled on
+        # a graph: under --k auto the pipeline compares them again at the k it chooses (:meth:`keep_graph`)
         self._competition = {"X": X, "graphs": graphs, "layouts": layouts, "seed": seed}
         self.graph_choice_ = None
         k = self._comparison_k(len(X))
         scores = self.graph_scores(k)
-        return self.keep_graph(min(scores, key=scores.get), k, scores)  # a tie keeps the first: every view's graph
+        emb = self.keep_graph(min(scores, key=scores.get), k, scores)  # a tie keeps the first: every view's graph
+        asked = getattr(self, "_n_clusters", None)
+        if asked is not None and not is_auto(asked):
+            self.release_graphs()  # k was given: this comparison is the last, nothing needs the other layouts
+        return emb
 
     def graph_scores(self, k: int) -> dict:
         """Graph name -> mean conductance of ``k`` k-means groups of its layout on the graph itself (lower is
