@@ -598,8 +598,13 @@ class UMAP(_KNNPlacement, Reducer):
             emb = self._fit_imclust(X)
         else:
             emb = self._fit_umap_learn(X)
-        self._store_for_placement(X, emb)
+        if not self._compares_graphs:  # keep_graph has stored what the kept layout places new points by
+            self._store_for_placement(X, emb)
         return emb
+
+    @property
+    def _compares_graphs(self) -> bool:
+        return self.subspace is not None or self.optional_view is not None
 
     def _fit_imclust(self, X):
         from .manifold import umap_embedding
@@ -608,7 +613,7 @@ class UMAP(_KNNPlacement, Reducer):
             raise UserError(f"umap metric {self.metric!r}: the imclust backend takes euclidean or cosine; "
                             "other metrics need backend = 'umap-learn'")
         seed = None if self.random_state in (None, -1) else int(self.random_state)
-        if self.subspace is not None or self.optional_view is not None:
+        if self._compares_graphs:
             return self._fit_choosing_graph(X, seed)
         return umap_embedding(X, n_components=int(self.n_components), n_neighbors=int(self.n_neighbors),
                               min_dist=float(self.min_dist), n_epochs=self.n_epochs, metric=self.metric, seed=seed,
