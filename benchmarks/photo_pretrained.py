@@ -10,7 +10,9 @@ rerun reads them back) and every clustering stage below runs on the same feature
 - ``PCA-256w+L2 -> k-means``: PCA to 256 dimensions with whitening, L2-normalised, then k-means;
 - ``PCA-50 -> GMM``: PCA to 50 dimensions, then a full-covariance Gaussian mixture (10 starts);
 - ``PCA-50 -> UMAP -> GMM``: the stage of ``photo-umap`` (UMAP to 10-D, 15 neighbours, min_dist 0);
-- ``TEMI``: the TEMI cluster head (:mod:`imclust.temi`) with its default settings, on PCA-256 features.
+- ``TEMI``: the TEMI cluster head (:mod:`imclust.temi`) with its default settings, on PCA-256 features;
+- ``TURTLE``: :mod:`imclust.turtle` with its default settings on the features (each network of a joined
+  backbone its own feature space, as in a pipeline with no reducer).
 
 ``--backbones`` takes backbone names, or names joined by ``+`` for their features side by side (the encoder of
 ``photo-lite-pair``: ``efficientnet-lite0+efficientnet-lite2``).
@@ -69,6 +71,7 @@ STAGES = {
                       "clusterer": {"type": "gmm", "covariance_type": "full", "n_init": 10}},
     "PCA-50 -> UMAP -> GMM": UMAP_GMM,
     "TEMI": {"reducers": [{"type": "pca", "n_components": 256}], "clusterer": {"type": "temi"}},
+    "TURTLE": {"reducers": [], "clusterer": {"type": "turtle"}},
 }
 
 PEER_PHOTO_UMAP = "photo-umap (no weights)"
@@ -99,20 +102,25 @@ def peers(channels: int) -> dict[str, dict]:
             **pixels}
 
 
-def features(ds, backbone: str, layer: str | None = None, options: dict | None = None) -> tuple[np.ndarray, float]:
-    """The features of ``ds`` and the seconds they took; ``options`` are further encoder parameters (one backbone)."""
+def features(ds, backbone: str, layer: str | None = None, options: dict | None = None,
+             with_views: bool = False):
+    """The features of ``ds`` and the seconds they took (and with ``with_views`` the column widths of a joined
+    backbone's networks, None for one backbone); ``options`` are further encoder parameters (one backbone)."""
     enc = build({**encoder_spec(backbone, layer), **(options or {})})
     t = time.perf_counter()
     X = enc.fit_transform(ds)  # a views encoder's fit already encodes every view: once, not twice
-    return X, time.perf_counter() - t
+    secs = time.perf_counter() - t
+    return (X, secs, getattr(enc, "view_dims_", None)) if with_views else (X, secs)
 
 
-def fit_stage(X: np.ndarray, stage: dict, k: int, seed: int) -> np.ndarray:
+def fit_stage(X: np.ndarray, stage: dict, k: int, seed: int, view_dims=None) -> np.ndarray:
     parts = [build(r) for r in stage["reducers"]] + [build({**stage["clusterer"], "n_clusters": k})]
     for p in parts:
         params = p.get_params(deep=False)
         if "random_state" in params:
             p.set_params(random_state=seed)
+    if not stage["reducers"] and hasattr(parts[-1], "set_views"):
+        parts[-1].set_views(view_dims)  # as the pipeline does: each network's columns are one feature space
     seed_everything(seed)
     for r in parts[:-1]:
         X = np.asarray(r.fit_transform(X), dtype=np.float32)
@@ -140,11 +148,11 @@ def measure(name: str, backbones, seeds, stages, with_peers: bool) -> list[dict]
                 pipe = Pipeline.from_spec(spec_k, name=pname, seed=seed).fit(ds)
                 record(pname, seed, pipe.labels_, time.perf_counter() - t)
     for bb in backbones:
-        X, feat_s = features(ds, bb)
+        X, feat_s, view_dims = features(ds, bb, with_views=True)
         for sname in stages:
             for seed in seeds:
                 t = time.perf_counter()
-                labels = fit_stage(X, STAGES[sname], k, seed)
+                labels = fit_stage(X, STAGES[sname], k, seed, view_dims)
                 record(f"{bb} + {sname}", seed, labels, time.perf_counter() - t, {"feature_seconds": feat_s})
     return rows
 

@@ -23,6 +23,7 @@ CHECK_PARAMS: dict[str, tuple[dict, str]] = {
     "umap": ({"n_epochs": 50}, "as for tsne: fewer optimisation epochs per fit"),
     "temi": ({"steps": 60, "n_heads": 2, "hidden": 32, "bottleneck": 16, "knn": 5, "device": "cpu"},
              "a smaller, shorter head training per fit (1,000 steps of 8 heads per fit make the checks take minutes)"),
+    "turtle": ({"iterations": 100, "device": "cpu"}, "as for temi: a shorter training per fit"),
 }
 #: checks expected to fail, by component name: {check name: why}
 EXPECTED_FAILURES: dict[str, dict[str, str]] = {

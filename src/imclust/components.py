@@ -19,6 +19,7 @@ LAZY.update({
     "dec": "imclust.encoders.dec",
     "idec": "imclust.encoders.dec",
     "temi": "imclust.temi",
+    "turtle": "imclust.turtle",
     "simclr": "imclust.encoders.contrastive",
     "scan": "imclust.encoders.scan",
 })

@@ -184,6 +184,9 @@ class Pipeline:
             X = check_finite(r.fit_transform(X), f"reduce.{i} ({r.component_name})")
             self.timings_[f"reduce.{i}.{r.component_name}"] = time.perf_counter() - t
         self.embedding_ = X
+        if not self.reducers and hasattr(self.clusterer, "set_views"):
+            # a clusterer that treats each view's columns as its own feature space (TURTLE)
+            self.clusterer.set_views(getattr(self.encoder, "view_dims_", None), getattr(self.encoder, "view_names_", None))
         if self.encoder_owns_clusters:
             self.labels_ = np.asarray(self.encoder.labels_, dtype=np.int64)
             log(f"[{self.name}] clusters learned by the encoder ({self.n_clusters_} of them)")
