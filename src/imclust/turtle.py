@@ -197,14 +197,12 @@ class TURTLE(Clusterer):
     # -- inference ---------------------------------------------------------------------------------------
     def predict_proba(self, X) -> np.ndarray:
         """``(n, k)`` cluster probabilities: the task encoder's softmax in each space, averaged over the spaces."""
+        from scipy.special import softmax
+
         check_is_fitted(self, "weights_")
         Zs = self._prepared(check_input(self, X, reset=False))
-        P = np.zeros((len(Zs[0]), self.n_clusters_), np.float64)
-        for z, w, b in zip(Zs, self.weights_, self.biases_):
-            logits = z.astype(np.float64) @ w.T.astype(np.float64) + b
-            logits -= logits.max(1, keepdims=True)
-            e = np.exp(logits)
-            P += e / e.sum(1, keepdims=True)
+        P = sum(softmax(z.astype(np.float64) @ w.T.astype(np.float64) + b, axis=1)
+                for z, w, b in zip(Zs, self.weights_, self.biases_))
         return (P / len(Zs)).astype(np.float32)
 
     def predict(self, X) -> np.ndarray:
