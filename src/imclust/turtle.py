@@ -9,8 +9,8 @@ list of widths names the blocks by hand. TURTLE looks for the labelling that a l
 space can learn, which is where its gain over k-means on the joined features comes from. What it does:
 
 1. Each space's block of columns is centred, projected on its first ``n_components`` principal axes (0: kept
-   whole), L2-normalised and scaled by the square root of its width, so every row has the same norm and the
-   linear maps see inputs of unit variance per axis. The means and axes are kept for new points.
+   whole), L2-normalised and scaled by the square root of the number of axes kept, so every row of a space has
+   the same norm and its axes have a mean square of 1 on average. The means and axes are kept for new points.
 2. A *task encoder* gives each point a soft labelling: one linear map per space (weight-normalised) to
    ``n_clusters`` logits, the softmaxes averaged over the spaces.
 3. Each iteration draws ``batch_size`` points (all of them on a smaller set) and
@@ -112,7 +112,7 @@ class TURTLE(Clusterer):
             raise UserError(f"turtle gamma must be 0 or more, got {self.gamma!r}")
 
     def _prepared(self, X: np.ndarray) -> list[np.ndarray]:
-        """Each space's block centred, projected, L2-normalised and scaled by the square root of its width."""
+        """Each space's block centred, projected, L2-normalised and scaled by the square root of its axes' count."""
         out, start = [], 0
         for width, mean, axes in zip(self.space_widths_, self._means, self._axes):
             Z = (X[:, start : start + width] - mean) @ axes.T
