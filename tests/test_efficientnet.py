@@ -349,7 +349,7 @@ def test_lite_pair_turtle_gives_each_network_its_own_feature_space(tmp_path, mon
     np.testing.assert_array_equal(again.labels, res.labels)
 
 
-@pytest.mark.parametrize("recipe, mode", [("photo-lite-pair", "RGB"), ("hog-ae-lite-umap", "L")])
+@pytest.mark.parametrize("recipe, mode", [("photo-lite-pair", "RGB"), ("photo-lite-pair-turtle", "RGB"), ("hog-ae-lite-umap", "L")])
 def test_recipes_with_lite_views_without_the_weights_say_which_extra_before_any_view_trains(tmp_path, monkeypatch,
                                                                                              recipe, mode):
     from imclust.encoders.autoencoder import AutoencoderEncoder
