@@ -92,8 +92,8 @@ def main(argv=None):
             unfolded = feature.endswith("+unfolded")
             backbone, _, layer = feature.removesuffix("+sqrt").removesuffix("+unfolded").partition("@")
             try:
-                X, secs = features(ds, backbone, layer or None,
-                                   {"precision": args.precision, **({"fold_batchnorm": False} if unfolded else {})})
+                X, secs, _ = features(ds, backbone, layer or None,
+                                      {"precision": args.precision, **({"fold_batchnorm": False} if unfolded else {})})
             except UserError as e:
                 sys.exit(f"feature {feature!r}: {e}")
             if transform:

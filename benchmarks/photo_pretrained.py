@@ -102,15 +102,14 @@ def peers(channels: int) -> dict[str, dict]:
             **pixels}
 
 
-def features(ds, backbone: str, layer: str | None = None, options: dict | None = None,
-             with_views: bool = False):
-    """The features of ``ds`` and the seconds they took (and with ``with_views`` the column widths of a joined
-    backbone's networks, None for one backbone); ``options`` are further encoder parameters (one backbone)."""
+def features(ds, backbone: str, layer: str | None = None,
+             options: dict | None = None) -> tuple[np.ndarray, float, list | None]:
+    """The features of ``ds``, the seconds they took, and the column widths of a joined backbone's networks (None
+    for one backbone); ``options`` are further encoder parameters (one backbone)."""
     enc = build({**encoder_spec(backbone, layer), **(options or {})})
     t = time.perf_counter()
     X = enc.fit_transform(ds)  # a views encoder's fit already encodes every view: once, not twice
-    secs = time.perf_counter() - t
-    return (X, secs, getattr(enc, "view_dims_", None)) if with_views else (X, secs)
+    return X, time.perf_counter() - t, getattr(enc, "view_dims_", None)
 
 
 def fit_stage(X: np.ndarray, stage: dict, k: int, seed: int, view_dims=None) -> np.ndarray:
@@ -148,7 +147,7 @@ def measure(name: str, backbones, seeds, stages, with_peers: bool) -> list[dict]
                 pipe = Pipeline.from_spec(spec_k, name=pname, seed=seed).fit(ds)
                 record(pname, seed, pipe.labels_, time.perf_counter() - t)
     for bb in backbones:
-        X, feat_s, view_dims = features(ds, bb, with_views=True)
+        X, feat_s, view_dims = features(ds, bb)
         for sname in stages:
             for seed in seeds:
                 t = time.perf_counter()
